@@ -1,0 +1,1 @@
+"""Codecs and the self-describing wire format. Pure tensor math: no sockets, no asyncio."""

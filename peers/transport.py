@@ -1,0 +1,136 @@
+"""Messages between peers and the keyed mailbox every transport delivers into.
+
+The stage executor and the all-reduce talk to their neighbours only through `Transport`:
+`send(to, message)` and `recv(sender, kind, step, index)`. A receiver names exactly the message it
+waits for, so arrival order never matters and one algorithm runs unchanged over the in-process
+hub (deterministic tests, `swarm-sim local`) and over zmq sockets (the live swarm).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+__all__ = ["Message", "Transport", "Mailbox", "PeerTimeout", "TransportClosed", "InProcessHub"]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One unit on the data plane: a small header plus one compression frame.
+
+    kind: "act" (forward activations), "grad" (activation gradients), or an all-reduce phase.
+    index: the micro-batch for pipeline messages, the chunk or round for all-reduce messages.
+    """
+
+    kind: str
+    step: int
+    index: int
+    payload: bytes | memoryview
+    sender: str = ""
+    plan_version: int = 0
+    sample_ids: tuple[int, ...] = ()
+
+
+class PeerTimeout(TimeoutError):
+    """A neighbour did not deliver in time: the step must be aborted, not waited on forever."""
+
+
+class TransportClosed(RuntimeError):
+    """The transport was closed (shutdown or step abort) while someone waited on it."""
+
+
+class Transport(Protocol):
+    """What the stage executor and the all-reduce need from the network."""
+
+    name: str
+
+    def send(self, to: str, message: Message) -> None: ...
+
+    def recv(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message: ...
+
+
+_Key = tuple[str, str, int, int]
+
+
+class Mailbox:
+    """Arrived messages keyed by (sender, kind, step, index), with blocking, timed takes."""
+
+    def __init__(self) -> None:
+        self._messages: dict[_Key, Message] = {}
+        self._cond = threading.Condition()
+        self._closed: str | None = None
+
+    def put(self, message: Message) -> None:
+        key = (message.sender, message.kind, message.step, message.index)
+        with self._cond:
+            self._messages[key] = message
+            self._cond.notify_all()
+
+    def take(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message:
+        key = (sender, kind, step, index)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while key not in self._messages:
+                if self._closed is not None:
+                    raise TransportClosed(self._closed)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise PeerTimeout(f"no {kind!r} message from {sender!r} for step {step}, index {index} "
+                                      f"within {timeout:.1f} s")
+                self._cond.wait(remaining)
+            return self._messages.pop(key)
+
+    def discard_before(self, step: int) -> int:
+        """Drop messages of steps before `step` (an aborted or finished step); returns how many."""
+        with self._cond:
+            stale = [key for key in self._messages if key[2] < step]
+            for key in stale:
+                del self._messages[key]
+            return len(stale)
+
+    def close(self, reason: str = "transport closed") -> None:
+        """Wake every waiter with `TransportClosed`; later takes fail the same way."""
+        with self._cond:
+            self._closed = reason
+            self._cond.notify_all()
+
+
+class InProcessHub:
+    """Endpoints that deliver straight into each other's mailboxes, for one-process grids."""
+
+    def __init__(self) -> None:
+        self._mailboxes: dict[str, Mailbox] = {}
+
+    def endpoint(self, name: str) -> "_InProcessTransport":
+        if name in self._mailboxes:
+            raise ValueError(f"endpoint {name!r} already exists on this hub")
+        self._mailboxes[name] = Mailbox()
+        return _InProcessTransport(name, self)
+
+    def deliver(self, to: str, message: Message) -> None:
+        try:
+            mailbox = self._mailboxes[to]
+        except KeyError:
+            raise ValueError(f"no endpoint named {to!r} on this hub") from None
+        mailbox.put(message)
+
+    def mailbox(self, name: str) -> Mailbox:
+        return self._mailboxes[name]
+
+    def close(self, reason: str = "hub closed") -> None:
+        for mailbox in self._mailboxes.values():
+            mailbox.close(reason)
+
+
+class _InProcessTransport:
+    def __init__(self, name: str, hub: InProcessHub) -> None:
+        self.name = name
+        self._hub = hub
+
+    def send(self, to: str, message: Message) -> None:
+        # bytes() detaches the payload from any buffer the sender reuses (no copy for bytes).
+        self._hub.deliver(to, replace(message, sender=self.name, payload=bytes(message.payload)))
+
+    def recv(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message:
+        return self._hub.mailbox(self.name).take(sender, kind, step, index, timeout)

@@ -1,0 +1,4 @@
+"""The whole-swarm view: coordinator, scheduler, simulators, network harness, `swarm status`.
+
+Imports flow one way: `swarm` -> `peers` -> `models`, `compression`.
+"""

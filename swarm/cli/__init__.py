@@ -1,0 +1,1 @@
+"""Command-line entry points of the whole-swarm view: `swarm-sim` and `swarm status`."""
