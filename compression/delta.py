@@ -1,0 +1,199 @@
+"""AQ-SGD activation compression: send Q(a - m(sample)) instead of Q(a), on both ends of a link.
+
+Per training sample both the sender and the receiver keep m(sample). A sample's first visit goes
+at full precision (codec `none`) and sets m = a; later visits send Q(a - m) and both sides do
+m += Q(a - m); the next stage computes on m. Once training settles, a - m is small and a 3-bit
+delta is nearly exact. Gains need repeated samples (multi-epoch fine-tuning); on a single pass
+it degenerates to sending the first visit in full.
+
+Memory: `capacity` samples x one activation row each, in `memory_dtype` (default: the
+activations' dtype; float16 halves it). Past capacity the least recently used sample is evicted
+on both sides alike (both see the same calls in the same order); its next visit is sent in full
+again. The frame names every row's sample id and whether it is full or delta, so a receiver
+that fell out of step raises CodecError instead of computing on a wrong m.
+"""
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from typing import Iterable
+
+import torch
+
+from compression.errors import CodecError
+from compression.frame import decode, describe, encode
+from compression.registry import resolve
+
+__all__ = ["ActivationDelta"]
+
+_MAGIC = b"SWAD"
+_VERSION = 1
+_HEAD = struct.Struct("<4sBxxxI")
+_LEN = struct.Struct("<Q")
+
+
+class ActivationDelta:
+    """One side (sender or receiver) of one activation link, e.g. stage 0 -> stage 1 forward.
+
+        sender = ActivationDelta("q3", capacity=4096)     # on stage s
+        receiver = ActivationDelta("q3", capacity=4096)   # on stage s+1
+        frame = sender.encode(sample_ids, activations)    # activations: [batch, ...]
+        inputs = receiver.decode(sample_ids, frame)       # m for each row, [batch, ...]
+
+    Set capacity to the number of distinct training samples when it fits in memory (then
+    nothing is ever evicted); each sample costs one activation row of `memory_dtype`.
+    """
+
+    def __init__(self, codec: str, *, capacity: int = 1024, memory_dtype: torch.dtype | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        resolve(codec)
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise CodecError(f"capacity must be a positive int (samples kept), got {capacity!r}")
+        self.codec = codec
+        self.capacity = capacity
+        self.memory_dtype = memory_dtype
+        self._generator = generator
+        self._memory: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    def encode(self, sample_ids: Iterable[int], activations: torch.Tensor, *, seed: int | None = None) -> bytes:
+        """The frame for one micro-batch; updates m of every row exactly as `decode` will."""
+        ids = self._check_ids(sample_ids, activations.shape[0] if activations.ndim else -1)
+        acts = activations.detach()
+        dtype = self.memory_dtype or acts.dtype
+        fresh = [i not in self._memory or self._memory[i].shape != acts.shape[1:] for i in ids]
+        full_rows, delta_rows = _split(fresh)
+        full_frame = encode(acts[full_rows], "none") if full_rows else b""
+        delta_frame = b""
+        if delta_rows:
+            memory = torch.stack([self._memory[ids[r]] for r in delta_rows]).to(acts.device, torch.float32)
+            diff = acts[delta_rows].to(torch.float32) - memory
+            delta_frame = encode(diff.to(acts.dtype), self.codec, seed=seed, generator=self._generator)
+            self._apply_delta([ids[r] for r in delta_rows], memory, delta_frame, dtype)
+        for r in full_rows:
+            self._store(ids[r], acts[r], dtype)
+        self._evict()
+        return _pack(ids, fresh, full_frame, delta_frame)
+
+    def decode(self, sample_ids: Iterable[int], frame: bytes | memoryview, *,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        """m for each row of the micro-batch the frame carries, in the sender's dtype."""
+        ids = self._check_ids(sample_ids, None)
+        sent_ids, fresh, full_frame, delta_frame = _unpack(frame)
+        if sent_ids != ids:
+            raise CodecError(f"frame carries sample ids {sent_ids[:8]} but the receiver expected "
+                             f"{ids[:8]}; the link delivered another micro-batch's frame")
+        missing = [i for i, f in zip(ids, fresh) if not f and i not in self._memory]
+        if missing:
+            raise CodecError(f"delta frame for samples {missing[:8]} this receiver holds no m for; sender and "
+                             "receiver are out of step (they need the same codec, capacity and call order)")
+        out_dtype = describe(full_frame if full_frame is not None else delta_frame).dtype
+        dtype = self.memory_dtype or out_dtype
+        full_rows, delta_rows = _split(fresh)
+        rows: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+        if full_frame is not None:
+            full = decode(full_frame, device=device)
+            if full.shape[0] != len(full_rows):
+                raise CodecError("activation frame's full-precision part does not match its row flags")
+            for r, row in zip(full_rows, full):
+                rows[r] = row
+                self._store(ids[r], row, dtype)
+        if delta_frame is not None:
+            memory = torch.stack([self._memory[ids[r]] for r in delta_rows])
+            target = device if device is not None else memory.device
+            self._apply_delta([ids[r] for r in delta_rows], memory.to(target, torch.float32), delta_frame, dtype)
+            for r in delta_rows:
+                rows[r] = self._memory[ids[r]].to(out_dtype)
+        self._evict()
+        if len({row.shape for row in rows}) != 1:
+            raise CodecError("activation frame mixes rows of different shapes; the sender's rows all share one")
+        return torch.stack(rows)
+
+    def forget(self, sample_ids: Iterable[int]) -> None:
+        """Drop m for these samples (do it on both sides); their next visit is sent in full."""
+        for i in sample_ids:
+            self._memory.pop(int(i), None)
+
+    def clear(self) -> None:
+        """Drop every m (both sides), e.g. when the sending stage's parameters were replaced."""
+        self._memory.clear()
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def __contains__(self, sample_id: int) -> bool:
+        return int(sample_id) in self._memory
+
+    def _apply_delta(self, ids: list[int], memory: torch.Tensor, frame: bytes | memoryview,
+                     dtype: torch.dtype) -> None:
+        """m += Q(a - m) for the delta rows; `memory` is their current m in fp32."""
+        delta = decode(frame, device=memory.device)
+        if delta.shape != memory.shape:
+            raise CodecError(f"delta frame has shape {tuple(delta.shape)} but m has {tuple(memory.shape)} "
+                             "(sender and receiver out of step)")
+        for i, value in zip(ids, memory + delta.to(torch.float32)):
+            self._store(i, value, dtype)
+
+    def _store(self, sample_id: int, row: torch.Tensor, dtype: torch.dtype) -> None:
+        self._memory[sample_id] = row.detach().to(dtype, copy=True)
+        self._memory.move_to_end(sample_id)
+
+    def _evict(self) -> None:
+        # The current micro-batch was stored last, so only older samples can go.
+        while len(self._memory) > self.capacity:
+            self._memory.popitem(last=False)
+
+    def _check_ids(self, sample_ids: Iterable[int], batch: int | None) -> list[int]:
+        if isinstance(sample_ids, torch.Tensor):
+            sample_ids = sample_ids.tolist()
+        try:
+            ids = [int(i) for i in sample_ids]
+        except (TypeError, ValueError):
+            raise CodecError("sample_ids must be a sequence of ints, one per batch row") from None
+        if batch is not None and len(ids) != batch:
+            raise CodecError(f"got {len(ids)} sample_ids for {batch} activation rows; activations must be "
+                             "shaped [batch, ...] with one sample id per row")
+        if len(set(ids)) != len(ids):
+            raise CodecError("sample_ids repeat within one micro-batch; each row needs its own sample")
+        if len(ids) > self.capacity:
+            raise CodecError(f"micro-batch of {len(ids)} samples exceeds capacity {self.capacity}")
+        return ids
+
+
+def _split(fresh: list[bool]) -> tuple[list[int], list[int]]:
+    return [r for r, f in enumerate(fresh) if f], [r for r, f in enumerate(fresh) if not f]
+
+
+def _pack(ids: list[int], fresh: list[bool], full_frame: bytes, delta_frame: bytes) -> bytes:
+    head = _HEAD.pack(_MAGIC, _VERSION, len(ids)) + struct.pack(f"<{len(ids)}q", *ids)
+    head += bytes(fresh) + bytes(-(len(head) + len(ids)) % 8) + _LEN.pack(len(full_frame))
+    return b"".join((head, full_frame, delta_frame))
+
+
+def _unpack(frame: bytes | memoryview) -> tuple[list[int], list[bool], memoryview | None, memoryview | None]:
+    try:
+        view = memoryview(frame).cast("B")
+    except TypeError:
+        raise CodecError(f"activation frame must be bytes or memoryview, got {type(frame).__name__}") from None
+    if len(view) < _HEAD.size:
+        raise CodecError("activation frame truncated inside its header")
+    magic, version, batch = _HEAD.unpack_from(view)
+    if magic != _MAGIC or version != _VERSION:
+        raise CodecError(f"not an activation-delta frame (magic {bytes(magic)!r}, version {version})")
+    flags_at = _HEAD.size + 8 * batch
+    len_at = flags_at + batch + (-(flags_at + batch) % 8)
+    if len(view) < len_at + _LEN.size:
+        raise CodecError("activation frame truncated inside its sample list")
+    ids = list(struct.unpack_from(f"<{batch}q", view, _HEAD.size))
+    flags = bytes(view[flags_at:flags_at + batch])
+    if any(f > 1 for f in flags):
+        raise CodecError("activation frame has corrupted row flags")
+    fresh = [bool(f) for f in flags]
+    (full_len,) = _LEN.unpack_from(view, len_at)
+    body = len_at + _LEN.size
+    if full_len > len(view) - body:
+        raise CodecError("activation frame truncated inside its full-precision part")
+    full = view[body:body + full_len] if any(fresh) else None
+    delta = view[body + full_len:] if not all(fresh) else None
+    if (full_len == 0) == any(fresh) or (delta is not None and len(delta) == 0) or (delta is None and len(view) > body + full_len):
+        raise CodecError("activation frame's parts do not match its row flags (corrupted frame)")
+    return ids, fresh, full, delta

@@ -1,0 +1,50 @@
+"""Plain float codecs: `none` (the input's own bytes), `fp16` and `bf16` (half-width casts).
+
+`none` is what AQ-SGD sends on a sample's first visit; `fp16`/`bf16` are the cheap 2x codecs.
+Values that overflow the target format would silently become inf, so they raise instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from compression.errors import CodecError, nonfinite_error
+from compression.registry import register
+
+__all__ = ["FloatCodec"]
+
+
+@dataclass(frozen=True)
+class FloatCodec:
+    """Send values as `wire_dtype`, or in the input's own dtype when `wire_dtype` is None."""
+
+    spec: str
+    wire_dtype: torch.dtype | None
+
+    def payload_size(self, numel: int, dtype: torch.dtype) -> int:
+        return numel * (self.wire_dtype or dtype).itemsize
+
+    def encode(self, flat: torch.Tensor, seed: int) -> torch.Tensor:
+        wire = flat if self.wire_dtype is None else flat.to(self.wire_dtype)
+        if not bool(torch.isfinite(wire).all()):
+            raise nonfinite_error(flat, self.spec, torch.finfo(wire.dtype).max)
+        return wire.contiguous().view(torch.uint8)
+
+    def decode(self, payload: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        values = payload.view(self.wire_dtype or dtype)
+        # The payload may view a read-only buffer; the caller gets its own memory.
+        return values.clone() if values.dtype == dtype else values
+
+
+def _plain(spec: str, wire_dtype: torch.dtype | None):
+    def factory(params: str) -> FloatCodec:
+        if params:
+            raise CodecError(f"codec {spec!r} takes no parameters, got {spec + params!r}")
+        return FloatCodec(spec, wire_dtype)
+    return factory
+
+
+register("none", _plain("none", None))
+register("fp16", _plain("fp16", torch.float16))
+register("bf16", _plain("bf16", torch.bfloat16))

@@ -1,0 +1,166 @@
+"""The self-describing frame and the two public verbs, `encode` and `decode`.
+
+Frame layout (little-endian), so a receiver needs no prior agreement with the sender:
+
+    0  magic b"SWCF"        4  format version (u8)   5  dtype code (u8)
+    6  ndim (u8, <= 16)     7  spec length L (u8, <= 48)
+    8  codec spec, ASCII (e.g. "q4@128~")
+    8+L  shape: ndim x u64
+    zero padding to a multiple of 8 bytes, so the payload is aligned for fp16/fp32 views
+    payload: codec-defined, exactly `codec.payload_size(numel, dtype)` bytes
+
+Decode validates everything it can from the header (magic, version, dtype, spec, shape, exact
+payload length) before allocating anything, so no frame can make it allocate more than the
+frame's own size times a small factor.
+"""
+from __future__ import annotations
+
+import secrets
+import struct
+import warnings
+from typing import NamedTuple
+
+import torch
+
+from compression.errors import CodecError
+from compression.registry import MAX_SPEC_LEN, Codec, resolve
+
+__all__ = ["encode", "decode", "describe", "FrameInfo", "MAGIC", "VERSION"]
+
+MAGIC = b"SWCF"
+VERSION = 1
+MAX_NDIM = 16
+_MAX_NUMEL = 1 << 40
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_HEAD = struct.Struct("<4sBBBB")
+
+
+def encode(tensor: torch.Tensor, codec: str, *, generator: torch.Generator | None = None,
+           seed: int | None = None) -> bytes:
+    """Compress `tensor` into one self-describing frame.
+
+    codec: `none`, `fp16`, `bf16`, `q1`..`q8` (`q4@128` sets the block, `q4~` rounds to
+    nearest) or any registered codec; see `available()`.
+    seed / generator: make stochastic rounding reproducible (same seed -> same bytes); without
+    either, fresh OS randomness is used. Pass `seed` when several peers must round identically.
+
+        frame = encode(grad, "q4", seed=step)
+        grad2 = decode(frame)  # same dtype and shape as grad, on the CPU
+
+    Raises CodecError for an unsupported dtype, NaN/inf values, or an unknown/malformed codec.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise CodecError(f"encode expects a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in _DTYPES:
+        raise CodecError(f"unsupported dtype {tensor.dtype}; encode takes float32, float16 or bfloat16")
+    if tensor.ndim > MAX_NDIM:
+        raise CodecError(f"tensor has {tensor.ndim} dimensions; frames carry at most {MAX_NDIM}")
+    impl = resolve(codec)
+    flat = tensor.detach().reshape(-1)
+    payload = impl.encode(flat, _pick_seed(seed, generator))
+    spec = impl.spec.encode("ascii")
+    head = _HEAD.pack(MAGIC, VERSION, _DTYPES.index(tensor.dtype), tensor.ndim, len(spec)) + spec
+    head += struct.pack(f"<{tensor.ndim}Q", *tensor.shape)
+    head += bytes(-len(head) % 8)
+    body = payload.detach().to("cpu").contiguous().numpy()
+    return b"".join((head, memoryview(body)))
+
+
+class FrameInfo(NamedTuple):
+    """What a frame's header says; `payload_at` is where the codec's bytes begin."""
+
+    codec: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    numel: int
+    payload_at: int
+
+
+def describe(data: bytes | bytearray | memoryview) -> FrameInfo:
+    """Read and fully validate a frame's header without decoding its payload (cheap)."""
+    return _parse(_byte_view(data))[0]
+
+
+def decode(data: bytes | bytearray | memoryview, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """The tensor a frame carries, with the sender's dtype and shape.
+
+    device: where to rebuild it (default CPU); decoding on the GPU moves only the compressed
+    bytes across PCIe. Raises CodecError for any truncated, corrupted or unknown frame.
+    """
+    view = _byte_view(data)
+    info, impl = _parse(view)
+    payload = _as_tensor(view, info.payload_at, len(view) - info.payload_at)
+    if device is not None:
+        payload = payload.to(device)
+    return impl.decode(payload, info.numel, info.dtype).to(info.dtype).view(info.shape)
+
+
+def _parse(view: memoryview) -> tuple[FrameInfo, Codec]:
+    if len(view) < _HEAD.size:
+        raise CodecError(f"frame is {len(view)} bytes, shorter than the {_HEAD.size}-byte header")
+    magic, version, dtype_code, ndim, spec_len = _HEAD.unpack_from(view)
+    if magic != MAGIC:
+        raise CodecError(f"not a swarm compression frame (magic {bytes(magic)!r}, expected {MAGIC!r})")
+    if version != VERSION:
+        raise CodecError(f"frame format version {version} is not supported (this build reads {VERSION}); "
+                         "upgrade the older peer")
+    if dtype_code >= len(_DTYPES):
+        raise CodecError(f"frame has unknown dtype code {dtype_code}")
+    if ndim > MAX_NDIM or not 1 <= spec_len <= MAX_SPEC_LEN:
+        raise CodecError(f"frame header is corrupted (ndim {ndim}, codec spec length {spec_len})")
+    shape_at = _HEAD.size + spec_len
+    payload_at = shape_at + 8 * ndim + (-(shape_at + 8 * ndim) % 8)
+    if len(view) < payload_at:
+        raise CodecError(f"frame truncated inside its header ({len(view)} < {payload_at} bytes)")
+    try:
+        spec = bytes(view[_HEAD.size:shape_at]).decode("ascii")
+    except UnicodeDecodeError:
+        raise CodecError("frame's codec spec is not ASCII (corrupted frame)") from None
+    impl = resolve(spec)
+    if impl.spec != spec:
+        raise CodecError(f"frame's codec spec {spec!r} is not canonical (expected {impl.spec!r})")
+    shape = struct.unpack_from(f"<{ndim}Q", view, shape_at)
+    if any(view[shape_at + 8 * ndim:payload_at]):
+        raise CodecError("frame header padding is not zero (corrupted frame)")
+    numel = 1
+    for size in shape:
+        numel *= size
+        if numel > _MAX_NUMEL:
+            raise CodecError(f"frame claims shape {shape}, more than {_MAX_NUMEL} values (corrupted frame)")
+    dtype = _DTYPES[dtype_code]
+    expected = impl.payload_size(numel, dtype)
+    if len(view) - payload_at != expected:
+        raise CodecError(f"frame payload is {len(view) - payload_at} bytes but codec {spec!r} with shape "
+                         f"{tuple(shape)} needs {expected} (truncated or corrupted frame)")
+    return FrameInfo(spec, dtype, tuple(shape), numel, payload_at), impl
+
+
+def _pick_seed(seed: int | None, generator: torch.Generator | None) -> int:
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise CodecError(f"seed must be an int, got {type(seed).__name__}")
+        return seed
+    if generator is not None:
+        return int(torch.randint(0, 1 << 62, (1,), generator=generator, device=generator.device).item())
+    return secrets.randbits(62)
+
+
+def _byte_view(data) -> memoryview:
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise CodecError(f"decode expects bytes, bytearray or memoryview, got {type(data).__name__}") from None
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B") if view.c_contiguous else None
+        if view is None:
+            raise CodecError("decode needs a contiguous buffer")
+    return view
+
+
+def _as_tensor(view: memoryview, offset: int, count: int) -> torch.Tensor:
+    if count == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        # Frames usually arrive as read-only bytes; codecs never write into their payload.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(view, dtype=torch.uint8, count=count, offset=offset)

@@ -1,0 +1,96 @@
+"""`q1`..`q8`: blockwise min-max quantization with stochastic (default) or nearest rounding.
+
+Spec: `q<k>[~][@<block>]`, e.g. `q4`, `q4@128`, `q3~`. Each block of `block` values (default
+256, a multiple of 8) sends an fp16 offset and scale (4 bytes) and k bits per value, so n values
+take ceil(n*k/8) + 4*ceil(n/block) payload bytes. Stochastic rounding keeps the decoded value
+unbiased, which error feedback and AQ-SGD's theory assume; `~` rounds to nearest (error ~0.71x).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from compression.errors import CodecError, nonfinite_error
+from compression.fused import run_decode, run_encode
+from compression.noise import seed_keys
+from compression.registry import register
+
+__all__ = ["BlockQuantizer", "DEFAULT_BLOCK"]
+
+DEFAULT_BLOCK = 256
+_MAX_BLOCK = 1 << 16
+_PARAMS = re.compile(r"(~)?(?:@(\d{1,6}))?(~)?")
+_FP16_MAX = float(torch.finfo(torch.float16).max)
+
+
+@dataclass(frozen=True)
+class BlockQuantizer:
+    """k-bit codes per value plus an fp16 (offset, scale) per block of `block` values."""
+
+    bits: int
+    block: int = DEFAULT_BLOCK
+    stochastic: bool = True
+
+    @property
+    def spec(self) -> str:
+        return f"q{self.bits}{'' if self.stochastic else '~'}" + (
+            "" if self.block == DEFAULT_BLOCK else f"@{self.block}")
+
+    def payload_size(self, numel: int, dtype: torch.dtype) -> int:
+        return 4 * -(-numel // self.block) + -(-numel * self.bits // 8)
+
+    def encode(self, flat: torch.Tensor, seed: int) -> torch.Tensor:
+        numel = flat.numel()
+        if numel == 0:
+            return torch.empty(0, dtype=torch.uint8, device=flat.device)
+        blocks = _as_blocks(flat, self.block)
+        keys = torch.tensor(seed_keys(seed), dtype=torch.int64, device=flat.device)
+        stats, packed = run_encode(blocks, keys, self.bits, self.stochastic)
+        if not bool(torch.isfinite(stats).all()):
+            raise nonfinite_error(flat, self.spec, _FP16_MAX)
+        codes = packed.view(-1)[: -(-numel * self.bits // 8)]
+        return torch.cat([stats.view(torch.uint8).view(-1), codes])
+
+    def decode(self, payload: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        if numel == 0:
+            return torch.empty(0, dtype=torch.float32, device=payload.device)
+        nb = -(-numel // self.block)
+        stats = payload[: 4 * nb].view(torch.float16).view(nb, 2)
+        if not bool(torch.isfinite(stats).all()) or bool((stats[:, 1] < 0).any()):
+            raise CodecError(f"codec {self.spec!r}: frame carries a NaN/inf or negative block scale "
+                             "(corrupted frame)")
+        codes = payload[4 * nb:]
+        full = nb * self.block * self.bits // 8
+        if codes.numel() != full:  # ragged last block: pad its codes to a whole block
+            codes = torch.cat([codes, codes.new_zeros(full - codes.numel())])
+        return run_decode(stats, codes.view(nb, -1), self.bits).view(-1)[:numel]
+
+
+def _as_blocks(flat: torch.Tensor, block: int) -> torch.Tensor:
+    """fp32 [nb, block] view of `flat`; a ragged tail is padded with its last value, which leaves
+    that block's min and max unchanged."""
+    flat = flat.to(torch.float32)
+    pad = -flat.numel() % block
+    if pad:
+        flat = torch.cat([flat, flat[-1:].expand(pad)])
+    return flat.view(-1, block)
+
+
+def _factory(bits: int):
+    def factory(params: str) -> BlockQuantizer:
+        match = _PARAMS.fullmatch(params)
+        if match is None or (match.group(1) and match.group(3)):
+            raise CodecError(f"malformed parameters {params!r} for codec 'q{bits}'; expected e.g. "
+                             f"'q{bits}', 'q{bits}@128', 'q{bits}~', 'q{bits}~@128'")
+        block = int(match.group(2)) if match.group(2) else DEFAULT_BLOCK
+        if block % 8 or not 8 <= block <= _MAX_BLOCK:
+            raise CodecError(f"block size {block} in codec 'q{bits}{params}' must be a multiple of 8 "
+                             f"between 8 and {_MAX_BLOCK}")
+        return BlockQuantizer(bits, block, stochastic=not (match.group(1) or match.group(3)))
+    return factory
+
+
+for _bits in range(1, 9):
+    register(f"q{_bits}", _factory(_bits))

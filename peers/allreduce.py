@@ -1,0 +1,147 @@
+"""Data-parallel gradient averaging over any `Transport`: reduce-scatter, then all-gather.
+
+The R replicas of a stage flatten their gradients into one vector cut into R chunks; replica j
+owns chunk j. Each replica sends its compressed share of chunk j to owner j (error feedback on
+the sender), the owner decodes the shares and sums them in group order (fixed, so arrival order
+never matters), re-encodes the average (error feedback on the owner too) and broadcasts it.
+Every replica, the owner included, writes back the *decoded* broadcast, so all replicas end
+bit-identical. Each replica sends 2 (R-1)/R of the gradient, like a ring, in two rounds: the
+all-to-all "butterfly" exchange that suits links where latency, not bandwidth, is scarce.
+
+A missing share raises `PeerTimeout` (from the transport) before anything is written back: the
+caller aborts the step and the tensors are left as they were.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+import compression
+
+from .transport import Message, Transport
+
+__all__ = ["GradientAverager", "REDUCE_KIND", "GATHER_KIND"]
+
+REDUCE_KIND = "ar-reduce"
+GATHER_KIND = "ar-gather"
+
+
+class GradientAverager:
+    """Averages a stage's gradients with the other replicas in `group` (peer names, in order).
+
+    Example, on every replica of a stage:
+
+        averager = GradientAverager(transport, ["s1r0", "s1r1"], "q4")
+        averager.average(step, [p.grad for p in stage.parameters()])   # in place
+
+    `codec` is the `--grad` codec; `error_feedback` keeps what compression dropped and adds it
+    to the next step's message (needed below ~8 bits). A new group (re-plan) needs a new averager:
+    chunk ownership and error buffers belong to one group.
+    """
+
+    def __init__(self, transport: Transport, group: Sequence[str], codec: str = "q4", *,
+                 error_feedback: bool = True, timeout: float | None = None, plan_version: int = 0) -> None:
+        if transport.name not in group:
+            raise ValueError(f"{transport.name!r} is not in its all-reduce group {list(group)}")
+        if len(set(group)) != len(group):
+            raise ValueError(f"all-reduce group has duplicate names: {list(group)}")
+        self.transport = transport
+        self.group = list(group)
+        self.rank = self.group.index(transport.name)
+        self.codec = codec
+        self.timeout = timeout
+        self.plan_version = plan_version
+        self.bytes_sent = 0
+        self.values_sent = 0
+        self._sender_feedback = compression.ErrorFeedback(codec) if error_feedback else None
+        self._owner_feedback = compression.ErrorFeedback(codec) if error_feedback else None
+
+    def average(self, step: int, tensors: Sequence[torch.Tensor]) -> None:
+        """Replace every tensor by its average over the group (same shapes on every replica).
+
+        On any error the tensors are untouched and the error-feedback residuals are dropped (they
+        belonged to a step that will not be applied), then the error propagates.
+        """
+        if len(self.group) == 1 or not tensors:
+            return
+        try:
+            self._average(step, tensors)
+        except BaseException:
+            self.reset()
+            raise
+
+    def reset(self) -> None:
+        """Forget error-feedback residuals (after an aborted step)."""
+        for feedback in (self._sender_feedback, self._owner_feedback):
+            if feedback is not None:
+                feedback.reset()
+
+    def _average(self, step: int, tensors: Sequence[torch.Tensor]) -> None:
+        size = len(self.group)
+        flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+        bounds = _chunk_bounds(flat.numel(), size)
+        for owner in range(size):
+            if owner != self.rank:
+                start, stop = bounds[owner]
+                payload = self._encode(self._sender_feedback, ("reduce", owner), flat[start:stop], step)
+                self._send(owner, REDUCE_KIND, step, payload, stop - start)
+
+        start, stop = bounds[self.rank]
+        total = torch.zeros(stop - start)
+        for member in range(size):  # fixed order: the sum never depends on arrival order
+            total += flat[start:stop] if member == self.rank else self._receive(member, REDUCE_KIND, step, self.rank,
+                                                                                 stop - start)
+        total /= size
+        payload = self._encode(self._owner_feedback, ("gather", self.rank), total, step)
+        for member in range(size):
+            if member != self.rank:
+                self._send(member, GATHER_KIND, step, payload, stop - start)
+
+        averaged = torch.empty_like(flat)
+        for owner in range(size):
+            start, stop = bounds[owner]
+            if owner == self.rank:
+                averaged[start:stop] = compression.decode(payload).reshape(-1)
+            else:
+                averaged[start:stop] = self._receive(owner, GATHER_KIND, step, owner, stop - start)
+        offset = 0
+        for tensor in tensors:
+            count = tensor.numel()
+            tensor.copy_(averaged[offset:offset + count].view_as(tensor))
+            offset += count
+
+    def _encode(self, feedback, key: tuple, chunk: torch.Tensor, step: int) -> bytes:
+        seed = _seed(step, self.rank, key)
+        if feedback is None:
+            return compression.encode(chunk, self.codec, seed=seed)
+        return feedback.encode(key, chunk, seed=seed)
+
+    def _send(self, member: int, kind: str, step: int, payload: bytes, values: int) -> None:
+        index = member if kind == REDUCE_KIND else self.rank
+        self.transport.send(self.group[member], Message(kind=kind, step=step, index=index, payload=payload,
+                                                        plan_version=self.plan_version))
+        self.bytes_sent += len(payload)
+        self.values_sent += values
+
+    def _receive(self, member: int, kind: str, step: int, index: int, expected: int) -> torch.Tensor:
+        message = self.transport.recv(self.group[member], kind, step, index, timeout=self.timeout)
+        chunk = compression.decode(message.payload).reshape(-1).float()
+        if chunk.numel() != expected:
+            raise ValueError(f"all-reduce {kind} chunk {index} from {self.group[member]!r} has {chunk.numel()} "
+                             f"values, expected {expected}: the replicas disagree on the stage's shapes")
+        return chunk
+
+
+def _chunk_bounds(count: int, parts: int) -> list[tuple[int, int]]:
+    base, extra = divmod(count, parts)
+    bounds, start = [], 0
+    for part in range(parts):
+        stop = start + base + (1 if part < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def _seed(step: int, rank: int, key: tuple) -> int:
+    return (step * 1_000_003 + rank * 7_919 + key[1] * 104_729 + len(key[0])) & 0x7FFFFFFF

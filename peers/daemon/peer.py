@@ -1,0 +1,284 @@
+"""The volunteer daemon behind `swarm-peer join`: announce, follow plans, train, leave cleanly.
+
+Two threads. The main thread follows the control record: apply a committed step, switch to a
+newer plan (discarding a step that was aborted), prepare the next step. The watch thread
+re-announces the peer record every heartbeat and, when the plan changes or the peer is told to
+stop while a step waits on the network, aborts that wait at once (`StageRunner`'s link).
+
+Start-up order matters for the operator: measure the device, open the data port, ask the
+coordinator to dial it back (a NAT'd or firewalled peer is told what to open, instead of silently
+vanishing later), probe the links to the peers already there, then announce `ready`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from models import SequenceDataset, default_corpus_path, get_config, read_corpus
+from peers.dht import SwarmDHT
+from peers.probe import check_reachable, measure_bandwidth, probe, unreachable_hint
+from peers.profiling import measure_device
+from peers.protocol import ControlRecord, PeerRecord, PlanRecord
+from peers.transport import PeerTimeout, TransportClosed
+from peers.zmq_transport import ZmqTransport
+
+from .records import CoordinatorPin, read_peers, write_peer
+from .stage_runner import StageRunner
+from .timeouts import HEARTBEAT_S
+
+__all__ = ["PeerOptions", "PeerDaemon", "UnreachableError"]
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.05
+_TTL_S = 3 * HEARTBEAT_S + 1.0
+_MAX_PROBED = 8
+
+
+class UnreachableError(RuntimeError):
+    """Other peers cannot open a connection to this peer's data port; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class PeerOptions:
+    """The flags of `swarm-peer join` (see `peers.cli`)."""
+
+    initial_peers: tuple[str, ...]
+    name: str
+    device: str = "cpu"
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise_host: str | None = None
+    threads: int | None = None
+
+
+class PeerDaemon:
+    """One volunteer; `run(stop)` returns 0 when the run finished, 130 when stopped by a signal."""
+
+    def __init__(self, options: PeerOptions, on_event: Callable[[str], None] = print) -> None:
+        self.options = options
+        self.on_event = on_event
+        self._lock = threading.Lock()  # guards self.record
+        # The plan being followed and the event that aborts its step, swapped as one tuple so the
+        # watch thread never aborts a newer plan's step by mistake.
+        self._current: tuple[PlanRecord | None, threading.Event] = (None, threading.Event())
+        self._runner: StageRunner | None = None
+        self.record: PeerRecord | None = None
+        self.dht: SwarmDHT | None = None
+        self.transport: ZmqTransport | None = None
+        self.pin = CoordinatorPin()
+        self._datasets: dict[tuple[str, str | None], SequenceDataset] = {}
+
+    def run(self, stop: threading.Event) -> int:
+        options = self.options
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        profile = measure_device(options.device)
+        watcher = threading.Thread(target=self._watch, args=(stop,), name="heartbeat", daemon=True)
+        try:
+            self.dht = SwarmDHT(options.initial_peers, host=options.host)
+            self.transport = ZmqTransport(options.name, host=options.host, port=options.port,
+                                          advertise_host=options.advertise_host)
+            self.record = PeerRecord(name=options.name, address=self.transport.address, device=profile.device,
+                                     tflops=profile.tflops, memory_gb=profile.memory_gb, state="joining")
+            self._announce()
+            watcher.start()
+            self.on_event(f"{options.name}: data port {self.transport.address}, {profile.tflops:.3f} TFLOPS on "
+                          f"{profile.device}, {profile.memory_gb:.1f} GB free")
+            control = self._await_coordinator(stop)
+            if control is None:
+                return 130
+            self._check_reachable(control)
+            self._probe_links()
+            self._update(state="ready")
+            return self._follow(stop)
+        finally:
+            stop.set()
+            self._current[1].set()
+            if watcher.is_alive():
+                watcher.join(timeout=2 * HEARTBEAT_S)
+            if self.record is not None and self.dht is not None:
+                self._update(state="leaving")
+                try:
+                    self._announce()  # nobody waits for our heartbeat to expire
+                except Exception as error:  # the DHT may already be gone; leaving still must finish
+                    log.debug("could not announce leaving: %s", error)
+            if self.transport is not None:
+                self.transport.close()
+            if self.dht is not None:
+                self.dht.close()
+
+    # ---- the main thread ---------------------------------------------------------------------
+
+    def _follow(self, stop: threading.Event) -> int:
+        prepared: tuple[int, int] | None = None  # (step, plan version) whose update is pending
+        while not stop.is_set():
+            control = self.pin.control(self.dht)
+            if control is None or control.plan_version == 0:
+                stop.wait(POLL_S)
+                continue
+            runner = self._runner
+            if prepared and runner and control.committed_version == prepared[1] and control.committed_step >= prepared[0]:
+                runner.apply(prepared[0])
+                prepared = None
+                self._update(step=runner.applied_step, param_checksum=runner.checksum(), prepared_step=0)
+                if control.checkpoint_step == runner.applied_step:
+                    self.transport.serve_state(runner.stage, runner.blob())
+                self._announce()
+            if control.done and (runner is None or runner.applied_step >= control.committed_step):
+                self.on_event(f"{self.options.name}: the run finished at step {control.committed_step}")
+                return 0
+            plan = self._current[0]
+            if control.plan_version != (plan.version if plan else 0):
+                prepared = self._switch(control, prepared)
+                continue
+            runner = self._runner
+            step = control.committed_step + 1
+            if runner is None or prepared is not None or runner.applied_step != control.committed_step:
+                stop.wait(POLL_S)
+                continue
+            if step > control.total_steps:
+                stop.wait(POLL_S)
+                continue
+            prepared = self._prepare(runner, step)
+        return 130
+
+    def _prepare(self, runner: StageRunner, step: int) -> tuple[int, int] | None:
+        try:
+            result = runner.prepare(step)
+        except (PeerTimeout, TransportClosed) as error:
+            if not self._current[1].is_set():
+                self.on_event(f"{self.options.name}: step {step} failed: {error}")
+                self._update(error=f"step {step}: {error}")
+                self._announce()
+            runner.discard()
+            return None
+        stats = result.stats
+        with self._lock:
+            for channel, nbytes in stats.bytes.items():
+                self.record.bytes_sent[channel] = self.record.bytes_sent.get(channel, 0) + nbytes
+                self.record.values_sent[channel] = self.record.values_sent.get(channel, 0) + stats.values[channel]
+        self._update(prepared_step=step, prepared_version=runner.plan.version, loss=result.loss)
+        self._announce()
+        return step, runner.plan.version
+
+    def _switch(self, control: ControlRecord, prepared: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Adopt the plan the control record names; returns the (dropped) pending step."""
+        plan = self.pin.plan(self.dht)
+        if plan is None or plan.version != control.plan_version:
+            time.sleep(POLL_S)  # the plan record is stored before the control record; it is on its way
+            return prepared
+        old = self._runner
+        if prepared is not None and old is not None:
+            old.discard()
+        if old is not None and any(source == f"peer:{self.options.name}" for source in plan.sources.values()):
+            self.transport.serve_state(old.stage, old.blob())
+        self.transport.discard_before(1 << 62)
+        self.transport.plan_version = plan.version
+        abort = threading.Event()
+        self._current = (plan, abort)
+        position = plan.position(self.options.name)
+        if position is None:
+            self._runner = None
+            self._update(state="standby", plan_version=plan.version, stage=-1, replica=-1, error="")
+            self.on_event(f"{self.options.name}: plan {plan.version}: standby")
+            self._announce()
+            return None
+        for name, address in plan.addresses.items():
+            if name != self.options.name:
+                self.transport.connect(name, address)
+        try:
+            self._runner = StageRunner(plan, self.options.name, self.transport, self._dataset(plan), old,
+                                       self.options.device, abort)
+        except (PeerTimeout, TransportClosed, RuntimeError) as error:
+            self.on_event(f"{self.options.name}: cannot take up plan {plan.version}: {error}")
+            self._runner = None
+            self._update(plan_version=plan.version, error=f"plan {plan.version}: {error}")
+            self._announce()
+            return None
+        runner = self._runner
+        self._update(state="training", plan_version=plan.version, stage=runner.stage, replica=runner.replica,
+                     step=runner.applied_step, param_checksum=runner.checksum(), prepared_step=0, error="")
+        self._announce()
+        self.on_event(f"{self.options.name}: plan {plan.version}: stage {runner.stage} replica {runner.replica} "
+                      f"from step {plan.start_step} ({plan.sources[self.options.name]})")
+        return None
+
+    def _dataset(self, plan: PlanRecord) -> SequenceDataset:
+        key = (plan.hyper["model"], plan.hyper.get("data"))
+        if key not in self._datasets:
+            path = plan.hyper.get("data") or default_corpus_path()
+            self._datasets[key] = SequenceDataset(read_corpus(path), get_config(plan.hyper["model"]).context)
+        return self._datasets[key]
+
+    # ---- joining -----------------------------------------------------------------------------
+
+    def _await_coordinator(self, stop: threading.Event) -> ControlRecord | None:
+        started, warned = time.monotonic(), False
+        while not stop.is_set():
+            control = self.pin.control(self.dht)
+            if control is not None and control.probe_address:
+                return control
+            if not warned and time.monotonic() - started > 15:
+                self.on_event(f"{self.options.name}: no coordinator found yet; check --initial-peers "
+                              "(the address the coordinator printed)")
+                warned = True
+            stop.wait(0.2)
+        return None
+
+    def _check_reachable(self, control: ControlRecord) -> None:
+        try:
+            rtt = check_reachable(control.probe_address, self.transport.address)
+        except PeerTimeout:
+            self.on_event(f"{self.options.name}: the coordinator did not answer the reachability check; going on")
+            return
+        if rtt is None:
+            raise UnreachableError(unreachable_hint(self.transport.address, control.probe_address))
+
+    def _probe_links(self) -> None:
+        others = [r for n, r in read_peers(self.dht).items() if n != self.options.name][:_MAX_PROBED]
+        links: dict[str, dict[str, float]] = {}
+        for other in others:
+            rtt = probe(other.address, timeout=2.0)
+            if rtt is None:
+                continue
+            bandwidth = measure_bandwidth(other.address, nbytes=1 << 20, timeout=5.0)
+            links[other.name] = {"latency_ms": rtt * 1e3 / 2,
+                                 "bandwidth_gbps": (bandwidth or 1.25e8) * 8 / 1e9}
+        self._update(links=links)
+
+    # ---- the record --------------------------------------------------------------------------
+
+    def _update(self, **fields: object) -> None:
+        assert self.record is not None
+        with self._lock:
+            for key, value in fields.items():
+                setattr(self.record, key, value)
+
+    def _announce(self) -> None:
+        assert self.record is not None and self.dht is not None
+        with self._lock:
+            snapshot = PeerRecord.from_wire(self.record.to_wire())
+        write_peer(self.dht, snapshot, _TTL_S)
+
+    def _watch(self, stop: threading.Event) -> None:
+        """Heartbeat, and abort a step that waits on the network when the plan moves on."""
+        last = 0.0
+        while not stop.is_set():
+            if time.monotonic() - last >= HEARTBEAT_S:
+                try:
+                    self._announce()
+                except Exception as error:  # a failed heartbeat is retried at the next one
+                    log.warning("heartbeat failed: %s", error)
+                last = time.monotonic()
+            plan, abort = self._current
+            control = self.pin.control(self.dht) if plan is not None else None
+            if control is not None and control.plan_version != plan.version:
+                abort.set()
+            stop.wait(0.2)
+        self._current[1].set()

@@ -1,0 +1,185 @@
+"""This peer's cell of the grid under one plan: its stage worker, its batch, two-phase steps.
+
+The step protocol needs a step to be *prepared* (forward, backward, gradients averaged with the
+replicas) on every peer before any peer *applies* it, so that a step lost to churn is dropped
+everywhere. `StageWorker.run_step` applies AdamW at its end; the runner hands the worker an
+optimizer whose `step()` only marks the update pending, and `apply()` / `discard()` settle it
+when the coordinator commits or aborts. The gradients stay in `.grad` meanwhile.
+
+A new plan always gets a new runner (new neighbours, a new all-reduce group, fresh AQ-SGD memories
+on both sides of every link); the state moves over as the plan's source for this peer says.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import torch
+
+from models import SequenceDataset, build_stage, get_config
+from peers.pipeline import ChannelCodecs, OptimizerSettings, StageWorker, StepResult
+from peers.protocol import PlanRecord
+from peers.state_transfer import StateTransferError, fetch_state
+from peers.transport import Message, PeerTimeout, Transport, TransportClosed
+
+from .stage_state import pack_state, unpack_state
+from .timeouts import Timeouts
+
+__all__ = ["StageRunner", "PlanAborted"]
+
+_SLICE_S = 0.2
+
+
+class PlanAborted(TransportClosed):
+    """The plan changed (or the peer is stopping) while a step waited on the network."""
+
+
+class StageRunner:
+    """Builds the worker for (stage, replica) of `plan` and loads its state (see `sources`)."""
+
+    def __init__(self, plan: PlanRecord, name: str, transport: Transport, dataset: SequenceDataset,
+                 previous: "StageRunner | None", device: str, abort: threading.Event) -> None:
+        position = plan.position(name)
+        if position is None:
+            raise ValueError(f"{name!r} has no cell in plan {plan.version}")
+        self.plan = plan
+        self.stage, self.replica = position
+        self.dataset = dataset
+        self.hyper = plan.hyper
+        self.timeouts = Timeouts.from_wire(plan.hyper["timeouts"])
+        config = get_config(plan.hyper["model"])
+        column = [row[self.replica] for row in plan.grid]
+        module = build_stage(config, plan.layers, self.stage, seed=int(plan.hyper["seed"]), device=device)
+        self.link = _PlanLink(transport, plan.version, abort, self.timeouts.message_s)
+        self.worker = StageWorker(
+            module, stage_index=self.stage, num_stages=plan.stages, transport=self.link,
+            prev=column[self.stage - 1] if self.stage > 0 else None,
+            next=column[self.stage + 1] if self.stage < plan.stages - 1 else None,
+            group=list(plan.grid[self.stage]),
+            codecs=ChannelCodecs(plan.codecs["fwd"], plan.codecs["bwd"], plan.codecs["grad"],
+                                 bool(plan.hyper.get("fwd_delta", False))),
+            micro_batches=int(plan.hyper["micro_batches"]), optimizer=OptimizerSettings(lr=float(plan.hyper["lr"])),
+            timeout=self.timeouts.message_s, seed=int(plan.hyper["seed"]),
+            delta_capacity=min(dataset.train_ids.numel(), int(plan.hyper["batch"]) * int(plan.hyper["steps"])))
+        self._deferred = _DeferredStep(self.worker.optimizer)
+        self.worker.optimizer = self._deferred  # type: ignore[assignment]
+        self._load(plan.sources[name], previous)
+
+    @property
+    def applied_step(self) -> int:
+        """The last step whose update this runner's state holds."""
+        return self._applied
+
+    def prepare(self, step: int) -> StepResult:
+        """Run `step` up to (not including) the optimizer update; raises on timeout or abort."""
+        batch = None
+        if self.stage in (0, self.plan.stages - 1):
+            batch = self.dataset.train_batch(step, int(self.hyper["batch"]), int(self.hyper["seed"]))
+            batch = batch.chunk(self.plan.replicas)[self.replica]
+        return self.worker.run_step(step, batch, self.plan.version)
+
+    def apply(self, step: int) -> None:
+        self._deferred.commit()
+        self._applied = step
+
+    def discard(self) -> None:
+        self._deferred.discard()
+
+    def checksum(self) -> str:
+        return self.worker.param_checksum()
+
+    def blob(self) -> bytes:
+        """This stage's state after `applied_step`, as donors and checkpoints carry it."""
+        return pack_state(self.stage, self.plan.layers, self._applied, self.worker.state_dict())
+
+    def _load(self, source: str, previous: "StageRunner | None") -> None:
+        self._applied = self.plan.start_step - 1
+        if source == "init":
+            return
+        if source == "keep":
+            if previous is None or previous.stage != self.stage or previous.applied_step != self._applied:
+                raise RuntimeError(f"plan {self.plan.version} says keep stage {self.stage} at step {self._applied}, "
+                                   "but this peer does not hold it")
+            self.worker.load_state_dict(previous.worker.state_dict())
+            return
+        address = self.plan.checkpoint_address if source == "checkpoint" else self.plan.addresses[source[5:]]
+        self.worker.load_state_dict(self._fetch(address, source).state)
+
+    def _fetch(self, address: str, source: str) -> Any:
+        """The donor's blob of this stage at start_step - 1 (it may publish it a moment later)."""
+        deadline = time.monotonic() + self.timeouts.message_s * 3
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.link.aborted():
+                raise PlanAborted("plan changed while fetching state")
+            try:
+                state = unpack_state(fetch_state(address, self.stage, timeout=self.timeouts.message_s))
+                if state.step == self._applied and state.layers == list(self.plan.layers):
+                    return state
+                last = f"it serves step {state.step}, layers {state.layers}"
+            except (StateTransferError, ValueError) as error:
+                last = str(error)
+            time.sleep(_SLICE_S)
+        raise PeerTimeout(f"could not load stage {self.stage} at step {self._applied} from {source}: {last}")
+
+
+class _DeferredStep:
+    """The worker's optimizer, except that `step()` waits for the coordinator's commit."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self._optimizer = optimizer
+        self._pending = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._optimizer, name)
+
+    def step(self) -> None:
+        self._pending = True
+
+    def commit(self) -> None:
+        if not self._pending:
+            raise RuntimeError("commit without a prepared step")
+        self._optimizer.step()
+        self._pending = False
+
+    def discard(self) -> None:
+        self._pending = False
+
+
+class _PlanLink:
+    """The transport as the worker of one plan sees it: only that plan's messages, abortable.
+
+    Receives wait in short slices so a plan change (or shutdown) interrupts a step at once
+    instead of after the message timeout; a message left over from an aborted plan version is
+    skipped (the transport drops later ones itself).
+    """
+
+    def __init__(self, transport: Transport, version: int, abort: threading.Event, timeout: float) -> None:
+        self._transport = transport
+        self.name = transport.name
+        self._version = version
+        self._abort = abort
+        self._timeout = timeout
+
+    def aborted(self) -> bool:
+        return self._abort.is_set()
+
+    def send(self, to: str, message: Message) -> None:
+        self._transport.send(to, message)
+
+    def recv(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message:
+        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        while True:
+            if self._abort.is_set():
+                raise PlanAborted(f"plan {self._version} was replaced while waiting for {kind!r} from {sender!r}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PeerTimeout(f"no {kind!r} from {sender!r} for step {step} (index {index}) within "
+                                  f"{self._timeout:.0f} s")
+            try:
+                message = self._transport.recv(sender, kind, step, index, timeout=min(_SLICE_S, remaining))
+            except PeerTimeout:
+                continue
+            if message.plan_version == self._version:
+                return message

@@ -1,0 +1,77 @@
+"""One hierarchy of timeouts, derived from measured link speeds and device speed.
+
+Every wait in the live swarm is one of these, computed in one place by the coordinator from the
+peers' measured links and TFLOPS and published in the plan (`hyper["timeouts"]`), so all peers
+obey the same numbers and no knob is tuned on its own.
+
+    transfer_s  = latency + bytes / bandwidth      the largest message on the slowest planned link
+    step_s      = compute + 2 * micro_batches * stages * transfer_s
+                                                   the expected length of one training step
+    message_s   = max(10 s, 3 * step_s)            one data-plane wait (recv of an activation,
+                                                   gradient or all-reduce chunk): a neighbour that
+                                                   sent nothing for three whole steps is gone
+    heartbeat_s = 1 s (DHT writes take ~10 ms)     how often a peer re-announces itself
+    peer_ttl_s  = 3 heartbeats + 1 s               a silent peer's record expires: this is how a
+                                                   SIGKILLed peer is noticed
+    commit_s    = message_s * (2 * stages + 2)     the coordinator's patience for a step: longer
+                                                   than any chain of message waits inside it; a
+                                                   peer that heartbeats but never prepares is
+                                                   evicted after it
+
+Each level is longer than the one it contains, so the cause of a failure is always noticed by the
+level that owns it: a dead peer by its expired record (peer_ttl_s), a hung link by the waiting
+peer (message_s), a hung peer by the coordinator (commit_s). A graceful leave (SIGTERM) writes a
+`leaving` record first, so nobody waits for any of them.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["Timeouts", "derive_timeouts"]
+
+HEARTBEAT_S = 1.0
+MIN_MESSAGE_S = 10.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """The numbers of the hierarchy above, in seconds."""
+
+    transfer_s: float
+    step_s: float
+    message_s: float
+    heartbeat_s: float
+    peer_ttl_s: float
+    commit_s: float
+
+    def to_wire(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> "Timeouts":
+        if not isinstance(value, dict):
+            raise ValueError("plan field hyper['timeouts'] must be a mapping")
+        try:
+            return cls(**{key: float(value[key]) for key in cls.__dataclass_fields__})
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"plan field hyper['timeouts'] is malformed: {error}") from None
+
+
+def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: float,
+                    step_flops: float, tflops: float, stages: int, micro_batches: int) -> Timeouts:
+    """The hierarchy for a plan whose slowest link and slowest device are the ones given.
+
+    message_bytes: the largest single message (an activation micro-batch or an all-reduce chunk)
+    step_flops: one stage's forward + backward work for a whole step; tflops: the slowest device.
+    """
+    if bandwidth_gbps <= 0 or tflops <= 0:
+        raise ValueError("bandwidth and TFLOPS must be positive to derive timeouts")
+    transfer_s = latency_ms / 1e3 + message_bytes * 8 / (bandwidth_gbps * 1e9)
+    compute_s = step_flops / (tflops * 1e12)
+    step_s = compute_s + 2 * micro_batches * stages * transfer_s
+    message_s = max(MIN_MESSAGE_S, 3 * step_s)
+    peer_ttl_s = 3 * HEARTBEAT_S + 1.0
+    commit_s = message_s * (2 * stages + 2)
+    return Timeouts(transfer_s=transfer_s, step_s=step_s, message_s=message_s, heartbeat_s=HEARTBEAT_S,
+                    peer_ttl_s=peer_ttl_s, commit_s=commit_s)

@@ -1,0 +1,181 @@
+"""A thin wrapper on `hivemind.DHT` that never leaves a process behind.
+
+hivemind runs its DHT in a child process, which in turn runs the libp2p daemon (`p2pd`). If the
+owner dies without a clean shutdown (SIGKILL, an uncaught error in a thread), both used to be
+orphaned: the top complaint of hivemind's users. Here the DHT child asks the kernel to send it
+SIGTERM when its parent dies (`PR_SET_PDEATHSIG`), and its SIGTERM handler terminates its own
+children (`p2pd`) before exiting. A clean `close()` goes through hivemind's own shutdown.
+
+Records are signed with hivemind's `RSASignatureValidator`: a key or subkey that carries an
+`[owner:...]` marker can only be written by the holder of that key (see `peers.protocol`).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import hivemind
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.utils import get_dht_time
+from hivemind.utils.crypto import RSAPrivateKey
+
+__all__ = ["SwarmDHT", "dht_time", "load_or_create_key"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def dht_time() -> float:
+    """The clock every DHT expiration is measured on (hivemind's)."""
+    return get_dht_time()
+
+
+def load_or_create_key(path: Path) -> RSAPrivateKey:
+    """The signing key kept in `path`, so a restarted daemon keeps its identity (and its records)."""
+    if path.exists():
+        key = RSAPrivateKey.__new__(RSAPrivateKey)
+        key.__setstate__({"_private_key": path.read_bytes()})  # DER, as hivemind pickles it
+        return key
+    key = RSAPrivateKey()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(key.to_bytes())
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return key
+
+
+class SwarmDHT:
+    """One DHT node: start, store/get signed records, close (reaping every child).
+
+    host: the address the libp2p node listens on (`0.0.0.0` for the world, `127.0.0.1` for tests);
+    port 0 picks a free one. `identity_dir`, when given, keeps the node's libp2p identity and RSA
+    signing key there, so a restart (`swarm-coordinator --resume`) comes back as the same peer
+    with the same multiaddr.
+    """
+
+    def __init__(self, initial_peers: Sequence[str] = (), host: str = "127.0.0.1", port: int = 0,
+                 identity_dir: Path | None = None, startup_timeout: float = 60.0) -> None:
+        kwargs: dict[str, Any] = {}
+        if identity_dir is not None:
+            identity_dir.mkdir(parents=True, exist_ok=True)
+            kwargs["identity_path"] = str(identity_dir / "p2p.identity")
+            kwargs["check_if_identity_free"] = False
+            private_key = load_or_create_key(identity_dir / "records.key")
+        else:
+            private_key = RSAPrivateKey()
+        self.validator = RSASignatureValidator(private_key)
+        self._dht = _ReapingDHT(
+            initial_peers=list(initial_peers) or None,
+            host_maddrs=[f"/ip4/{host}/tcp/{port}"],
+            record_validators=[self.validator],
+            start=False,
+            shutdown_timeout=5,
+            **kwargs,
+        )
+        self._dht.run_in_background(await_ready=True, timeout=startup_timeout)
+        self._closed = False
+        self._lock = threading.Lock()  # hivemind's pipe to its DHT process is not thread-safe
+
+    @property
+    def owner(self) -> bytes:
+        """The `[owner:...]` marker that makes a key or subkey writable only by this node."""
+        return self.validator.local_public_key
+
+    def multiaddrs(self) -> list[str]:
+        """Addresses other nodes pass as `--initial-peers` (loopback ones included)."""
+        with self._lock:
+            return [str(addr) for addr in self._dht.get_visible_maddrs()]
+
+    def store(self, key: str, value: Any, ttl: float, subkey: bytes | str | None = None) -> bool:
+        """Store `value` until now + `ttl` seconds; a newer store of the same (key, subkey) wins."""
+        with self._lock:
+            return bool(self._dht.store(key, value, dht_time() + ttl, subkey=subkey))
+
+    def get(self, key: str) -> Any:
+        """The latest value under `key` (a dict subkey -> value for subkeyed records), or None."""
+        with self._lock:
+            found = self._dht.get(key, latest=True)
+        if found is None:
+            return None
+        value = found.value
+        if isinstance(value, dict):
+            return {subkey: item.value for subkey, item in value.items()}
+        return value
+
+    def close(self) -> None:
+        """Shut the node down and wait for its process and its `p2pd` to exit. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            self._dht.shutdown()
+        self._dht.join(5)
+        if self._dht.is_alive():
+            self._dht.kill()
+            self._dht.join(5)
+
+    def __enter__(self) -> "SwarmDHT":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _ReapingDHT(hivemind.DHT):
+    """hivemind's DHT process, set to die with its parent and to take its children along."""
+
+    def run(self) -> None:
+        parent = os.getppid()
+        _die_with_parent()
+        signal.signal(signal.SIGTERM, _terminate_children_and_exit)
+        if os.getppid() != parent:  # the parent died before the death signal was armed
+            _terminate_children_and_exit()
+        super().run()
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: clean shutdown paths still reap
+        pass
+
+
+def _terminate_children_and_exit(*_: object) -> None:
+    children = _child_pids()
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 3.0
+    while children and time.monotonic() < deadline:
+        for pid in list(children):
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                children.remove(pid)
+        time.sleep(0.02)
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    os._exit(0)
+
+
+def _child_pids() -> list[int]:
+    pids: list[int] = []
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*"):
+        try:
+            pids += [int(pid) for pid in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return pids

@@ -1,0 +1,98 @@
+"""The three compressed channels of a stage and the byte counts they produce.
+
+forward (activations to the next stage, `--fwd`, optionally AQ-SGD deltas with `--fwd-delta`),
+backward (activation gradients to the previous stage, `--bwd`), gradient (the data-parallel
+all-reduce, `--grad`, with error feedback). Every message crosses a `compression` codec, even
+`none`, so the byte counts are what the wire carries and a frame is self-describing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import compression
+
+__all__ = ["CHANNELS", "ChannelCodecs", "ChannelStats", "ActivationChannel", "check_codec"]
+
+CHANNELS = ("forward", "backward", "gradient")
+
+
+def check_codec(name: str, flag: str) -> None:
+    """Raise ValueError naming `flag` unless the compression layer accepts codec `name`."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{flag}: a codec name is required (e.g. none, fp16, q4)")
+    try:
+        compression.decode(compression.encode(torch.zeros(16), name, seed=0))
+    except ValueError as error:  # compression.CodecError is a ValueError
+        raise ValueError(f"{flag}: unknown or invalid codec {name!r} ({error})") from None
+
+
+@dataclass(frozen=True)
+class ChannelCodecs:
+    """Codec per channel; the defaults are the 3/6/4-bit recipe of AC-SGD."""
+
+    fwd: str = "q3"
+    bwd: str = "q6"
+    grad: str = "q4"
+    fwd_delta: bool = False
+
+    def check(self) -> None:
+        """Validate every codec up front, naming the flag that chose it."""
+        check_codec(self.fwd, "--fwd")
+        check_codec(self.bwd, "--bwd")
+        check_codec(self.grad, "--grad")
+
+    def to_dict(self) -> dict:
+        return {"fwd": self.fwd, "bwd": self.bwd, "grad": self.grad, "fwd_delta": self.fwd_delta}
+
+
+@dataclass
+class ChannelStats:
+    """Bytes sent and tensor values they carried, per channel."""
+
+    bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHANNELS, 0))
+    values: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHANNELS, 0))
+
+    def add(self, channel: str, nbytes: int, nvalues: int) -> None:
+        self.bytes[channel] += nbytes
+        self.values[channel] += nvalues
+
+    def merge(self, other: "ChannelStats") -> None:
+        for channel in CHANNELS:
+            self.add(channel, other.bytes[channel], other.values[channel])
+
+    def bits_per_value(self) -> dict[str, float | None]:
+        """Wire bits (headers and scales included) per value sent; None for an unused channel."""
+        return {channel: (8 * self.bytes[channel] / self.values[channel] if self.values[channel] else None)
+                for channel in CHANNELS}
+
+
+class ActivationChannel:
+    """One side of a forward link: encodes (sender) or decodes (receiver) activations.
+
+    With `delta`, both sides keep AQ-SGD's per-sample memory m: the first visit of a sample goes
+    at full precision, later visits send Q(a - m) and both sides move m by the decoded delta; the
+    receiver computes on m. The two sides must see the same frames in the same order.
+    """
+
+    def __init__(self, codec: str, *, delta: bool = False, capacity: int | None = None) -> None:
+        self.codec = codec
+        # m in fp16 as in the AQ-SGD reference: half the memory; both sides round alike.
+        self._delta = (compression.ActivationDelta(codec, capacity=capacity or 1024, memory_dtype=torch.float16)
+                       if delta else None)
+
+    def encode(self, sample_ids: torch.Tensor, activations: torch.Tensor, *, seed: int) -> bytes:
+        if self._delta is None:
+            return compression.encode(activations, self.codec, seed=seed)
+        return self._delta.encode(sample_ids, activations, seed=seed)
+
+    def decode(self, sample_ids: torch.Tensor, payload: bytes) -> torch.Tensor:
+        if self._delta is None:
+            return compression.decode(payload)
+        return self._delta.decode(sample_ids, payload).clone()
+
+    def forget(self, sample_ids: list[int]) -> None:
+        """Sender side of an aborted step: these samples' next visit goes in full, resyncing m."""
+        if self._delta is not None:
+            self._delta.forget(sample_ids)

@@ -1,0 +1,228 @@
+"""The stage executor: one (stage, replica) of the grid, running one training step at a time.
+
+A `StageWorker` owns a stage module and its AdamW state, and talks to its pipeline neighbours
+and its data-parallel group only through a `Transport`, so the same class runs in the
+one-process grid of `swarm-sim local` and in a live peer over zmq. A step either completes
+(forward and backward over every micro-batch, gradients averaged with the replicas, optimizer
+applied) or raises - `PeerTimeout` from a silent neighbour, `TransportClosed` on abort - before
+the optimizer touches a parameter: no half-applied update.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import compression
+from models import param_checksum
+
+from ..allreduce import GradientAverager
+from ..transport import Message, Transport
+from .channels import ActivationChannel, ChannelCodecs, ChannelStats
+from .schedule import get_schedule
+
+__all__ = ["StageWorker", "StepResult", "OptimizerSettings", "ACT_KIND", "GRAD_KIND"]
+
+ACT_KIND = "act"
+GRAD_KIND = "grad"
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW hyper-parameters; `warmup_steps` ramps the learning rate linearly from 0.
+
+    Weight decay skips biases and norm gains (1-D parameters), as GPT training does.
+    """
+
+    lr: float = 3e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+
+    def lr_at(self, step: int) -> float:
+        if self.warmup_steps <= 0:
+            return self.lr
+        return self.lr * min(1.0, step / self.warmup_steps)
+
+
+@dataclass
+class StepResult:
+    """What one worker did in a step. `loss` (mean over micro-batches) only on the last stage."""
+
+    step: int
+    loss: float | None
+    stats: ChannelStats
+    tokens: int
+    seconds: float
+
+
+class StageWorker:
+    """Stage `stage_index` of `num_stages`, replica `group.index(transport.name)` of its stage.
+
+    Example (a live peer builds one; `swarm-sim local` builds S x R of them over one hub):
+
+        worker = StageWorker(models.build_stage(config, [2, 2], 1), stage_index=1, num_stages=2,
+                             transport=transport, prev="s0r0", next=None, group=["s1r0", "s1r1"],
+                             codecs=ChannelCodecs("q3", "q6", "q4"), micro_batches=4)
+        result = worker.run_step(step, batch)   # batch on the first and last stage, else None
+
+    prev / next: transport names of the pipeline neighbours (None at the ends). group: transport
+    names of this stage's replicas, in the same order on every replica. timeout: seconds any
+    single receive may wait before `PeerTimeout` aborts the step (None waits forever).
+    delta_capacity: samples the AQ-SGD memory must hold (with `codecs.fwd_delta`).
+    """
+
+    def __init__(self, stage: nn.Module, *, stage_index: int, num_stages: int, transport: Transport,
+                 prev: str | None, next: str | None, group: Sequence[str], codecs: ChannelCodecs = ChannelCodecs(),
+                 schedule: str = "1f1b", micro_batches: int = 1, optimizer: OptimizerSettings = OptimizerSettings(),
+                 timeout: float | None = None, seed: int = 0, delta_capacity: int | None = None) -> None:
+        if (prev is None) != (stage_index == 0) or (next is None) != (stage_index == num_stages - 1):
+            raise ValueError(f"stage {stage_index} of {num_stages} needs prev only after stage 0 and next only "
+                             f"before the last stage (got prev={prev!r}, next={next!r})")
+        if micro_batches <= 0:
+            raise ValueError(f"--micro-batches must be positive, got {micro_batches}")
+        self.stage = stage
+        self.stage_index = stage_index
+        self.num_stages = num_stages
+        self.transport = transport
+        self.prev = prev
+        self.next = next
+        self.codecs = codecs
+        self.micro_batches = micro_batches
+        self.settings = optimizer
+        self.timeout = timeout
+        self.seed = seed
+        self.ops = get_schedule(schedule)(stage_index, num_stages, micro_batches)
+        self.averager = GradientAverager(transport, group, codecs.grad, timeout=timeout)
+        self.optimizer = _adamw(stage, optimizer)
+        self._outgoing = ActivationChannel(codecs.fwd, delta=codecs.fwd_delta, capacity=delta_capacity)
+        self._incoming = ActivationChannel(codecs.fwd, delta=codecs.fwd_delta, capacity=delta_capacity)
+        self._dtype = list(stage.parameters())[0].dtype  # `next` is a parameter name here
+
+    @property
+    def first(self) -> bool:
+        return self.stage_index == 0
+
+    @property
+    def last(self) -> bool:
+        return self.stage_index == self.num_stages - 1
+
+    def run_step(self, step: int, batch=None, plan_version: int = 0) -> StepResult:
+        """Forward and backward over the micro-batches, average gradients, apply AdamW.
+
+        `batch` (a `models.Batch`, this replica's share of the global batch) is required on the
+        first and the last stage (token ids in, targets out) and ignored elsewhere.
+        """
+        if (self.first or self.last) and batch is None:
+            raise ValueError(f"stage {self.stage_index} is first or last and needs this replica's batch")
+        started = time.perf_counter()
+        sent: list[int] = []
+        try:
+            loss, stats, tokens = self._train(step, batch, plan_version, sent)
+        except BaseException:
+            self._outgoing.forget(sent)  # the receiver may not have applied these deltas
+            raise
+        return StepResult(step, loss, stats, tokens, time.perf_counter() - started)
+
+    def state_dict(self) -> dict:
+        """Parameters and optimizer state (copies): what a newcomer fetches and a checkpoint stores.
+
+        Copies, because torch's state dicts alias the live tensors, and a receiver in the same
+        process would otherwise share Adam moments with the donor.
+        """
+        return copy.deepcopy({"model": self.stage.state_dict(), "optimizer": self.optimizer.state_dict()})
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stage.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def param_checksum(self) -> str:
+        """sha256 of this stage's parameters: replicas of a stage must agree after every step."""
+        return param_checksum(self.stage)
+
+    def _train(self, step: int, batch, plan_version: int, sent: list[int]) -> tuple[float | None, ChannelStats, int]:
+        micro = batch.chunk(self.micro_batches) if batch is not None and (self.first or self.last) else None
+        stats = ChannelStats()
+        self.optimizer.zero_grad(set_to_none=False)
+        stash: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        losses: list[float] = []
+        tokens = 0
+        for op, m in self.ops:
+            if op == "F":
+                tokens += self._forward(step, m, micro, stash, losses, stats, plan_version, sent)
+            else:
+                self._backward(step, m, stash, stats, plan_version)
+        before = self.averager.bytes_sent, self.averager.values_sent
+        self.averager.average(step, [p.grad for p in self.stage.parameters()])
+        stats.add("gradient", self.averager.bytes_sent - before[0], self.averager.values_sent - before[1])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.settings.lr_at(step)
+        self.optimizer.step()
+        return (sum(losses) / len(losses) if losses else None), stats, tokens
+
+    def _forward(self, step, m, micro, stash, losses, stats, plan_version, sent) -> int:
+        if self.first:
+            sample_ids = micro[m].sample_ids
+            x = micro[m].inputs
+            inputs = None
+        else:
+            message = self.transport.recv(self.prev, ACT_KIND, step, m, timeout=self.timeout)
+            sample_ids = torch.tensor(message.sample_ids, dtype=torch.long)
+            x = self._incoming.decode(sample_ids, message.payload).to(self._dtype).requires_grad_(True)
+            inputs = x
+        tokens = int(x.shape[0] * x.shape[1])
+        out = self.stage(x)
+        if self.last:
+            if not torch.equal(sample_ids, micro[m].sample_ids):
+                raise ValueError(f"step {step} micro-batch {m}: the pipeline delivered samples "
+                                 f"{sample_ids.tolist()} but this replica's batch holds {micro[m].sample_ids.tolist()}")
+            out = self.stage.loss(out, micro[m].targets)
+            losses.append(out.item())
+        else:
+            sent.extend(sample_ids.tolist())
+            payload = self._outgoing.encode(sample_ids, out.detach(), seed=self._seed(step, m, 0))
+            self.transport.send(self.next, Message(kind=ACT_KIND, step=step, index=m, payload=payload,
+                                                   plan_version=plan_version,
+                                                   sample_ids=tuple(sample_ids.tolist())))
+            stats.add("forward", len(payload), out.numel())
+        stash[m] = (inputs, out)
+        return tokens
+
+    def _backward(self, step, m, stash, stats, plan_version) -> None:
+        inputs, out = stash.pop(m)
+        if self.last:
+            (out / self.micro_batches).backward()
+        else:
+            message = self.transport.recv(self.next, GRAD_KIND, step, m, timeout=self.timeout)
+            grad = compression.decode(message.payload).to(self._dtype)
+            if grad.shape != out.shape:
+                raise ValueError(f"step {step} micro-batch {m}: gradient of shape {tuple(grad.shape)} from "
+                                 f"{self.next!r} does not match activations {tuple(out.shape)}")
+            out.backward(grad)
+        if inputs is not None:
+            payload = compression.encode(inputs.grad, self.codecs.bwd, seed=self._seed(step, m, 1))
+            self.transport.send(self.prev, Message(kind=GRAD_KIND, step=step, index=m, payload=payload,
+                                                   plan_version=plan_version))
+            stats.add("backward", len(payload), inputs.grad.numel())
+
+    def _seed(self, step: int, micro_batch: int, channel: int) -> int:
+        """Stochastic-rounding seed: a run repeats exactly, and no two messages share noise."""
+        key = (self.seed, step, self.stage_index, self.averager.rank, micro_batch, channel)
+        return hash(key) & 0x7FFFFFFF
+
+
+def _adamw(stage: nn.Module, settings: OptimizerSettings) -> torch.optim.AdamW:
+    decay = [p for p in stage.parameters() if p.dim() >= 2]
+    no_decay = [p for p in stage.parameters() if p.dim() < 2]
+    for p in stage.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=settings.lr, betas=settings.betas, eps=settings.eps)
+

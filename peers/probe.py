@@ -1,0 +1,144 @@
+"""Link measurements and the reachability check, all through a peer's real data socket.
+
+Every `ZmqTransport` answers a "ping" with a "pong" on its data port, so a probe measures exactly
+the path training traffic takes (same port, same firewall, same zmq stack):
+
+    rtt = probe("tcp://10.0.0.5:7000")                  # seconds, or None if nobody answers
+    bps = measure_bandwidth("tcp://10.0.0.5:7000")      # bytes/s from us to that peer
+    rtt = check_reachable(via="tcp://10.0.0.5:7000", address=my_transport.address)
+
+`check_reachable` asks another peer to probe *us*: it is what `swarm-peer join` runs at start,
+because a NAT or firewall only shows from the outside. When it returns None, print
+`unreachable_hint(address)`.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+
+import zmq
+import zmq.asyncio
+
+from peers import wire
+from peers.transport import Message, PeerTimeout
+from peers.zmq_client import check_address, open_dealer, receive_reply, send_control
+
+__all__ = ["probe", "measure_bandwidth", "check_reachable", "unreachable_hint", "probe_async",
+           "parse_reach_request"]
+
+# A peer asked to probe someone else caps the time it spends on it.
+MAX_REACH_TIMEOUT_S = 10.0
+
+
+def probe(address: str, timeout: float = 2.0, *, rounds: int = 3) -> float | None:
+    """Round-trip time in seconds of a ping through the data port at `address`, or None.
+
+    The first ping also opens the connection, so it only proves the port answers; the result is
+    the median of `rounds` further pings. None means no answer within `timeout` seconds in total.
+    """
+    deadline = time.monotonic() + timeout
+    with open_dealer(address) as sock:
+        if _ping(sock, deadline, b"") is None:
+            return None
+        times = [_ping(sock, deadline, b"") for _ in range(rounds)]
+    measured = [t for t in times if t is not None]
+    return statistics.median(measured) if measured else None
+
+
+def measure_bandwidth(address: str, nbytes: int = 4 * 1024 * 1024, timeout: float = 10.0) -> float | None:
+    """Bytes per second from this host to the peer at `address`, or None if it does not answer.
+
+    Sends one `nbytes` ping (the pong is empty) and subtracts a small ping's round trip, so the
+    result is the uplink towards that peer. Keep `nbytes` below the peer's max_message_bytes.
+    """
+    if nbytes <= 0:
+        raise ValueError(f"nbytes must be positive, got {nbytes}")
+    deadline = time.monotonic() + timeout
+    with open_dealer(address) as sock:
+        if _ping(sock, deadline, b"") is None:
+            return None
+        base = _ping(sock, deadline, b"")
+        loaded = _ping(sock, deadline, bytes(nbytes))
+    if base is None or loaded is None:
+        return None
+    return nbytes / max(loaded - base, 1e-6)
+
+
+def check_reachable(via: str, address: str, timeout: float = 5.0) -> float | None:
+    """Ask the peer at `via` to ping `address`; its round trip in seconds, or None if unreachable.
+
+    Raises PeerTimeout when `via` itself does not answer (then nothing is known about `address`).
+    """
+    check_address(address, what="address to check")
+    nonce = random.getrandbits(31)
+    body = wire.pack_body({"address": address, "timeout": float(min(timeout, MAX_REACH_TIMEOUT_S))})
+    deadline = time.monotonic() + timeout + 1.0  # the remote probe may use all of `timeout`
+    with open_dealer(via) as sock:
+        send_control(sock, wire.REACH_REQUEST, body, index=nonce)
+        reply = _await_kind(sock, wire.REACH_RESULT, nonce, deadline)
+    if reply is None:
+        raise PeerTimeout(f"peer at {via} did not answer a reachability request within {timeout:.1f} s")
+    rtt = wire.unpack_body(reply.payload, {}).get("rtt")
+    return float(rtt) if isinstance(rtt, (int, float)) and not isinstance(rtt, bool) else None
+
+
+def parse_reach_request(payload: bytes | memoryview) -> tuple[str, float]:
+    """(address, timeout) of a reachability request, timeout capped; ValueError if malformed."""
+    body = wire.unpack_body(payload, {"address": str, "timeout": (int, float)})
+    return check_address(body["address"]), min(max(float(body["timeout"]), 0.0), MAX_REACH_TIMEOUT_S)
+
+
+def unreachable_hint(address: str, via: str | None = None) -> str:
+    """What to tell a volunteer whose data port others cannot reach."""
+    port = address.rsplit(":", 1)[-1]
+    host = address[len("tcp://"):].rsplit(":", 1)[0]
+    source = f"from the peer at {via}" if via else "from other peers"
+    return (f"Your data port {address} is not reachable {source}. Other peers must be able to open a TCP "
+            f"connection to it: allow inbound TCP port {port} in your firewall, forward it on your "
+            f"router if you are behind NAT, or pass --host with an address of this machine that "
+            f"others can reach (the current one is {host}) and --port with an open port.")
+
+
+async def probe_async(context: zmq.asyncio.Context, address: str, timeout: float) -> float | None:
+    """`probe` for code running on an event loop: one ping's round trip through `context`, or None."""
+    check_address(address)
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_HEADER_BYTES)
+    nonce = random.getrandbits(31)
+    try:
+        sock.connect(address)
+        start = time.perf_counter()
+        frames = wire.pack(Message(wire.PING, 0, nonce, b""), sender="reach-probe", plan_version=0)
+        await asyncio.wait_for(sock.send_multipart(frames), timeout)
+        while True:
+            remaining = timeout - (time.perf_counter() - start)
+            reply = await asyncio.wait_for(sock.recv_multipart(copy=False), max(remaining, 0.0))
+            try:
+                message = wire.unpack(reply, max_message_bytes=0)
+            except wire.WireError:
+                continue
+            if message.kind == wire.PONG and message.index == nonce:
+                return time.perf_counter() - start
+    except (asyncio.TimeoutError, zmq.ZMQError):
+        return None
+    finally:
+        sock.close(linger=0)
+
+
+def _ping(sock: zmq.Socket, deadline: float, payload: bytes) -> float | None:
+    nonce = random.getrandbits(31)
+    start = time.perf_counter()
+    send_control(sock, wire.PING, payload, index=nonce)
+    reply = _await_kind(sock, wire.PONG, nonce, deadline)
+    return None if reply is None else time.perf_counter() - start
+
+
+def _await_kind(sock: zmq.Socket, kind: str, nonce: int, deadline: float) -> Message | None:
+    """The reply of `kind` to request `nonce`, skipping late answers to earlier requests."""
+    while True:
+        reply = receive_reply(sock, deadline)
+        if reply is None or (reply.kind == kind and reply.index == nonce):
+            return reply

@@ -1,0 +1,75 @@
+"""Measure what a volunteer brings: compute speed (TFLOPS on its device) and memory.
+
+The scheduler places layers by device speed and memory, so the numbers are measured, not
+declared: a short matrix-multiply burst in the dtype training will use, timed after a warm-up.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["DeviceProfile", "measure_device", "check_device"]
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """device: as given to torch; tflops: measured dense matmul speed; memory_gb: usable memory."""
+
+    device: str
+    tflops: float
+    memory_gb: float
+
+
+def check_device(device: str) -> str:
+    """`device` if torch can use it here, else ValueError naming `--device` and what to do."""
+    if device == "cpu":
+        return device
+    if not device.startswith("cuda"):
+        raise ValueError(f"--device: expected 'cpu' or 'cuda:N', got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch build sees no CUDA GPU; use --device cpu "
+                         "or install a CUDA build of torch")
+    try:
+        index = torch.device(device).index or 0
+    except RuntimeError:
+        raise ValueError(f"--device: malformed CUDA device {device!r}; write it as cuda:0") from None
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+def measure_device(device: str = "cpu", size: int = 512, seconds: float = 0.3) -> DeviceProfile:
+    """Time `size` x `size` matmuls for about `seconds` and report the sustained TFLOPS."""
+    device = check_device(device)
+    dtype = torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.mm(a, b)  # warm-up: kernel selection, page faults
+    _sync(device)
+    runs = 0
+    start = time.perf_counter()
+    while True:
+        torch.mm(a, b)
+        runs += 1
+        if runs % 4 == 0:
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                break
+    tflops = 2 * size**3 * runs / elapsed / 1e12
+    return DeviceProfile(device=device, tflops=round(tflops, 4), memory_gb=round(_memory_gb(device), 2))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def _memory_gb(device: str) -> float:
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(device)
+        return free / 2**30
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30

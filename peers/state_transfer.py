@@ -1,0 +1,207 @@
+"""Hand a stage's state (parameters + optimizer) from a live replica to a newcomer, over zmq.
+
+The donor's `ZmqTransport` answers on its ordinary data port, so state transfer needs no extra
+port, address or firewall rule. The donor publishes an opaque blob it built itself (e.g.
+`torch.save` of its state dicts into a buffer, after a committed step):
+
+    transport.serve_state(stage, blob)        # donor, e.g. when the plan names a newcomer
+    blob = fetch_state(donor_address, stage)  # newcomer; spread newcomers over the replicas
+
+Protocol (control kinds, exempt from the plan version; bodies are msgpack maps):
+  state_request {"stage": s, "chunk": -1}          -> state_meta {"stage", "serial", "bytes",
+                                                      "chunks", "chunk_bytes", "sha256"}
+  state_request {"stage": s, "chunk": i, "serial"} -> state_chunk (header step = serial,
+                                                      index = i, payload = the chunk's bytes)
+  anything the donor cannot serve                  -> state_error {"error": "why"}
+The client keeps a few chunk requests in flight (the donor's ROUTER never queues unboundedly),
+so a multi-GB state moves in bounded memory on the donor. Each publish gets a new serial; the
+donor keeps the previous blob too, so a transfer survives one update, and the client checks the
+sha256 of what it assembled.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from peers import wire
+from peers.transport import Message
+from peers.zmq_client import open_dealer, receive_reply, send_control
+
+__all__ = ["StateTransferError", "StateServer", "fetch_state", "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_STATE_BYTES"]
+
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_STATE_BYTES = 64 * 1024**3
+# The client bounds each received frame by this (zmq.MAXMSGSIZE is fixed when the socket connects).
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
+_WINDOW = 4
+
+
+class StateTransferError(ConnectionError):
+    """A state fetch failed; the message says whether to try another donor or raise a limit."""
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    serial: int
+    blob: memoryview
+    sha256: str
+
+
+class StateServer:
+    """The donor's side: published blobs per stage, and the answer to each request.
+
+    Holds no socket: the transport feeds it requests and sends its replies, so it is safe to call
+    `publish` from the training thread while the transport's loop thread calls `answer`.
+    """
+
+    def __init__(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
+            raise ValueError(f"chunk_bytes must be in 1..{MAX_CHUNK_BYTES}, got {chunk_bytes}")
+        self.chunk_bytes = chunk_bytes
+        self._lock = threading.Lock()
+        self._serial = 0
+        self._current: dict[int, _Snapshot] = {}
+        self._previous: dict[int, _Snapshot] = {}
+
+    def publish(self, stage: int, blob: bytes | None) -> None:
+        """Serve `blob` as the state of `stage` from now on (None stops serving that stage)."""
+        with self._lock:
+            old = self._current.pop(stage, None)
+            if old is not None:
+                self._previous[stage] = old
+            if blob is None:
+                self._previous.pop(stage, None)
+                return
+            view = memoryview(blob).toreadonly()
+            self._serial += 1
+            self._current[stage] = _Snapshot(self._serial, view, hashlib.sha256(view).hexdigest())
+
+    def stages(self) -> list[int]:
+        with self._lock:
+            return sorted(self._current)
+
+    def answer(self, request: Message) -> tuple[str, int, int, bytes | memoryview]:
+        """(kind, step, index, payload) of the reply to one `state_request`."""
+        try:
+            body = wire.unpack_body(request.payload, {"stage": int, "chunk": int})
+        except wire.WireError as error:
+            return _error(f"bad state request: {error}")
+        stage, chunk = body["stage"], body["chunk"]
+        with self._lock:
+            current, previous = self._current.get(stage), self._previous.get(stage)
+            served = sorted(self._current)
+        if current is None:
+            return _error(f"this peer serves no state for stage {stage} (it serves stages {served}); "
+                          f"ask another replica of stage {stage}")
+        if chunk < 0:
+            meta = {"stage": stage, "serial": current.serial, "bytes": current.blob.nbytes,
+                    "chunks": _chunk_count(current.blob.nbytes, self.chunk_bytes),
+                    "chunk_bytes": self.chunk_bytes, "sha256": current.sha256}
+            return wire.STATE_META, stage, request.index, wire.pack_body(meta)
+        serial = body.get("serial")
+        snapshot = next((s for s in (current, previous) if s is not None and s.serial == serial), None)
+        if snapshot is None:
+            return _error(f"state of stage {stage} changed twice during the transfer; fetch again")
+        start = chunk * self.chunk_bytes
+        if start >= max(snapshot.blob.nbytes, 1):
+            return _error(f"chunk {chunk} is past the end of the state of stage {stage}")
+        return wire.STATE_CHUNK, snapshot.serial, chunk, snapshot.blob[start:start + self.chunk_bytes]
+
+
+def fetch_state(address: str, stage: int, timeout: float = 120.0, *,
+                max_bytes: int = DEFAULT_MAX_STATE_BYTES) -> bytes:
+    """Download the state blob of `stage` from the donor at `address` (a peer's data address).
+
+    Raises StateTransferError when the donor does not answer within `timeout` seconds, serves no
+    state for `stage`, announces more than `max_bytes`, or sends something that fails the sha256
+    check. The error says what to do (try another replica, raise `max_bytes`).
+    """
+    deadline = time.monotonic() + timeout
+    for _attempt in range(3):
+        with open_dealer(address, max_message_bytes=MAX_CHUNK_BYTES) as sock:
+            meta = _request_meta(sock, address, stage, deadline, timeout)
+            if meta["bytes"] > max_bytes:
+                raise StateTransferError(f"state of stage {stage} at {address} is {meta['bytes']} bytes, above "
+                                         f"max_bytes={max_bytes}; pass a larger max_bytes if that is expected")
+            blob = _download(sock, address, stage, meta, deadline, timeout)
+        if blob is not None:
+            return blob
+    raise StateTransferError(f"state of stage {stage} at {address} kept changing during the transfer; "
+                             f"fetch again after the next step")
+
+
+def _request_meta(sock: zmq.Socket, address: str, stage: int, deadline: float, timeout: float) -> dict:
+    send_control(sock, wire.STATE_REQUEST, wire.pack_body({"stage": stage, "chunk": -1}), step=stage, index=-1)
+    while True:
+        reply = receive_reply(sock, deadline, max_message_bytes=wire.MAX_HEADER_BYTES)
+        if reply is None:
+            raise StateTransferError(f"no answer from the donor at {address} within {timeout:.1f} s: is it alive "
+                                     f"and its data port reachable? Try another replica of stage {stage}")
+        if reply.kind == wire.STATE_ERROR:
+            raise StateTransferError(f"donor at {address} cannot serve stage {stage}: {_reason(reply)}")
+        if reply.kind != wire.STATE_META:
+            continue
+        try:
+            meta = wire.unpack_body(reply.payload, {"stage": int, "serial": int, "bytes": int, "chunks": int,
+                                                    "chunk_bytes": int, "sha256": str})
+        except wire.WireError as error:
+            raise StateTransferError(f"donor at {address} sent bad state metadata: {error}") from None
+        if (meta["stage"] != stage or meta["bytes"] < 0 or not 0 < meta["chunk_bytes"] <= MAX_CHUNK_BYTES
+                or meta["chunks"] != _chunk_count(meta["bytes"], meta["chunk_bytes"])):
+            raise StateTransferError(f"donor at {address} sent inconsistent state metadata {meta}")
+        return meta
+
+
+def _download(sock: zmq.Socket, address: str, stage: int, meta: dict, deadline: float, timeout: float) -> bytes | None:
+    """The assembled blob, or None when the donor's state changed under us (caller retries)."""
+    chunks: list[bytes | None] = [None] * meta["chunks"]
+    next_chunk, missing = 0, meta["chunks"]
+    while next_chunk < min(_WINDOW, len(chunks)):
+        _request_chunk(sock, stage, next_chunk, meta["serial"])
+        next_chunk += 1
+    while missing:
+        reply = receive_reply(sock, deadline, max_message_bytes=meta["chunk_bytes"])
+        if reply is None:
+            raise StateTransferError(f"donor at {address} stopped sending the state of stage {stage} "
+                                     f"(timeout {timeout:.1f} s); try another replica")
+        if reply.kind == wire.STATE_ERROR:
+            if "changed" in _reason(reply):
+                return None
+            raise StateTransferError(f"donor at {address} failed serving stage {stage}: {_reason(reply)}")
+        if reply.kind != wire.STATE_CHUNK or reply.step != meta["serial"] or not 0 <= reply.index < len(chunks):
+            continue
+        if chunks[reply.index] is None:
+            chunks[reply.index] = bytes(reply.payload)
+            missing -= 1
+        if next_chunk < len(chunks):
+            _request_chunk(sock, stage, next_chunk, meta["serial"])
+            next_chunk += 1
+    blob = b"".join(chunks)  # type: ignore[arg-type]
+    if len(blob) != meta["bytes"] or hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+        raise StateTransferError(f"state of stage {stage} from {address} failed its size/sha256 check; "
+                                 f"try another replica")
+    return blob
+
+
+def _request_chunk(sock: zmq.Socket, stage: int, chunk: int, serial: int) -> None:
+    body = wire.pack_body({"stage": stage, "chunk": chunk, "serial": serial})
+    send_control(sock, wire.STATE_REQUEST, body, step=stage, index=chunk)
+
+
+def _chunk_count(nbytes: int, chunk_bytes: int) -> int:
+    return max(1, -(-nbytes // chunk_bytes))
+
+
+def _reason(reply: Message) -> str:
+    try:
+        return str(wire.unpack_body(reply.payload, {"error": str})["error"])
+    except wire.WireError:
+        return "unreadable error message"
+
+
+def _error(reason: str) -> tuple[str, int, int, bytes]:
+    return wire.STATE_ERROR, 0, 0, wire.pack_body({"error": reason})

@@ -1,0 +1,89 @@
+"""Blocking request/reply against a peer's data port, for one-shot clients outside a transport.
+
+Probes, reachability checks and state fetches talk to a peer that may not know them (a newcomer
+has no plan yet), so they open a short-lived DEALER socket, send a control message to the peer's
+ROUTER and wait for its answer. They run in the caller's thread with a plain zmq context: no
+event loop, no background thread, nothing left behind after the `with` block.
+"""
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import zmq
+
+from peers import wire
+from peers.transport import Message
+
+__all__ = ["check_address", "bind_host", "advertised_host", "open_dealer", "send_control", "receive_reply"]
+
+_ADDRESS = re.compile(r"^tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
+
+
+def check_address(address: str, *, what: str = "peer address") -> str:
+    """Return `address` if it is `tcp://HOST:PORT` with a port in 1..65535, else raise ValueError."""
+    match = _ADDRESS.match(address) if isinstance(address, str) else None
+    if match is None or not 0 < int(match["port"]) < 65536:
+        raise ValueError(f"{what} {address!r} must look like tcp://HOST:PORT (e.g. tcp://10.0.0.5:7000)")
+    return address
+
+
+def bind_host(host: str) -> str:
+    """The zmq bind host: "*" for any wildcard spelling."""
+    return "*" if host in ("0.0.0.0", "*", "") else host
+
+
+def advertised_host(host: str, advertise_host: str | None) -> str:
+    """The host others dial: explicit, else the bound one, else this machine's outbound address."""
+    if advertise_host:
+        return advertise_host
+    if bind_host(host) != "*":
+        return host
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe_socket:
+        try:
+            probe_socket.connect(("192.0.2.1", 9))  # no packet is sent; picks the outbound interface
+            return probe_socket.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+@contextmanager
+def open_dealer(address: str, *, max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES) -> Iterator[zmq.Socket]:
+    """A DEALER connected to `address` with linger 0 and a receive size limit; closed on exit."""
+    check_address(address)
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max(max_message_bytes, wire.MAX_HEADER_BYTES))
+        sock.connect(address)
+        yield sock
+    finally:
+        sock.close(linger=0)
+        context.term()
+
+
+def send_control(sock: zmq.Socket, kind: str, payload: bytes = b"", *, step: int = 0, index: int = 0,
+                 sender: str = "client") -> None:
+    """Send one control message (no plan version: control kinds are exempt from it)."""
+    sock.send_multipart(wire.pack(Message(kind, step, index, payload), sender=sender, plan_version=0), copy=False)
+
+
+def receive_reply(sock: zmq.Socket, deadline: float, *, max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
+                  ) -> Message | None:
+    """The next well-formed message before `deadline` (time.monotonic), or None when time runs out.
+
+    Malformed replies are skipped: a misbehaving peer can make a request time out, never crash it.
+    """
+    while True:
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
+            return None
+        frames = sock.recv_multipart(copy=False)
+        try:
+            return wire.unpack(frames, max_message_bytes=max_message_bytes)
+        except wire.WireError:
+            continue

@@ -1,0 +1,85 @@
+"""Atomic checkpoints: a directory per step, published by renaming, indexed by `latest.json`.
+
+A checkpoint of step k holds each stage's state blob (what `StateServer` serves: parameters and
+optimizer, as the peers serialised them) and the plan it was taken under. It is written into a
+temporary directory, flushed, renamed into place, and only then named in `latest.json` (itself
+replaced atomically), so a crash at any instant leaves the previous checkpoint intact and
+`--resume` never reads half a checkpoint. The two newest checkpoints are kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Checkpoint", "write_checkpoint", "read_latest", "write_json_atomic", "KEEP"]
+
+KEEP = 2
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """step: the last step applied in it; plan: the plan record (wire dict) it was taken under."""
+
+    step: int
+    path: Path
+    plan: dict[str, Any]
+    stages: dict[int, bytes]
+
+
+def write_checkpoint(directory: Path, step: int, plan: dict[str, Any], stages: dict[int, bytes]) -> Path:
+    """Write and publish the checkpoint of `step`; returns its directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step:08d}"
+    tmp = directory / f".tmp-step-{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for stage, blob in stages.items():
+        _write_file(tmp / f"stage-{stage}.bin", blob)
+    _write_file(tmp / "meta.json", json.dumps({"step": step, "plan": plan, "stages": sorted(stages)}).encode())
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync_dir(directory)
+    write_json_atomic(directory / "latest.json", {"step": step, "path": final.name})
+    for old in sorted(directory.glob("step-*"))[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_latest(directory: Path) -> Checkpoint:
+    """The checkpoint `latest.json` names; ValueError saying what is wrong (and which flag) otherwise."""
+    index = directory / "latest.json"
+    try:
+        latest = json.loads(index.read_text())
+        path = directory / latest["path"]
+        meta = json.loads((path / "meta.json").read_text())
+        stages = {int(s): (path / f"stage-{int(s)}.bin").read_bytes() for s in meta["stages"]}
+        return Checkpoint(step=int(meta["step"]), path=path, plan=meta["plan"], stages=stages)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--resume: cannot read the checkpoint named by {index}: {error}") from None
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Replace `path` with `value` as JSON so readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _write_file(tmp, json.dumps(value, indent=1).encode())
+    tmp.replace(path)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,335 @@
+"""The coordinator daemon: plan the swarm, drive the step protocol, survive churn, checkpoint.
+
+One loop, polling the DHT every `POLL_S`:
+1. no plan yet: wait for enough `ready` peers, place them (scheduler, or the checkpoint's grid
+   with `--resume`) and publish plan version 1 (or the next version after the one in the DHT).
+2. a grid member is gone (record expired = heartbeat loss, `leaving` = graceful exit, an error
+   report, or no prepare within `commit_s`): abort the step in flight and publish a repaired
+   plan that restarts it, with a reason. No step is ever applied by only some peers.
+3. every member prepared step s under the current version: commit s (peers apply it),
+   checkpoint if due, and between steps admit newcomers (standby, or a whole new replica).
+The control record tells peers what was committed and which plan governs the next step.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from models.config import get_config
+from peers.daemon.records import CoordinatorPin, publish_coordinator, read_peers
+from peers.daemon.stage_state import unpack_state
+from peers.daemon.timeouts import Timeouts, derive_timeouts
+from peers.dht import SwarmDHT
+from peers.protocol import CONTROL_KEY, PLAN_KEY, ControlRecord, PeerRecord, PlanRecord
+from peers.state_transfer import StateTransferError, fetch_state
+from peers.zmq_transport import ZmqTransport
+
+from .checkpoint import Checkpoint, read_latest, write_checkpoint, write_json_atomic
+from .config import CoordinatorConfig
+from .planning import Placement, assign_sources, first_placement, grow, repair, scenario_from_records
+from .report import RunReport
+
+__all__ = ["Coordinator", "POLL_S"]
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.05
+_READY_STATES = ("ready", "training", "standby")
+
+
+class Coordinator:
+    """Runs one swarm to `config.steps`; `run(stop)` returns the exit code (0 when finished).
+
+    `on_event(text)` receives one human-readable line per decision (plan changes, commits,
+    checkpoints); the CLI prints them, the demo feeds its live view.
+    """
+
+    def __init__(self, config: CoordinatorConfig, on_event: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.on_event = on_event
+        self.codecs = {"fwd": config.fwd, "bwd": config.bwd, "grad": config.grad}
+        self.dir = config.checkpoint_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        previous = _read_json(self.dir / "report.json") if config.resume else None
+        self.report = RunReport(self.dir / "report.json", previous)
+        self.checkpoint: Checkpoint | None = read_latest(self.dir) if config.resume else None
+        self.plan: PlanRecord | None = None
+        self.timeouts: Timeouts | None = None
+        self.committed_step = self.checkpoint.step if self.checkpoint else 0
+        self.committed_version = 0
+        self.checkpoint_step = 0
+        self.loss: float | None = None
+        self.tokens_per_s = 0.0
+        self.last_change_step = 0
+        self.step_clock = time.monotonic()
+        self.evicted: set[str] = set()
+        self.tokens_per_step = config.batch * get_config(config.model).context
+
+    def run(self, stop: threading.Event) -> int:
+        self.dht = SwarmDHT(host=self.config.host, port=self.config.port, identity_dir=self.dir / "identity")
+        self.states = ZmqTransport("coordinator", host=self.config.host, port=0)
+        try:
+            addrs = self.dht.multiaddrs()
+            write_json_atomic(self.dir / "coordinator.json", {"initial_peers": addrs})
+            self.on_event(f"DHT node up; peers join with: swarm-peer join --initial-peers {addrs[0]}")
+            self.on_event(f"initial peers written to {self.dir / 'coordinator.json'}")
+            if self.checkpoint is not None:
+                for stage, blob in self.checkpoint.stages.items():
+                    self.states.serve_state(stage, blob)
+                self.on_event(f"resuming from the checkpoint of step {self.checkpoint.step} ({self.checkpoint.path})")
+            last_publish = 0.0
+            while not stop.is_set():
+                if self._tick():
+                    return 0
+                if time.monotonic() - last_publish > 1.0:
+                    self._publish_control()
+                    last_publish = time.monotonic()
+                stop.wait(POLL_S)
+            self.on_event("interrupted: stopping (peers keep their state; restart with --resume)")
+            return 130
+        finally:
+            self.report.save()
+            self.states.close()
+            self.dht.close()
+
+    # ---- one decision ------------------------------------------------------------------------
+
+    def _tick(self) -> bool:
+        records = read_peers(self.dht)
+        if self.plan is None:
+            self._maybe_start(records)
+            return False
+        lost = self._lost(records)
+        if lost:
+            self._replan(records, lost)
+            return False
+        step = self.committed_step + 1
+        members = self.plan.members()
+        if all(records[m].prepared_step == step and records[m].prepared_version == self.plan.version for m in members):
+            return self._commit(step, records)
+        return False
+
+    def _maybe_start(self, records: dict[str, PeerRecord]) -> None:
+        ready = {n: r for n, r in records.items() if r.state in _READY_STATES}
+        if self.checkpoint is not None:
+            old = PlanRecord.from_wire(self.checkpoint.plan)
+            if len(ready) < min(len(old.members()), self.config.min_peers):
+                return
+            placement = repair(old, set(ready), {n: "is not back" for n in old.members() if n not in ready})
+            placement.standby = sorted(set(ready) - {n for row in placement.grid for n in row})
+            placement.reason = f"resumed from the checkpoint of step {self.checkpoint.step}: {placement.reason}"
+            self._publish_plan(placement, ready, origin="checkpoint", start_step=self.checkpoint.step + 1)
+            return
+        if len(ready) < self.config.min_peers:
+            return
+        scenario = scenario_from_records(ready, self.config.hyper(), self.codecs, self.config.stages,
+                                         self.config.replicas)
+        placement = self._fit_batch(first_placement(ready, scenario, self.config.seed))
+        self._publish_plan(placement, ready, origin="init", start_step=1)
+
+    def _lost(self, records: dict[str, PeerRecord]) -> dict[str, str]:
+        """Grid members that cannot finish the step in flight, and why."""
+        assert self.plan is not None and self.timeouts is not None
+        lost: dict[str, str] = {}
+        for name in self.plan.members():
+            record = records.get(name)
+            if record is None:
+                lost[name] = "stopped heartbeating (record expired)"
+            elif record.state == "leaving":
+                lost[name] = "left"
+            elif record.error and record.plan_version == self.plan.version:
+                lost[name] = f"reported: {record.error}"
+        if not lost and time.monotonic() - self.step_clock > self.timeouts.commit_s:
+            step = self.committed_step + 1
+            for name in self.plan.members():
+                if records[name].prepared_step != step:
+                    lost[name] = f"did not finish step {step} within {self.timeouts.commit_s:.0f} s (evicted)"
+                    self.evicted.add(name)
+        return lost
+
+    def _replan(self, records: dict[str, PeerRecord], lost: dict[str, str]) -> None:
+        assert self.plan is not None
+        reported = {n for n, why in lost.items() if why.startswith("reported")}
+        live = {n for n, r in records.items() if r.state in _READY_STATES and n not in self.evicted}
+        dead = {n: why for n, why in lost.items() if n not in reported or n not in live}
+        try:
+            placement = repair(self.plan, live, dead) if dead else Placement(
+                [list(row) for row in self.plan.grid], list(self.plan.layers), list(self.plan.standby),
+                "; ".join(f"{n} {why}" for n, why in sorted(lost.items())))
+        except RuntimeError as error:
+            self.on_event(f"cannot repair the plan yet: {error}")
+            return
+        step = self.committed_step + 1
+        placement.reason = f"step {step} aborted: {placement.reason}"
+        self._publish_plan(self._fit_batch(placement), records, origin="continue", start_step=step)
+
+    def _commit(self, step: int, records: dict[str, PeerRecord]) -> bool:
+        assert self.plan is not None
+        committed_plan = self.plan
+        last_row = committed_plan.grid[-1]
+        losses = [records[n].loss for n in last_row if records[n].loss is not None]
+        now = time.monotonic()
+        seconds = now - self.step_clock
+        self.step_clock = now
+        self.loss = sum(losses) / len(losses) if losses else None
+        self.tokens_per_s = self.tokens_per_step / max(seconds, 1e-9)
+        self.committed_step, self.committed_version = step, committed_plan.version
+        due = step % self.config.checkpoint_every == 0 or step >= self.config.steps
+        self.checkpoint_step = step if due else 0
+        self.report.step(step, committed_plan.version, self.loss, self.tokens_per_s, seconds)
+        self.report.observe(committed_plan, records)
+        finished = step >= self.config.steps
+        if not finished:
+            self._admit(records, step)
+        self._publish_control(done=False)
+        loss_text = "-" if self.loss is None else f"{self.loss:.4f}"
+        self.on_event(f"step {step}/{self.config.steps} committed (plan {committed_plan.version}): "
+                      f"loss {loss_text}, {self.tokens_per_s:.0f} tokens/s")
+        if due:
+            self._checkpoint(step, committed_plan)
+        self.report.save()
+        if finished:
+            self._publish_control(done=True)
+            self.on_event(f"finished {step} steps; report: {self.report.path}; checkpoint: {self.report.checkpoint}")
+            time.sleep(2 * POLL_S + 1.0)  # let peers read `done` before the DHT node goes away
+        return finished
+
+    def _admit(self, records: dict[str, PeerRecord], step: int) -> None:
+        """Between steps: name newcomers standby, grow by a whole replica when hysteresis allows."""
+        assert self.plan is not None
+        placed = set(self.plan.members()) | set(self.plan.standby)
+        live = {n for n, r in records.items() if r.state in _READY_STATES and n not in self.evicted}
+        newcomers = sorted(live - placed)
+        since = step - self.last_change_step
+        if newcomers:
+            plan = PlanRecord.from_wire({**self.plan.to_wire(), "standby": [*self.plan.standby, *newcomers]})
+        else:
+            plan = self.plan
+        target = self.config.replicas or 1 << 30
+        grown = grow(plan, live, target, since)
+        if grown is not None and self.config.batch % ((len(grown.grid[0])) * self.config.micro_batches) == 0:
+            self._publish_plan(grown, records, origin="continue", start_step=step + 1)
+        elif newcomers:
+            reason = f"{', '.join(newcomers)} joined: standby (a new replica needs {self.plan.stages} peers"
+            reason += f", or waits {since}/3 steps)" if grown is None else ")"
+            self._publish_plan(Placement([list(r) for r in plan.grid], list(plan.layers), list(plan.standby), reason),
+                               records, origin="continue", start_step=step + 1)
+
+    # ---- publishing --------------------------------------------------------------------------
+
+    def _publish_plan(self, placement: Placement, records: dict[str, PeerRecord], *, origin: str,
+                      start_step: int) -> None:
+        previous = self.plan
+        members = [n for row in placement.grid for n in row]
+        live = {n for n, r in records.items() if r.state in _READY_STATES}
+        sources = assign_sources(placement.grid, previous, live, origin)
+        if origin == "continue" and "checkpoint" in sources.values():
+            if self.checkpoint is None:
+                self.on_event(f"cannot restart stage(s) without a live replica: no checkpoint yet; waiting for peers")
+                return
+            start_step = self.checkpoint.step + 1
+            sources = dict.fromkeys(members, "checkpoint")
+            placement.reason += f"; a stage lost every replica: rolled back to checkpoint step {self.checkpoint.step}"
+            self.committed_step = self.checkpoint.step
+        self.timeouts = self._timeouts(placement, records)
+        version = max(self._published_version(), previous.version if previous else 0) + 1
+        hyper = {**self.config.hyper(), "timeouts": self.timeouts.to_wire()}
+        plan = PlanRecord(version=version, start_step=start_step, grid=placement.grid, layers=placement.layers,
+                          addresses={n: records[n].address for n in members}, sources=sources, codecs=self.codecs,
+                          hyper=hyper, standby=placement.standby, checkpoint_address=self.states.address,
+                          reason=placement.reason)
+        publish_coordinator(self.dht, PLAN_KEY, plan.to_wire())
+        self.plan = plan
+        self.last_change_step = start_step - 1
+        self.step_clock = time.monotonic()
+        self.report.plan(plan)
+        self.report.save()
+        self._publish_control()
+        grid = " | ".join(" ".join(row) for row in plan.grid)
+        self.on_event(f"plan {version} from step {start_step}: [{grid}]"
+                      + (f" standby [{' '.join(plan.standby)}]" if plan.standby else "") + f" -- {plan.reason}")
+
+    def _publish_control(self, done: bool = False) -> None:
+        control = ControlRecord(plan_version=self.plan.version if self.plan else 0, committed_step=self.committed_step,
+                                committed_version=self.committed_version, total_steps=self.config.steps,
+                                loss=self.loss, tokens_per_s=self.tokens_per_s, checkpoint_step=self.checkpoint_step,
+                                done=done, probe_address=self.states.address)
+        publish_coordinator(self.dht, CONTROL_KEY, control.to_wire())
+
+    def _published_version(self) -> int:
+        """The newest plan version in the DHT (a resumed coordinator continues after it)."""
+        plan = CoordinatorPin().plan(self.dht)
+        return plan.version if plan is not None else 0
+
+    def _fit_batch(self, placement: Placement) -> Placement:
+        """Drop replicas until the global batch splits evenly over replicas x micro-batches."""
+        width = len(placement.grid[0])
+        while width > 1 and self.config.batch % (width * self.config.micro_batches):
+            width -= 1
+        if width < len(placement.grid[0]):
+            placement.standby += [n for row in placement.grid for n in row[width:]]
+            placement.grid = [row[:width] for row in placement.grid]
+            placement.reason += f"; {width} replicas so that --batch {self.config.batch} splits evenly"
+        return placement
+
+    def _timeouts(self, placement: Placement, records: dict[str, PeerRecord]) -> Timeouts:
+        model = get_config(self.config.model)
+        members = [n for row in placement.grid for n in row]
+        links = [link for n in members for peer, link in records[n].links.items() if peer in members]
+        bandwidth = min((float(link["bandwidth_gbps"]) for link in links), default=1.0)
+        latency = max((float(link["latency_ms"]) for link in links), default=1.0)
+        replicas, stages = len(placement.grid[0]), len(placement.grid)
+        micro = max(1, self.config.batch // (replicas * self.config.micro_batches))
+        activation = micro * model.context * model.d_model * 4
+        stage_params = 12 * model.d_model ** 2 * max(placement.layers) + model.vocab * model.d_model
+        tokens = self.config.batch // replicas * model.context
+        return derive_timeouts(message_bytes=max(activation, stage_params * 4 / replicas), bandwidth_gbps=bandwidth,
+                               latency_ms=latency, step_flops=6 * stage_params * tokens,
+                               tflops=min(records[n].tflops for n in members), stages=stages,
+                               micro_batches=self.config.micro_batches)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def _checkpoint(self, step: int, plan: PlanRecord) -> None:
+        """Fetch each stage's state of `step` from one of its replicas and write it atomically."""
+        assert self.timeouts is not None
+        blobs: dict[int, bytes] = {}
+        for stage, row in enumerate(plan.grid):
+            blob = self._fetch_stage(stage, row, plan, step, self.timeouts.message_s)
+            if blob is None:
+                self.on_event(f"checkpoint of step {step} skipped: no replica of stage {stage} served it")
+                self.report.event("checkpoint_skipped", step=step, stage=stage)
+                return
+            blobs[stage] = blob
+        path = write_checkpoint(self.dir, step, plan.to_wire(), blobs)
+        self.checkpoint = Checkpoint(step=step, path=path, plan=plan.to_wire(), stages=blobs)
+        for stage, blob in blobs.items():
+            self.states.serve_state(stage, blob)
+        self.report.checkpoint = str(path)
+        self.on_event(f"checkpoint of step {step} written to {path}")
+
+    def _fetch_stage(self, stage: int, row: list[str], plan: PlanRecord, step: int, patience: float) -> bytes | None:
+        deadline = time.monotonic() + patience
+        attempt = 0
+        while time.monotonic() < deadline:
+            donor = row[(stage + attempt) % len(row)]
+            attempt += 1
+            try:
+                blob = fetch_state(plan.addresses[donor], stage, timeout=max(0.5, deadline - time.monotonic()))
+                if unpack_state(blob).step == step:
+                    return blob
+            except (StateTransferError, ValueError) as error:
+                log.debug("checkpoint fetch of stage %d from %s: %s", stage, donor, error)
+            time.sleep(POLL_S)
+        return None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,206 @@
+"""The two cost models: `dtfm` (DT-FM's published model, exactly) and `full` (ours).
+
+Both price a grid (S x R device indices; `grid[s, r]` holds stage s of pipeline r) with a layer
+count per stage, and both split the price the same way so the search can update it cheaply:
+`data_parallel(grid, layers, rows)` gives each stage's all-reduce time, `total` combines those
+with the pipeline. A `Breakdown`'s three parts add up to the iteration time.
+
+dtfm (Yuan et al., NeurIPS'22), volumes in fp16 whatever the scenario's compression says:
+    DP(C)     = max_{d in C} sum_{d' in C, d' != d} 2 * (alpha(d,d') + c_DP / (R * beta(d,d')))
+    DataPCost = max over stages of DP(stage group)
+    edge(s)   = max_r alpha(g[s,r], g[s+1,r]) + c_PP / beta(g[s,r], g[s+1,r])
+                (the grid's columns are the matching; the search makes it the bottleneck one)
+    PipelineCost = sum_s edge(s);  iteration = DataPCost + 2 * PipelineCost; no compute
+    c_DP = 2 bytes x the stage's parameters; c_PP = 2 bytes x the activations of all M micro-batches
+    of one pipeline (M = global / (micro x R)).
+
+full (ours): a GPipe iteration then a per-stage all-reduce, each a closed form that the
+discrete-event simulator reproduces message by message.
+    F[s,r] = forward FLOPs of stage s / device FLOP/s; B = 3 F (gradient + recomputation)
+    X[s,r] = forward activation bytes (forward_bits) / beta, Y[s,r] = backward bytes / beta,
+    L[s,r] = alpha between g[s,r] and g[s+1,r]. Latency is a delay, not a busy link.
+    M identical micro-batches through a chain of single servers finish at
+        sum of all service and delay times + (M - 1) x the slowest server
+    (an exact flow-shop identity), so for pipeline r
+        T_fwd      = sum F + sum X + sum L + (M-1) max(F, X)
+        done[s, r] = T_fwd + sum_{i>=s} B_i + sum_{s<=i<S-1} (Y_i + L_i)
+                     + (M-1) max(B_i for i >= s, Y_i for s <= i < S-1)
+    all-reduce of stage s (reduce-scatter then all-gather of gradient_bits chunks, each device
+    sending its R-1 chunks back to back on its uplink, latency paid once per phase):
+        AR(s) = 2 max_{d} [ sum_{d' != d} (c_s / R) / beta(d,d') + max_{d'} alpha(d,d') ]
+    iteration = max_s ( max_r done[s, r] + AR(s) )
+    A device whose memory (workload.py) cannot hold its stage makes the plan invalid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from swarm.scheduler.scenario import Scenario
+from swarm.scheduler.workload import Workload
+
+__all__ = ["Breakdown", "CostModel", "DtfmCost", "FullCost", "COST_MODELS", "cost_model"]
+
+INFEASIBLE = 1e9  # added to a plan's score per unfit device, so any plan that fits wins
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Predicted seconds per iteration; compute + pipeline + data_parallel = iteration."""
+
+    iteration_s: float
+    compute_s: float
+    pipeline_s: float
+    data_parallel_s: float
+    fits: bool = True
+
+    def to_dict(self) -> dict:
+        return {"iteration_s": self.iteration_s, "compute_s": self.compute_s,
+                "pipeline_s": self.pipeline_s, "data_parallel_s": self.data_parallel_s}
+
+
+class CostModel:
+    """Shared set-up: the workload of an S x R grid and device arrays of the scenario.
+
+    `total` returns a score and a tie-break; the tie-break is a smooth max of the same terms, so
+    among equal scores the search prefers the plan whose near-critical stages are cheaper.
+    """
+
+    name = ""
+
+    def __init__(self, scenario: Scenario, stages: int, replicas: int):
+        self.scenario, self.stages, self.replicas = scenario, stages, replicas
+        self.work = Workload(scenario, stages, replicas)
+        self.net = scenario.network
+        self.flops = np.array([d.tflops * 1e12 for d in scenario.devices])
+        self.memory = np.array([d.memory_gb * 1e9 for d in scenario.devices])
+
+    def data_parallel(self, grid: np.ndarray, layers: np.ndarray, rows=None) -> np.ndarray:
+        """All-reduce seconds of the stages in `rows` (all stages when None)."""
+        raise NotImplementedError
+
+    def total(self, grid: np.ndarray, layers: np.ndarray, dp: np.ndarray) -> tuple[float, float]:
+        """(score, tie-break) given each stage's all-reduce time; lower is better."""
+        raise NotImplementedError
+
+    def breakdown(self, grid: np.ndarray, layers: np.ndarray) -> Breakdown:
+        raise NotImplementedError
+
+    def score(self, grid: np.ndarray, layers: np.ndarray) -> float:
+        return self.total(grid, layers, self.data_parallel(grid, layers))[0]
+
+    def _pairs(self, grid: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
+        group = grid if rows is None else grid[rows]
+        return group[:, :, None], group[:, None, :]
+
+
+class DtfmCost(CostModel):
+    """DT-FM's published cost model (see the module docstring)."""
+
+    name = "dtfm"
+
+    def data_parallel(self, grid, layers, rows=None):
+        params = self.work.params(layers) if rows is None else self.work.params(layers)[rows]
+        c_dp = 2.0 * params
+        a, b = self._pairs(grid, rows)
+        pair = 2 * (self.net.latency(a, b) + c_dp[:, None, None] / (self.replicas * self.net.bandwidth(a, b)))
+        idx = np.arange(self.replicas)
+        pair[:, idx, idx] = 0.0
+        return pair.sum(axis=2).max(axis=1)
+
+    def _edges(self, grid):
+        c_pp = 2.0 * self.work.boundary_values * self.work.micro_batches
+        return self.net.link_cost(grid[:-1], grid[1:], c_pp)
+
+    def total(self, grid, layers, dp):
+        edges = self._edges(grid)
+        pipeline = edges.max(axis=1).sum() if len(edges) else 0.0
+        soft = _soft_max(dp) + 2 * (sum(_soft_max(row) for row in edges) if len(edges) else 0.0)
+        return float(dp.max() + 2 * pipeline), float(soft)
+
+    def breakdown(self, grid, layers):
+        dp = self.data_parallel(grid, layers)
+        edges = self._edges(grid)
+        pipeline = float(edges.max(axis=1).sum()) if len(edges) else 0.0
+        return Breakdown(float(dp.max() + 2 * pipeline), 0.0, 2 * pipeline, float(dp.max()))
+
+
+class FullCost(CostModel):
+    """Our model: compute, both pipeline directions, compressed volumes, memory (module docstring)."""
+
+    name = "full"
+
+    def data_parallel(self, grid, layers, rows=None):
+        if self.replicas == 1:
+            return np.zeros(self.stages if rows is None else len(rows))
+        comp = self.scenario.compression
+        grad = self.work.gradient_bytes(layers, comp.gradient_bits)
+        chunk = (grad if rows is None else grad[rows]) / self.replicas
+        a, b = self._pairs(grid, rows)
+        send = chunk[:, None, None] / self.net.bandwidth(a, b)
+        lat = self.net.latency(a, b)
+        idx = np.arange(self.replicas)
+        send[:, idx, idx] = 0.0
+        lat[:, idx, idx] = 0.0
+        return 2 * (send.sum(axis=2) + lat.max(axis=2)).max(axis=1)
+
+    def _pipeline(self, grid, layers):
+        """(done (S, R) backward completion times, compute-only makespan per column (R,))."""
+        comp, m = self.scenario.compression, self.work.micro_batches
+        f = self.work.forward_flops(layers)[:, None] / self.flops[grid]
+        b = 3 * f
+        bw = self.net.bandwidth(grid[:-1], grid[1:])
+        x = self.work.activation_bytes(comp.forward_bits) / bw
+        y = self.work.activation_bytes(comp.backward_bits) / bw
+        lat = self.net.latency(grid[:-1], grid[1:])
+        slowest = f.max(axis=0) if not len(x) else np.maximum(f.max(axis=0), x.max(axis=0))
+        t_fwd = f.sum(axis=0) + x.sum(axis=0) + lat.sum(axis=0) + (m - 1) * slowest
+        # backward chain from the last stage down; row s of `link` is the hop s+1 -> s
+        pad = np.zeros((1, grid.shape[1]))
+        link, link_busy = np.vstack([y + lat, pad]), np.vstack([y, pad])
+        suffix_sum = np.cumsum((b + link)[::-1], axis=0)[::-1]
+        suffix_max = np.maximum.accumulate(np.maximum(b, link_busy)[::-1], axis=0)[::-1]
+        done = t_fwd + suffix_sum + (m - 1) * suffix_max
+        compute = f.sum(axis=0) + b.sum(axis=0) + (m - 1) * (f.max(axis=0) + b.max(axis=0))
+        return done, compute
+
+    def _overflow(self, grid, layers):
+        need = self.work.memory_bytes(layers)[:, None]
+        return need > self.memory[grid]
+
+    def total(self, grid, layers, dp):
+        done, _ = self._pipeline(grid, layers)
+        finish = done.max(axis=1) + dp
+        unfit = int(self._overflow(grid, layers).sum())
+        soft = _soft_max(finish) + _soft_max(done.max(axis=0))
+        return float(finish.max() + INFEASIBLE * unfit), float(soft)
+
+    def breakdown(self, grid, layers):
+        done, compute = self._pipeline(grid, layers)
+        dp = self.data_parallel(grid, layers)
+        end = done.max(axis=1)
+        iteration = float((end + dp).max())
+        compute_s = float(compute.max())
+        pipeline_s = float(end.max()) - compute_s
+        return Breakdown(iteration, compute_s, pipeline_s, iteration - float(end.max()),
+                         fits=not self._overflow(grid, layers).any())
+
+
+def _soft_max(values: np.ndarray, power: int = 8) -> float:
+    """A smooth stand-in for max (a power mean): it drops when any near-maximal value drops,
+    which lets the search make progress on the plateaus of a max-of-maxes cost."""
+    top = float(values.max())
+    if top <= 0:
+        return 0.0
+    return top * float(np.mean((values / top) ** power)) ** (1 / power)
+
+
+COST_MODELS = {"full": FullCost, "dtfm": DtfmCost}
+
+
+def cost_model(name: str, scenario: Scenario, stages: int, replicas: int) -> CostModel:
+    """The cost model called `name` ("full" or "dtfm") for an S x R grid of `scenario`."""
+    if name not in COST_MODELS:
+        raise ValueError(f"unknown cost model {name!r}; choose one of {', '.join(COST_MODELS)}")
+    return COST_MODELS[name](scenario, stages, replicas)

@@ -1,0 +1,129 @@
+"""Plan: which device holds which stage of which pipeline, and how many layers each stage has.
+
+The JSON is DESIGN.md's plan file: `grid[s][r]` is the device holding stage s of pipeline r,
+`layers[s]` the layers of stage s, `predicted` the cost model's breakdown. `cost_model` (which
+model predicted it) is an optional extra field. `validate(scenario)` checks a plan against the
+scenario it claims to plan, with errors that name the field.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from swarm.scheduler.scenario import Scenario, ScenarioError
+
+__all__ = ["Plan", "PlanError"]
+
+_PREDICTED = ("iteration_s", "compute_s", "pipeline_s", "data_parallel_s")
+
+
+class PlanError(ScenarioError):
+    """A plan file that is malformed or does not fit its scenario."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    scenario: str
+    grid: tuple[tuple[str, ...], ...]
+    layers: tuple[int, ...]
+    predicted: dict[str, float] = field(default_factory=dict)
+    cost_model: str | None = None
+
+    @property
+    def stages(self) -> int:
+        return len(self.grid)
+
+    @property
+    def replicas(self) -> int:
+        return len(self.grid[0])
+
+    @property
+    def devices(self) -> list[str]:
+        """Every device in the plan, stage by stage."""
+        return [d for row in self.grid for d in row]
+
+    def stage_of(self) -> dict[str, int]:
+        """Device id -> the stage it holds."""
+        return {d: s for s, row in enumerate(self.grid) for d in row}
+
+    def indices(self, scenario: Scenario) -> np.ndarray:
+        """The grid as an (S, R) array of positions in `scenario.devices`."""
+        index = scenario.index
+        return np.array([[index[d] for d in row] for row in self.grid], dtype=np.int64)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Plan":
+        if not isinstance(data, dict):
+            raise PlanError("plan: expected an object")
+        allowed = {"scenario", "stages", "replicas", "grid", "layers", "predicted", "cost_model"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise PlanError(f"plan: unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        for key in ("scenario", "stages", "replicas", "grid", "layers"):
+            if key not in data:
+                raise PlanError(f"plan.{key}: required field is missing")
+        grid = data["grid"]
+        if not (isinstance(grid, list) and grid and all(isinstance(row, list) and row for row in grid)):
+            raise PlanError("plan.grid: expected a non-empty list of non-empty lists of device ids")
+        if any(not isinstance(d, str) for row in grid for d in row):
+            raise PlanError("plan.grid: every entry must be a device id string")
+        if len(grid) != data["stages"]:
+            raise PlanError(f"plan.grid: {len(grid)} rows but stages is {data['stages']!r}")
+        for s, row in enumerate(grid):
+            if len(row) != data["replicas"]:
+                raise PlanError(f"plan.grid[{s}]: {len(row)} devices but replicas is {data['replicas']!r}")
+        layers = data["layers"]
+        if not (isinstance(layers, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in layers)):
+            raise PlanError("plan.layers: expected a list of integers")
+        if len(layers) != len(grid) or min(layers) < 1:
+            raise PlanError(f"plan.layers: need one count >= 1 per stage ({len(grid)}), got {layers}")
+        predicted = data.get("predicted", {})
+        if not isinstance(predicted, dict) or any(k not in _PREDICTED for k in predicted):
+            raise PlanError(f"plan.predicted: expected an object with fields {', '.join(_PREDICTED)}")
+        return cls(str(data["scenario"]), tuple(tuple(row) for row in grid), tuple(layers),
+                   {k: float(v) for k, v in predicted.items()}, data.get("cost_model"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as error:
+            raise PlanError(f"cannot read plan file {path}: {error.strerror}") from None
+        except json.JSONDecodeError as error:
+            raise PlanError(f"{path}: not valid JSON ({error})") from None
+        try:
+            return cls.from_dict(data)
+        except PlanError as error:
+            raise PlanError(f"{path}: {error}") from None
+
+    def to_dict(self) -> dict:
+        data = {"scenario": self.scenario, "stages": self.stages, "replicas": self.replicas,
+                "grid": [list(row) for row in self.grid], "layers": list(self.layers),
+                "predicted": dict(self.predicted)}
+        if self.cost_model:
+            data["cost_model"] = self.cost_model
+        return data
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    def validate(self, scenario: Scenario) -> "Plan":
+        """Check the plan against `scenario`: known, distinct devices and all layers placed."""
+        index = scenario.index
+        seen: set[str] = set()
+        for s, row in enumerate(self.grid):
+            for r, device in enumerate(row):
+                if device not in index:
+                    raise PlanError(f"plan.grid[{s}][{r}]: unknown device id {device!r} "
+                                    f"(not in scenario {scenario.name!r})")
+                if device in seen:
+                    raise PlanError(f"plan.grid[{s}][{r}]: device {device!r} appears twice")
+                seen.add(device)
+        if sum(self.layers) != scenario.model.layers:
+            raise PlanError(f"plan.layers: sum is {sum(self.layers)}, the model has "
+                            f"{scenario.model.layers} layers")
+        return self

@@ -1,0 +1,124 @@
+"""`plan()`: the scheduler's search, and `predict()`, the cost of a given plan.
+
+How it searches (and why it is fast at 1,024 devices):
+1. Shapes: the scenario's S x R, or every S (with R = N // S) when `parallelism` is left open.
+2. Starts: both locality plans (construct.py), each with an even and a speed-proportional layer
+   split. Every shape is priced from its best start; a shape whose memory does not fit drops out.
+3. Refinement: the three best shapes get the local search (localsearch.py), the time left split
+   between them. Every move is priced by the exact cost model.
+Because the starts include both locality plans and the search never accepts a worse plan, the
+result is never worse than either locality plan. Deterministic for a seed unless the time limit
+cuts the search short (then a faster machine searches further).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from swarm.scheduler.construct import (even_layers, locality_dp, locality_pipeline,
+                                       proportional_layers, shapes)
+from swarm.scheduler.cost import INFEASIBLE, Breakdown, CostModel, cost_model as make_model
+from swarm.scheduler.localsearch import LocalSearch
+from swarm.scheduler.plan import Plan, PlanError
+from swarm.scheduler.scenario import Scenario
+
+__all__ = ["plan", "predict", "Candidate", "search", "to_plan"]
+
+REFINED_SHAPES = 3
+
+
+@dataclass
+class Candidate:
+    """A grid of device positions with its layer split, priced by `model`."""
+
+    model: CostModel
+    grid: np.ndarray
+    layers: np.ndarray
+    score: float
+
+    def spare(self) -> np.ndarray:
+        used = np.zeros(len(self.model.scenario.devices), dtype=bool)
+        used[self.grid.ravel()] = True
+        return np.flatnonzero(~used)
+
+
+def plan(scenario: Scenario, cost_model: str = "full", seed: int = 0, time_limit: float = 30.0) -> Plan:
+    """The best plan found for `scenario` under `cost_model` ("full" or "dtfm").
+
+    `time_limit` caps the search in seconds; small swarms converge long before it (a 5-peer
+    swarm in milliseconds), 1,024 devices use most of a 60 s limit. Raises `PlanError` when no
+    placement fits the devices' memory. Example:
+        plan(Scenario.preset("dtfm-5"), "dtfm", seed=0, time_limit=10).save("plan.json")
+    """
+    return to_plan(search(scenario, cost_model, seed, time_limit))
+
+
+def predict(scenario: Scenario, plan: Plan, cost_model: str = "full") -> Breakdown:
+    """The cost model's breakdown of an existing plan (validated against the scenario first)."""
+    plan.validate(scenario)
+    model = make_model(cost_model, scenario, plan.stages, plan.replicas)
+    return model.breakdown(plan.indices(scenario), np.array(plan.layers, dtype=np.int64))
+
+
+def search(scenario: Scenario, cost_model: str, seed: int, time_limit: float,
+           target: float | None = None) -> Candidate:
+    """The search behind `plan()`, returning the raw candidate (used by re-planning too)."""
+    deadline = time.monotonic() + time_limit
+    rng = np.random.default_rng(seed)
+    starts = sorted((_best_start(make_model(cost_model, scenario, s, r)) for s, r in shapes(scenario)),
+                    key=lambda c: c.score)
+    if starts[0].score >= INFEASIBLE:
+        raise PlanError(_memory_hint(starts[0]))
+    refined = [c for c in starts[:REFINED_SHAPES] if c.score < INFEASIBLE]
+    best = refined[0]
+    for k, start in enumerate(refined):
+        share = (deadline - time.monotonic()) / (len(refined) - k)
+        result = refine(start, rng, time.monotonic() + share, target)
+        if result.score < best.score:
+            best = result
+    return best
+
+
+def refine(start: Candidate, rng: np.random.Generator, deadline: float, target: float | None = None,
+           move_layers: bool = True) -> Candidate:
+    """Run the local search from `start` with a budget that grows with the swarm."""
+    n = len(start.model.scenario.devices)
+    patience = int(min(max(300, 4 * n * n), 30_000))
+    walk = LocalSearch(start.model, start.grid, start.layers, start.spare(), rng, move_layers)
+    walk.run(max_evals=40 * patience, patience=patience, deadline=deadline, target=target)
+    return Candidate(start.model, walk.grid, walk.layers, walk.score)
+
+
+def to_plan(candidate: Candidate) -> Plan:
+    """The candidate as a Plan with its predicted breakdown."""
+    model = candidate.model
+    ids = [d.id for d in model.scenario.devices]
+    breakdown = model.breakdown(candidate.grid, candidate.layers)
+    grid = tuple(tuple(ids[i] for i in row) for row in candidate.grid)
+    return Plan(model.scenario.name, grid, tuple(int(n) for n in candidate.layers),
+                breakdown.to_dict(), model.name)
+
+
+def _best_start(model: CostModel) -> Candidate:
+    scenario, stages = model.scenario, model.stages
+    best = None
+    for grid in (locality_dp(scenario, stages, model.replicas),
+                 locality_pipeline(scenario, stages, model.replicas)):
+        speed = model.flops[grid].min(axis=1)
+        for layers in (even_layers(scenario.model.layers, stages),
+                       proportional_layers(scenario.model.layers, speed)):
+            score = model.score(grid, layers)
+            if best is None or score < best.score:
+                best = Candidate(model, grid, layers, score)
+    return best
+
+
+def _memory_hint(candidate: Candidate) -> str:
+    model = candidate.model
+    need = model.work.memory_bytes(candidate.layers).min() / 1e9
+    have = model.memory.max() / 1e9
+    return (f"no placement fits device memory: the smallest stage needs {need:.1f} GB and the "
+            f"largest device has {have:.1f} GB; add devices or leave `parallelism` open so more "
+            f"stages are used")
