@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                    "best_eval_loss": min(entry["loss"] for entry in report["eval"]),
                    "final_train_loss": report["final"]["train_loss"],
                    "bits_per_value": report["bits_per_value"],
+                   "bits_per_value_final_step": report["bits_per_value_final_step"],
                    "seconds": seconds[name]}
             for name, report in reports.items()},
         "goal": "direct-3/6/4 and delta-3/6/4 final eval loss within 3% of fp32 (ratio <= 1.03)",

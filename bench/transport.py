@@ -23,7 +23,7 @@ from peers.zmq_transport import ZmqTransport
 def transport_rate(size: int, messages: int) -> float:
     """MB/s moving `messages` payloads of `size` bytes from one ZmqTransport to another."""
     payload = bytes(size)
-    with ZmqTransport("a", max_pending=8) as sender, ZmqTransport("b") as receiver:
+    with ZmqTransport("a") as sender, ZmqTransport("b") as receiver:
         sender.connect("b", receiver.address)
         sender.send("b", Message("warm", 0, 0, payload))
         receiver.recv("a", "warm", 0, 0, timeout=30)

@@ -1,11 +1,16 @@
-"""The blockwise min-max quantizer's math on whole blocks, written once for two back ends.
+"""The blockwise min-max quantizer's math, written once for two back ends.
 
-`quantize_blocks`, `pack_codes` and `decode_blocks` are plain torch functions: run eagerly for small tensors, and
-handed to `torch.compile` (see `fused.py`) for large ones, where each fuses into one pass. Both paths therefore compute the same codes, and either decodes the other's frames.
+These are plain torch functions: run eagerly for small tensors, and handed to `torch.compile`
+(see `fused.py`) for large ones, where each becomes one vectorized pass. Both paths therefore
+compute the same codes, and either decodes the other's frames. The steps are separate on
+purpose: fused into one graph, the compiler recomputes a code (and its noise) for every output
+byte that touches it, and loads strided bytes one at a time.
 
 Layout per block of B values (B a multiple of 8): one fp16 offset (the block minimum) and one
-fp16 scale, then B k-bit codes packed densely, little-endian: each group of 8 codes is one
-8k-bit integer written as k bytes, so k = 3 puts 8 values in 3 bytes.
+fp16 scale, then B k-bit codes packed densely: each group of 8 codes is one 8k-bit little-endian
+integer written as k bytes (code i in bits k*i .. k*i+k-1), so k = 3 puts 8 values in 3 bytes.
+Codes travel between the steps as int64 "byte-lane words": 8 one-byte codes viewed as one int64,
+which turns packing into contiguous shifts and masks on whole words.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import torch
 
 from compression.noise import uniform
 
-__all__ = ["quantize_blocks", "pack_codes", "decode_blocks"]
+__all__ = ["quantize_blocks", "pack_words", "spread_words", "dequantize_blocks"]
 
 
 def quantize_blocks(blocks: torch.Tensor, keys: torch.Tensor, bits: int, stochastic: bool
@@ -21,8 +26,7 @@ def quantize_blocks(blocks: torch.Tensor, keys: torch.Tensor, bits: int, stochas
     """fp32 `blocks` [nb, B] -> (stats fp16 [nb, 2] = offset, scale; codes uint8 [nb, B]).
 
     Non-finite input shows up as non-finite stats, which the caller checks (a cheap [nb] test
-    instead of a pass over the data). Codes are a separate step from packing so a compiled
-    kernel computes each code (and its noise) once, not once per output byte it touches.
+    instead of another pass over the data).
     """
     levels = (1 << bits) - 1
     nb, size = blocks.shape
@@ -41,59 +45,31 @@ def quantize_blocks(blocks: torch.Tensor, keys: torch.Tensor, bits: int, stochas
     return torch.stack([offset16, scale16], dim=1), codes
 
 
-def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes [nb, B] of `bits` bits -> dense bytes [nb, B*bits/8]."""
-    if bits == 8:
-        return codes
-    nb = codes.shape[0]
-    return _pack(codes.view(nb, -1, 8).to(torch.int32), bits).view(nb, -1)
+def pack_words(words: torch.Tensor, bits: int) -> torch.Tensor:
+    """Byte-lane words [N] (8 codes each) -> packed bytes [N, bits]."""
+    mask = (1 << bits) - 1
+    packed = words & mask
+    for i in range(1, 8):
+        packed = packed | (((words >> (8 * i)) & mask) << (bits * i))
+    shifts = 8 * torch.arange(bits, device=words.device, dtype=torch.int64)
+    return ((packed[:, None] >> shifts) & 0xFF).to(torch.uint8)
 
 
-def decode_blocks(stats: torch.Tensor, packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """fp32 values [nb, B] from `quantize_blocks` + `pack_codes` output."""
-    nb = packed.shape[0]
-    codes = _unpack(packed.view(nb, -1, bits).to(torch.int32), bits)
-    offset = stats[:, 0].to(torch.float32)[:, None, None]
-    scale = stats[:, 1].to(torch.float32)[:, None, None]
-    return (offset + scale * codes.to(torch.float32)).view(nb, -1)
+def spread_words(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packed bytes [N, bits] -> byte-lane words [N]; the inverse of `pack_words`."""
+    mask = (1 << bits) - 1
+    groups = packed.to(torch.int64)
+    word = groups[:, 0]
+    for j in range(1, bits):
+        word = word | (groups[:, j] << (8 * j))
+    spread = word & mask
+    for i in range(1, 8):
+        spread = spread | (((word >> (bits * i)) & mask) << (8 * i))
+    return spread
 
 
-def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """[..., 8] int32 codes of `bits` bits -> [..., bits] bytes holding them back to back.
-
-    Written as shifts by constants per output byte (no 64-bit word, no reduction), so the
-    compiled kernel is plain vectorizable integer arithmetic.
-    """
-    out = []
-    for j in range(bits):
-        byte = None
-        for i, shift in _overlaps(j, bits):
-            part = codes[..., i] << shift if shift >= 0 else codes[..., i] >> -shift
-            byte = part if byte is None else byte | part
-        out.append(byte & 0xFF)
-    return torch.stack(out, dim=-1).to(torch.uint8)
-
-
-def _unpack(groups: torch.Tensor, bits: int) -> torch.Tensor:
-    """[..., bits] int32 bytes -> [..., 8] int32 codes; the inverse of `_pack`."""
-    levels = (1 << bits) - 1
-    out = []
-    for i in range(8):
-        code = None
-        for j, shift in _overlaps_code(i, bits):
-            part = groups[..., j] >> shift if shift >= 0 else groups[..., j] << -shift
-            code = part if code is None else code | part
-        out.append(code & levels)
-    return torch.stack(out, dim=-1)
-
-
-def _overlaps(byte: int, bits: int) -> list[tuple[int, int]]:
-    """(code i, left shift) for each code with bits in output byte `byte`."""
-    return [(i, bits * i - 8 * byte) for i in range(8)
-            if bits * i < 8 * byte + 8 and bits * i + bits > 8 * byte]
-
-
-def _overlaps_code(code: int, bits: int) -> list[tuple[int, int]]:
-    """(byte j, right shift) for each byte holding bits of code `code`."""
-    return [(j, bits * code - 8 * j) for j in range(bits)
-            if 8 * j < bits * code + bits and 8 * j + 8 > bits * code]
+def dequantize_blocks(stats: torch.Tensor, codes: torch.Tensor, out: torch.Tensor) -> None:
+    """Write offset + scale * code for uint8 codes [nb, B] into `out` [nb, B] (any float dtype)."""
+    offset = stats[:, 0].to(torch.float32)[:, None]
+    scale = stats[:, 1].to(torch.float32)[:, None]
+    out.copy_(offset + scale * codes.to(torch.float32))

@@ -31,10 +31,13 @@ class FloatCodec:
             raise nonfinite_error(flat, self.spec, torch.finfo(wire.dtype).max)
         return wire.contiguous().view(torch.uint8)
 
-    def decode(self, payload: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    def decode(self, payload: torch.Tensor, numel: int, dtype: torch.dtype,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        # The payload may view a read-only buffer: the caller always gets its own memory.
         values = payload.view(self.wire_dtype or dtype)
-        # The payload may view a read-only buffer; the caller gets its own memory.
-        return values.clone() if values.dtype == dtype else values
+        if out is None:
+            return values.to(dtype, copy=True)
+        return out.copy_(values)
 
 
 def _plain(spec: str, wire_dtype: torch.dtype | None):

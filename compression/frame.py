@@ -62,8 +62,8 @@ def encode(tensor: torch.Tensor, codec: str, *, generator: torch.Generator | Non
     head = _HEAD.pack(MAGIC, VERSION, _DTYPES.index(tensor.dtype), tensor.ndim, len(spec)) + spec
     head += struct.pack(f"<{tensor.ndim}Q", *tensor.shape)
     head += bytes(-len(head) % 8)
-    body = payload.detach().to("cpu").contiguous().numpy()
-    return b"".join((head, memoryview(body)))
+    parts = payload if isinstance(payload, list) else [payload]
+    return b"".join([head] + [memoryview(part.detach().to("cpu").contiguous().numpy()) for part in parts])
 
 
 class FrameInfo(NamedTuple):
@@ -81,18 +81,27 @@ def describe(data: bytes | bytearray | memoryview) -> FrameInfo:
     return _parse(_byte_view(data))[0]
 
 
-def decode(data: bytes | bytearray | memoryview, *, device: torch.device | str | None = None) -> torch.Tensor:
+def decode(data: bytes | bytearray | memoryview, *, device: torch.device | str | None = None,
+           out: torch.Tensor | None = None) -> torch.Tensor:
     """The tensor a frame carries, with the sender's dtype and shape.
 
     device: where to rebuild it (default CPU); decoding on the GPU moves only the compressed
-    bytes across PCIe. Raises CodecError for any truncated, corrupted or unknown frame.
+    bytes across PCIe. out: a contiguous tensor of the frame's dtype and shape to decode into
+    (returned); reusing one avoids the page faults of a fresh large allocation every call.
+    Raises CodecError for any truncated, corrupted or unknown frame, or an `out` that does not fit.
     """
     view = _byte_view(data)
     info, impl = _parse(view)
+    if out is not None:
+        if out.shape != info.shape or out.dtype != info.dtype or not out.is_contiguous():
+            raise CodecError(f"out is {out.dtype} {tuple(out.shape)}, but the frame holds {info.dtype} "
+                             f"{info.shape}; out must match and be contiguous")
+        device = out.device
     payload = _as_tensor(view, info.payload_at, len(view) - info.payload_at)
     if device is not None:
         payload = payload.to(device)
-    return impl.decode(payload, info.numel, info.dtype).to(info.dtype).view(info.shape)
+    flat = impl.decode(payload, info.numel, info.dtype, None if out is None else out.view(-1))
+    return out if out is not None else flat.view(info.shape)
 
 
 def _parse(view: memoryview) -> tuple[FrameInfo, Codec]:

@@ -1,11 +1,12 @@
-"""Run the block quantizer eagerly or compiled by `torch.compile`, whichever fits the tensor.
+"""Run the block quantizer's steps eagerly or compiled by `torch.compile`, by tensor size.
 
-An eager quantizer makes a dozen passes over memory (and the noise alone dominates); compiled,
-the quantizer becomes one C++ loop on the CPU or one Triton kernel on CUDA. Compiling costs
-seconds per variant on first use (then inductor's on-disk cache makes later processes fast), so
-only tensors of at least `min_numel` values take the compiled path, each (direction, bits,
-rounding) variant is compiled once per process, and any compile failure (no C++ compiler, no
-Triton) falls back to eager with one warning. Both paths run the same code in `blockquant.py`.
+An eager quantizer makes a dozen passes over memory (the noise alone dominates); compiled, each
+step in `blockquant.py` becomes one vectorized C++ loop on the CPU or one Triton kernel on CUDA.
+Compiling costs seconds per variant on first use (inductor's on-disk cache then makes later
+processes fast), so only tensors of at least `min_numel` values take the compiled path, each
+(step, bits, rounding, device) variant compiles once per process, and any compile failure (no
+C++ compiler, no Triton) falls back to eager with one warning. Both paths run the same code, so
+their frames are interchangeable.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from typing import Callable
 
 import torch
 
-from compression.blockquant import decode_blocks, pack_codes, quantize_blocks
+from compression import blockquant
 
-__all__ = ["set_fused", "run_encode", "run_decode"]
+__all__ = ["set_fused", "quantize", "pack", "spread", "dequantize"]
 
-# Below this many values the eager path wins: the compiled call's fixed cost (guards, launch)
-# is tens of microseconds, and small messages should never wait for a compilation.
+# Below this many values the eager path wins: a compiled call's fixed cost (guards, launch) is
+# tens of microseconds, and small messages should never wait for a compilation.
 _settings = {"enabled": True, "min_numel": 1 << 16}
 _compiled: dict[tuple, Callable] = {}
 _failed: set[tuple] = set()
@@ -40,44 +41,44 @@ def set_fused(enabled: bool, min_numel: int | None = None) -> None:
         _settings["min_numel"] = int(min_numel)
 
 
-def run_encode(blocks: torch.Tensor, keys: torch.Tensor, bits: int, stochastic: bool
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(stats, packed codes) of `blocks`, compiled when the tensor is large enough."""
-    numel, device = blocks.numel(), blocks.device.type
-    result = _run_compiled(("quantize", bits, stochastic, device), numel,
-                           lambda b, k: quantize_blocks(b, k, bits, stochastic), blocks, keys)
-    stats, codes = quantize_blocks(blocks, keys, bits, stochastic) if result is None else result
-    packed = _run_compiled(("pack", bits, device), numel, lambda c: pack_codes(c, bits), codes)
-    return stats, pack_codes(codes, bits) if packed is None else packed
+def quantize(blocks: torch.Tensor, keys: torch.Tensor, bits: int, stochastic: bool
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _run(("quantize", bits, stochastic), blocks.numel(),
+                lambda b, k: blockquant.quantize_blocks(b, k, bits, stochastic), blocks, keys)
 
 
-def run_decode(stats: torch.Tensor, packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """`decode_blocks`, compiled when the tensor is large enough."""
-    variant = ("decode", bits, packed.device.type)
-    result = _run_compiled(variant, packed.numel() * 8 // bits, lambda s, p: decode_blocks(s, p, bits),
-                           stats, packed)
-    return decode_blocks(stats, packed, bits) if result is None else result
+def pack(words: torch.Tensor, bits: int) -> torch.Tensor:
+    return _run(("pack", bits), words.numel() * 8, lambda w: blockquant.pack_words(w, bits), words)
 
 
-def _run_compiled(variant: tuple, numel: int, make: Callable, *args: torch.Tensor):
-    """The compiled result, or None when the eager path should run instead."""
+def spread(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    return _run(("spread", bits), packed.shape[0] * 8, lambda p: blockquant.spread_words(p, bits), packed)
+
+
+def dequantize(stats: torch.Tensor, codes: torch.Tensor, out: torch.Tensor) -> None:
+    _run(("dequantize", out.dtype), codes.numel(), blockquant.dequantize_blocks, stats, codes, out)
+
+
+def _run(variant: tuple, numel: int, fn: Callable, *args: torch.Tensor):
+    """`fn(*args)`, compiled when enabled and `numel` is large enough, else eager."""
+    variant = variant + (args[0].device.type,)
     if not _settings["enabled"] or numel < max(_settings["min_numel"], 2) or variant in _failed:
-        return None
+        return fn(*args)
     try:
-        # All variants share one code object, so lift dynamo's per-code recompile limit (8) for
-        # these calls only. The first call of a variant compiles under a lock, so two threads
-        # never compile the same thing at once.
+        # All variants of a step share one code object, so lift dynamo's per-code recompile limit
+        # (8) for these calls only. The first call of a variant compiles under a lock, so two
+        # threads never compile the same thing at once.
         with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=1024):
-            fn = _compiled.get(variant)
-            if fn is not None:
-                return fn(*args)
+            compiled = _compiled.get(variant)
+            if compiled is not None:
+                return compiled(*args)
             with _lock:
-                fn = _compiled.get(variant) or torch.compile(make, dynamic=True)
-                result = fn(*args)
-                _compiled[variant] = fn
+                compiled = _compiled.get(variant) or torch.compile(fn, dynamic=True)
+                result = compiled(*args)
+                _compiled[variant] = compiled
                 return result
     except Exception as error:  # any compiler/toolchain failure: eager gives the same frames
         _failed.add(variant)
-        warnings.warn(f"compression: compiled {variant[0]} q{variant[1]} on {variant[-1]} failed "
-                      f"({type(error).__name__}: {error}); using the slower eager path", RuntimeWarning)
-        return None
+        warnings.warn(f"compression: compiled {variant} failed ({type(error).__name__}: {error}); "
+                      "using the slower eager path", RuntimeWarning)
+        return fn(*args)

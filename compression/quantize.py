@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from compression.errors import CodecError, nonfinite_error
-from compression.fused import run_decode, run_encode
+from compression import fused
 from compression.noise import seed_keys
 from compression.registry import register
 
@@ -41,31 +41,42 @@ class BlockQuantizer:
     def payload_size(self, numel: int, dtype: torch.dtype) -> int:
         return 4 * -(-numel // self.block) + -(-numel * self.bits // 8)
 
-    def encode(self, flat: torch.Tensor, seed: int) -> torch.Tensor:
+    def encode(self, flat: torch.Tensor, seed: int) -> list[torch.Tensor]:
         numel = flat.numel()
         if numel == 0:
-            return torch.empty(0, dtype=torch.uint8, device=flat.device)
+            return []
         blocks = _as_blocks(flat, self.block)
         keys = torch.tensor(seed_keys(seed), dtype=torch.int64, device=flat.device)
-        stats, packed = run_encode(blocks, keys, self.bits, self.stochastic)
+        stats, codes = fused.quantize(blocks, keys, self.bits, self.stochastic)
         if not bool(torch.isfinite(stats).all()):
             raise nonfinite_error(flat, self.spec, _FP16_MAX)
-        codes = packed.view(-1)[: -(-numel * self.bits // 8)]
-        return torch.cat([stats.view(torch.uint8).view(-1), codes])
+        packed = codes if self.bits == 8 else fused.pack(codes.view(-1).view(torch.int64), self.bits)
+        return [stats.view(torch.uint8).view(-1), packed.view(-1)[: -(-numel * self.bits // 8)]]
 
-    def decode(self, payload: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    def decode(self, payload: torch.Tensor, numel: int, dtype: torch.dtype,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None:
+            out = torch.empty(numel, dtype=dtype, device=payload.device)
         if numel == 0:
-            return torch.empty(0, dtype=torch.float32, device=payload.device)
+            return out
         nb = -(-numel // self.block)
         stats = payload[: 4 * nb].view(torch.float16).view(nb, 2)
         if not bool(torch.isfinite(stats).all()) or bool((stats[:, 1] < 0).any()):
             raise CodecError(f"codec {self.spec!r}: frame carries a NaN/inf or negative block scale "
                              "(corrupted frame)")
-        codes = payload[4 * nb:]
+        packed = payload[4 * nb:]
         full = nb * self.block * self.bits // 8
-        if codes.numel() != full:  # ragged last block: pad its codes to a whole block
-            codes = torch.cat([codes, codes.new_zeros(full - codes.numel())])
-        return run_decode(stats, codes.view(nb, -1), self.bits).view(-1)[:numel]
+        if packed.numel() != full:  # ragged last block: pad its codes to a whole block
+            packed = torch.cat([packed, packed.new_zeros(full - packed.numel())])
+        codes = packed if self.bits == 8 else fused.spread(packed.view(-1, self.bits), self.bits).view(torch.uint8)
+        codes = codes.view(nb, self.block)
+        if numel == nb * self.block:
+            fused.dequantize(stats, codes, out.view(nb, self.block))
+        else:
+            whole = torch.empty(nb, self.block, dtype=dtype, device=out.device)
+            fused.dequantize(stats, codes, whole)
+            out.copy_(whole.view(-1)[:numel])
+        return out
 
 
 def _as_blocks(flat: torch.Tensor, block: int) -> torch.Tensor:

@@ -32,12 +32,16 @@ class Codec(Protocol):
 
     def payload_size(self, numel: int, dtype: torch.dtype) -> int: ...
 
-    def encode(self, flat: torch.Tensor, seed: int) -> torch.Tensor:
-        """Return the payload as a 1-D uint8 tensor (any device) for a flat, finite tensor."""
+    def encode(self, flat: torch.Tensor, seed: int) -> torch.Tensor | list[torch.Tensor]:
+        """The payload of a flat tensor as 1-D uint8 tensors (any device), written back to back.
+
+        Raises CodecError for values it cannot represent (NaN/inf).
+        """
         ...
 
-    def decode(self, payload: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        """Return `numel` values (any float dtype) from a validated uint8 payload.
+    def decode(self, payload: torch.Tensor, numel: int, dtype: torch.dtype,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """`numel` values of `dtype` from a length-checked uint8 payload, flat, into `out` if given.
 
         `payload` may view a read-only buffer: never write into it, never return it uncopied.
         """

@@ -130,20 +130,18 @@ class SequenceDataset:
         return Batch(sample_ids.clone(), self._windows[sample_ids].long())
 
     def train_batch(self, step: int, size: int, seed: int) -> Batch:
-        """The global batch of `step` (1-based): consecutive slices of per-epoch seeded shuffles."""
-        if size <= 0:
-            raise ValueError(f"batch size must be positive, got {size}")
+        """The global batch of `step` (1-based), a function of (seed, step) only.
+
+        Each epoch is a seeded shuffle of the training split cut into whole batches (the
+        remainder is dropped), so a batch never holds a sample twice.
+        """
         n = self.train_ids.numel()
-        positions = range((step - 1) * size, step * size)
-        epochs: dict[int, torch.Tensor] = {}
-        picked = []
-        for position in positions:
-            epoch, offset = divmod(position, n)
-            if epoch not in epochs:
-                generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-                epochs[epoch] = torch.randperm(n, generator=generator)
-            picked.append(self.train_ids[epochs[epoch][offset]])
-        return self.sequences(torch.stack(picked))
+        if not 0 < size <= n:
+            raise ValueError(f"batch of {size} sequences does not fit the training split of {n} sequences; "
+                             "lower the batch or use more training data")
+        epoch, index = divmod(step - 1, n // size)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        return self.sequences(self.train_ids[order[index * size:(index + 1) * size]])
 
     def eval_batches(self, size: int) -> list[Batch]:
         """The held-out split in order, in batches of at most `size` sequences."""

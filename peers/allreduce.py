@@ -78,38 +78,45 @@ class GradientAverager:
                 feedback.reset()
 
     def _average(self, step: int, tensors: Sequence[torch.Tensor]) -> None:
-        size = len(self.group)
         flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
-        bounds = _chunk_bounds(flat.numel(), size)
-        for owner in range(size):
-            if owner != self.rank:
-                start, stop = bounds[owner]
-                payload = self._encode(self._sender_feedback, ("reduce", owner), flat[start:stop], step)
-                self._send(owner, REDUCE_KIND, step, payload, stop - start)
-
-        start, stop = bounds[self.rank]
-        total = torch.zeros(stop - start)
-        for member in range(size):  # fixed order: the sum never depends on arrival order
-            total += flat[start:stop] if member == self.rank else self._receive(member, REDUCE_KIND, step, self.rank,
-                                                                                 stop - start)
-        total /= size
-        payload = self._encode(self._owner_feedback, ("gather", self.rank), total, step)
-        for member in range(size):
-            if member != self.rank:
-                self._send(member, GATHER_KIND, step, payload, stop - start)
-
-        averaged = torch.empty_like(flat)
-        for owner in range(size):
-            start, stop = bounds[owner]
-            if owner == self.rank:
-                averaged[start:stop] = compression.decode(payload).reshape(-1)
-            else:
-                averaged[start:stop] = self._receive(owner, GATHER_KIND, step, owner, stop - start)
+        bounds = _chunk_bounds(flat.numel(), len(self.group))
+        mine = self._reduce_scatter(step, flat, bounds)
+        averaged = self._all_gather(step, mine, bounds, flat)
         offset = 0
         for tensor in tensors:
             count = tensor.numel()
             tensor.copy_(averaged[offset:offset + count].view_as(tensor))
             offset += count
+
+    def _reduce_scatter(self, step: int, flat: torch.Tensor, bounds: list[tuple[int, int]]) -> bytes:
+        """Send every other owner its share, sum the shares of this replica's chunk: the encoded average."""
+        for owner, (start, stop) in enumerate(bounds):
+            if owner != self.rank:
+                payload = self._encode(self._sender_feedback, ("reduce", owner), flat[start:stop], step)
+                self._send(owner, REDUCE_KIND, step, payload, stop - start)
+        start, stop = bounds[self.rank]
+        total = torch.zeros(stop - start, device=flat.device)
+        for member in range(len(self.group)):  # fixed order: the sum never depends on arrival order
+            if member == self.rank:
+                total += flat[start:stop]
+            else:
+                total += self._receive(member, REDUCE_KIND, step, self.rank, stop - start, flat.device)
+        total /= len(self.group)
+        return self._encode(self._owner_feedback, ("gather", self.rank), total, step)
+
+    def _all_gather(self, step: int, mine: bytes, bounds: list[tuple[int, int]], flat: torch.Tensor) -> torch.Tensor:
+        """Broadcast this replica's encoded average, collect the others'; everyone decodes the same bytes."""
+        start, stop = bounds[self.rank]
+        for member in range(len(self.group)):
+            if member != self.rank:
+                self._send(member, GATHER_KIND, step, mine, stop - start)
+        averaged = torch.empty_like(flat)
+        for owner, (start, stop) in enumerate(bounds):
+            if owner == self.rank:
+                averaged[start:stop] = compression.decode(mine, device=flat.device).reshape(-1)
+            else:
+                averaged[start:stop] = self._receive(owner, GATHER_KIND, step, owner, stop - start, flat.device)
+        return averaged
 
     def _encode(self, feedback, key: tuple, chunk: torch.Tensor, step: int) -> bytes:
         seed = _seed(step, self.rank, key)
@@ -124,9 +131,10 @@ class GradientAverager:
         self.bytes_sent += len(payload)
         self.values_sent += values
 
-    def _receive(self, member: int, kind: str, step: int, index: int, expected: int) -> torch.Tensor:
+    def _receive(self, member: int, kind: str, step: int, index: int, expected: int,
+                 device: torch.device) -> torch.Tensor:
         message = self.transport.recv(self.group[member], kind, step, index, timeout=self.timeout)
-        chunk = compression.decode(message.payload).reshape(-1).float()
+        chunk = compression.decode(message.payload, device=device).reshape(-1).float()
         if chunk.numel() != expected:
             raise ValueError(f"all-reduce {kind} chunk {index} from {self.group[member]!r} has {chunk.numel()} "
                              f"values, expected {expected}: the replicas disagree on the stage's shapes")

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     join.add_argument("--port", type=int, default=0, help="data port (0 picks a free one) [default: %(default)s]")
     join.add_argument("--advertise-host", help="the address others dial when --host is 0.0.0.0")
     join.add_argument("--threads", type=int, help="torch CPU threads [default: torch's choice]")
+    join.add_argument("--no-fused", dest="fused", action="store_false",
+                      help="quantize eagerly instead of compiling fused kernels (a short CPU run should not "
+                           "wait seconds for torch.compile)")
     args = parser.parse_args(argv)
     from peers.daemon import PeerDaemon, PeerOptions, UnreachableError  # heavy imports after --help
 
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     name = args.name or f"{socket.gethostname()}-{secrets.token_hex(2)}"
     options = PeerOptions(initial_peers=tuple(args.initial_peers), name=name, device=args.device, host=args.host,
-                          port=args.port, advertise_host=args.advertise_host, threads=args.threads)
+                          port=args.port, advertise_host=args.advertise_host, threads=args.threads,
+                          fused=args.fused)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -27,6 +27,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 __all__ = ["SwarmDHT", "dht_time", "load_or_create_key"]
 
 _PR_SET_PDEATHSIG = 1
+_START_ATTEMPTS = 3
 
 
 def dht_time() -> float:
@@ -54,12 +55,12 @@ class SwarmDHT:
     host: the address the libp2p node listens on (`0.0.0.0` for the world, `127.0.0.1` for tests);
     port 0 picks a free one. `identity_dir`, when given, keeps the node's libp2p identity and RSA
     signing key there, so a restart (`swarm-coordinator --resume`) comes back as the same peer
-    with the same multiaddr.
+    with the same multiaddr. `client_mode` nodes only ask (no one dials them): `swarm status`.
     """
 
     def __init__(self, initial_peers: Sequence[str] = (), host: str = "127.0.0.1", port: int = 0,
-                 identity_dir: Path | None = None, startup_timeout: float = 60.0) -> None:
-        kwargs: dict[str, Any] = {}
+                 identity_dir: Path | None = None, startup_timeout: float = 60.0, client_mode: bool = False) -> None:
+        kwargs: dict[str, Any] = {"client_mode": client_mode}
         if identity_dir is not None:
             identity_dir.mkdir(parents=True, exist_ok=True)
             kwargs["identity_path"] = str(identity_dir / "p2p.identity")
@@ -68,15 +69,25 @@ class SwarmDHT:
         else:
             private_key = RSAPrivateKey()
         self.validator = RSASignatureValidator(private_key)
-        self._dht = _ReapingDHT(
-            initial_peers=list(initial_peers) or None,
-            host_maddrs=[f"/ip4/{host}/tcp/{port}"],
-            record_validators=[self.validator],
-            start=False,
-            shutdown_timeout=5,
-            **kwargs,
-        )
-        self._dht.run_in_background(await_ready=True, timeout=startup_timeout)
+        for attempt in range(_START_ATTEMPTS):  # p2pd's bootstrap dial can time out on a loaded machine
+            self._dht = _ReapingDHT(
+                initial_peers=list(initial_peers) or None,
+                host_maddrs=[f"/ip4/{host}/tcp/{port}"],
+                record_validators=[self.validator],
+                start=False,
+                shutdown_timeout=5,
+                **kwargs,
+            )
+            try:
+                self._dht.run_in_background(await_ready=True, timeout=startup_timeout)
+                break
+            except Exception:  # hivemind raises its own error types (P2PDaemonError, TimeoutError)
+                self._dht.join(5)
+                if self._dht.is_alive():
+                    self._dht.kill()
+                    self._dht.join(5)
+                if attempt == _START_ATTEMPTS - 1:
+                    raise
         self._closed = False
         self._lock = threading.Lock()  # hivemind's pipe to its DHT process is not thread-safe
 

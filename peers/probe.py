@@ -106,6 +106,7 @@ async def probe_async(context: zmq.asyncio.Context, address: str, timeout: float
     check_address(address)
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IPV6, 1)
     sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_HEADER_BYTES)
     nonce = random.getrandbits(31)
     try:

@@ -5,14 +5,15 @@ port, address or firewall rule. The donor publishes an opaque blob it built itse
 `torch.save` of its state dicts into a buffer, after a committed step):
 
     transport.serve_state(stage, blob)        # donor, e.g. when the plan names a newcomer
-    blob = fetch_state(donor_address, stage)  # newcomer; spread newcomers over the replicas
+    blob = fetch_state(donor_address, stage)  # newcomer, from one replica
+    blob = fetch_state_any(replica_addresses, stage, spread_key=my_name)  # spread over replicas
 
 Protocol (control kinds, exempt from the plan version; bodies are msgpack maps):
   state_request {"stage": s, "chunk": -1}          -> state_meta {"stage", "serial", "bytes",
                                                       "chunks", "chunk_bytes", "sha256"}
   state_request {"stage": s, "chunk": i, "serial"} -> state_chunk (header step = serial,
                                                       index = i, payload = the chunk's bytes)
-  anything the donor cannot serve                  -> state_error {"error": "why"}
+  anything the donor cannot serve                  -> state_error {"error": "why", "retry": bool}
 The client keeps a few chunk requests in flight (the donor's ROUTER never queues unboundedly),
 so a multi-GB state moves in bounded memory on the donor. Each publish gets a new serial; the
 donor keeps the previous blob too, so a transfer survives one update, and the client checks the
@@ -23,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import zmq
@@ -31,7 +34,8 @@ from peers import wire
 from peers.transport import Message
 from peers.zmq_client import open_dealer, receive_reply, send_control
 
-__all__ = ["StateTransferError", "StateServer", "fetch_state", "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_STATE_BYTES"]
+__all__ = ["StateTransferError", "StateServer", "fetch_state", "fetch_state_any", "DEFAULT_CHUNK_BYTES",
+           "DEFAULT_MAX_STATE_BYTES"]
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_STATE_BYTES = 64 * 1024**3
@@ -105,20 +109,22 @@ class StateServer:
         serial = body.get("serial")
         snapshot = next((s for s in (current, previous) if s is not None and s.serial == serial), None)
         if snapshot is None:
-            return _error(f"state of stage {stage} changed twice during the transfer; fetch again")
+            return _error(f"state of stage {stage} changed twice during the transfer; fetch again", retry=True)
         start = chunk * self.chunk_bytes
         if start >= max(snapshot.blob.nbytes, 1):
             return _error(f"chunk {chunk} is past the end of the state of stage {stage}")
         return wire.STATE_CHUNK, snapshot.serial, chunk, snapshot.blob[start:start + self.chunk_bytes]
 
 
-def fetch_state(address: str, stage: int, timeout: float = 120.0, *,
-                max_bytes: int = DEFAULT_MAX_STATE_BYTES) -> bytes:
+def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: int = DEFAULT_MAX_STATE_BYTES,
+                progress: Callable[[int, int], None] | None = None) -> bytes:
     """Download the state blob of `stage` from the donor at `address` (a peer's data address).
 
     Raises StateTransferError when the donor does not answer within `timeout` seconds, serves no
     state for `stage`, announces more than `max_bytes`, or sends something that fails the sha256
-    check. The error says what to do (try another replica, raise `max_bytes`).
+    check. The error says what to do (try another replica, raise `max_bytes`). `timeout` bounds
+    the whole transfer: derive it from the state size and the measured link speed. `progress`,
+    if given, is called with (bytes received, total bytes) after each chunk, e.g. to drive a bar.
     """
     deadline = time.monotonic() + timeout
     for _attempt in range(3):
@@ -127,11 +133,31 @@ def fetch_state(address: str, stage: int, timeout: float = 120.0, *,
             if meta["bytes"] > max_bytes:
                 raise StateTransferError(f"state of stage {stage} at {address} is {meta['bytes']} bytes, above "
                                          f"max_bytes={max_bytes}; pass a larger max_bytes if that is expected")
-            blob = _download(sock, address, stage, meta, deadline, timeout)
+            blob = _download(sock, address, stage, meta, deadline, timeout, progress)
         if blob is not None:
             return blob
     raise StateTransferError(f"state of stage {stage} at {address} kept changing during the transfer; "
                              f"fetch again after the next step")
+
+
+def fetch_state_any(donors: Sequence[str], stage: int, *, spread_key: str, timeout: float = 120.0,
+                    max_bytes: int = DEFAULT_MAX_STATE_BYTES) -> bytes:
+    """`fetch_state` from the first donor that answers, starting at one picked by `spread_key`.
+
+    Newcomers pass their own name as `spread_key`, so several newcomers of one stage start at
+    different replicas (load spread) and each falls back to the next replica if its pick fails.
+    `timeout` applies to each donor. Raises StateTransferError listing every failure.
+    """
+    if not donors:
+        raise StateTransferError(f"no live replica of stage {stage} to fetch from; restore it from the checkpoint")
+    start = zlib.crc32(spread_key.encode()) % len(donors)
+    failures = []
+    for address in [*donors[start:], *donors[:start]]:
+        try:
+            return fetch_state(address, stage, timeout, max_bytes=max_bytes)
+        except StateTransferError as error:
+            failures.append(str(error))
+    raise StateTransferError(f"every replica of stage {stage} failed: " + " | ".join(failures))
 
 
 def _request_meta(sock: zmq.Socket, address: str, stage: int, deadline: float, timeout: float) -> dict:
@@ -156,10 +182,11 @@ def _request_meta(sock: zmq.Socket, address: str, stage: int, deadline: float, t
         return meta
 
 
-def _download(sock: zmq.Socket, address: str, stage: int, meta: dict, deadline: float, timeout: float) -> bytes | None:
+def _download(sock: zmq.Socket, address: str, stage: int, meta: dict, deadline: float, timeout: float,
+              progress: Callable[[int, int], None] | None) -> bytes | None:
     """The assembled blob, or None when the donor's state changed under us (caller retries)."""
     chunks: list[bytes | None] = [None] * meta["chunks"]
-    next_chunk, missing = 0, meta["chunks"]
+    next_chunk, missing, received = 0, meta["chunks"], 0
     while next_chunk < min(_WINDOW, len(chunks)):
         _request_chunk(sock, stage, next_chunk, meta["serial"])
         next_chunk += 1
@@ -169,7 +196,7 @@ def _download(sock: zmq.Socket, address: str, stage: int, meta: dict, deadline: 
             raise StateTransferError(f"donor at {address} stopped sending the state of stage {stage} "
                                      f"(timeout {timeout:.1f} s); try another replica")
         if reply.kind == wire.STATE_ERROR:
-            if "changed" in _reason(reply):
+            if _retryable(reply):
                 return None
             raise StateTransferError(f"donor at {address} failed serving stage {stage}: {_reason(reply)}")
         if reply.kind != wire.STATE_CHUNK or reply.step != meta["serial"] or not 0 <= reply.index < len(chunks):
@@ -177,6 +204,9 @@ def _download(sock: zmq.Socket, address: str, stage: int, meta: dict, deadline: 
         if chunks[reply.index] is None:
             chunks[reply.index] = bytes(reply.payload)
             missing -= 1
+            received += len(chunks[reply.index])
+            if progress is not None:
+                progress(received, meta["bytes"])
         if next_chunk < len(chunks):
             _request_chunk(sock, stage, next_chunk, meta["serial"])
             next_chunk += 1
@@ -196,6 +226,13 @@ def _chunk_count(nbytes: int, chunk_bytes: int) -> int:
     return max(1, -(-nbytes // chunk_bytes))
 
 
+def _retryable(reply: Message) -> bool:
+    try:
+        return wire.unpack_body(reply.payload, {"retry": bool})["retry"]
+    except wire.WireError:
+        return False
+
+
 def _reason(reply: Message) -> str:
     try:
         return str(wire.unpack_body(reply.payload, {"error": str})["error"])
@@ -203,5 +240,5 @@ def _reason(reply: Message) -> str:
         return "unreadable error message"
 
 
-def _error(reason: str) -> tuple[str, int, int, bytes]:
-    return wire.STATE_ERROR, 0, 0, wire.pack_body({"error": reason})
+def _error(reason: str, retry: bool = False) -> tuple[str, int, int, bytes]:
+    return wire.STATE_ERROR, 0, 0, wire.pack_body({"error": reason, "retry": retry})

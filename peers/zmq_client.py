@@ -1,4 +1,4 @@
-"""Blocking request/reply against a peer's data port, for one-shot clients outside a transport.
+"""Data-port addresses, and blocking request/reply for one-shot clients outside a transport.
 
 Probes, reachability checks and state fetches talk to a peer that may not know them (a newcomer
 has no plan yet), so they open a short-lived DEALER socket, send a control message to the peer's
@@ -58,6 +58,7 @@ def open_dealer(address: str, *, max_message_bytes: int = wire.DEFAULT_MAX_MESSA
     sock = context.socket(zmq.DEALER)
     try:
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IPV6, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, max(max_message_bytes, wire.MAX_HEADER_BYTES))
         sock.connect(address)
         yield sock

@@ -12,14 +12,18 @@ from typing import Any
 __all__ = ["TransportStats"]
 
 _PER_KIND = ("received", "bytes_received", "sent", "bytes_sent", "payload_bytes_sent",
-             "send_failed", "dropped_stale", "dropped_future")
+             "send_failed", "dropped_stale", "dropped_future", "dropped_overflow")
 
 
 class TransportStats:
     """Thread-safe counters; `snapshot()` is a plain JSON-ready dict.
 
-    bytes_* count header and payload frames (what crossed the wire, less zmq's own framing);
-    payload_bytes_sent counts the compression frames alone, to compare with codec bit-widths.
+    received counts every well-formed message (probes and state requests included) before the
+    plan-version check, whose drops land in dropped_stale / dropped_future (and dropped_overflow
+    past the unclaimed-bytes budget, see `peers.zmq_mailbox`); frames that fail to
+    parse count only in rejected_malformed. bytes_* count header and payload frames (what crossed
+    the wire, less zmq's own framing); payload_bytes_sent counts the compression frames alone, to
+    compare with codec bit-widths. send_failed: messages zmq refused (its error is logged).
     """
 
     def __init__(self) -> None:

@@ -17,7 +17,8 @@ own zmq frame without copies (see `peers.wire`).
 
 Robustness: every socket has a maximum frame size (zmq.MAXMSGSIZE, and the parser checks again);
 malformed frames are counted and dropped; messages of an older plan version are dropped and
-counted, newer ones are held (bounded) until this peer adopts that version; a send to a peer
+counted, newer ones are held until this peer adopts that version, and data delivered but not
+yet claimed is capped at `max_unclaimed_bytes` (see `peers.zmq_mailbox`); a send to a peer
 that accepts nothing blocks at most `send_timeout` seconds once `max_pending` messages queue up
 (plus as many in zmq's own pipe: that bounds memory per neighbour), then raises PeerTimeout;
 `close` wakes every waiter with TransportClosed. The same port answers probes (`peers.probe`)
@@ -40,17 +41,16 @@ import zmq.asyncio
 from peers import wire
 from peers.probe import parse_reach_request, probe_async
 from peers.state_transfer import DEFAULT_CHUNK_BYTES, StateServer
-from peers.transport import Mailbox, Message, PeerTimeout, TransportClosed
-from peers.zmq_stats import TransportStats
+from peers.transport import Message, PeerTimeout, TransportClosed
 from peers.zmq_client import advertised_host, bind_host, check_address
+from peers.zmq_mailbox import GatedMailbox
+from peers.zmq_stats import TransportStats
 
 __all__ = ["ZmqTransport"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Messages of a newer plan wait for this peer to adopt it; a plan switch needs only a few.
-_MAX_HELD_MESSAGES, _MAX_HELD_BYTES = 1024, 512 * 1024 * 1024
 _MAX_CONCURRENT_REACH = 4
 # A full zmq pipe is retried after this backoff: pyzmq's asyncio sockets wait for writability
 # through zmq's edge-triggered FD and measured 20-40x slower than polling once the high-water mark
@@ -79,28 +79,28 @@ class ZmqTransport:
     max_pending: messages queued per neighbour before `send` blocks.
     send_timeout: how long a blocked `send` waits before raising PeerTimeout; derive it from the
         link speed (the timeout hierarchy), e.g. 3 x the time the largest message needs.
+    max_unclaimed_bytes: received payloads not yet taken by `recv` (default 4 x max_message_bytes);
+        more is dropped and counted, so a flood cannot exhaust memory.
     """
 
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0, *, advertise_host: str | None = None,
                  max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES, max_pending: int = 64,
-                 send_timeout: float = 30.0, plan_version: int = 0) -> None:
+                 send_timeout: float = 30.0, plan_version: int = 0, max_unclaimed_bytes: int | None = None) -> None:
         if not name or len(name) > 256:
             raise ValueError(f"transport name must be 1..256 characters, got {name!r}")
         if not 0 <= port < 65536:
             raise ValueError(f"--port must be in 0..65535, got {port}")
-        if max_message_bytes <= 0 or max_pending <= 0 or send_timeout <= 0:
-            raise ValueError("max_message_bytes, max_pending and send_timeout must be positive")
+        if min(max_message_bytes, max_pending, send_timeout, max_unclaimed_bytes or 1) <= 0:
+            raise ValueError("max_message_bytes, max_pending, send_timeout and max_unclaimed_bytes must be positive")
         self.name = name
         self.max_message_bytes = max_message_bytes
         self.max_pending = max_pending
         self.send_timeout = send_timeout
-        self._plan_version = plan_version
-        self._mailbox = Mailbox()
         self._stats = TransportStats()
+        self._mailbox = GatedMailbox(plan_version, max_unclaimed_bytes or 4 * max_message_bytes, self._stats.add)
         self._states = StateServer(min(max_message_bytes, DEFAULT_CHUNK_BYTES))
-        self._cond = threading.Condition()  # guards _links, pending counts, _closed, _held, _plan_version
+        self._cond = threading.Condition()  # guards _links, their pending counts and _closed
         self._links: dict[str, _Link] = {}
-        self._held: list[Message] = []
         self._closed = False
         self._reach_tasks: set[asyncio.Task[None]] = set()
         self._loop = uvloop.new_event_loop()
@@ -127,7 +127,7 @@ class ZmqTransport:
         self._check_open()
         version = message.plan_version or self.plan_version
         if to == self.name:
-            self._deliver(replace(message, sender=self.name, plan_version=version))
+            self._mailbox.deliver(replace(message, sender=self.name, plan_version=version))
             return
         frames = wire.pack(message, sender=self.name, plan_version=version)
         payload_bytes = memoryview(frames[1]).nbytes
@@ -143,8 +143,6 @@ class ZmqTransport:
     def recv(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message:
         """Wait for the message (sender, kind, step, index); PeerTimeout after `timeout` seconds."""
         return self._mailbox.take(sender, kind, step, index, timeout)
-
-    # ---- plan changes -----------------------------------------------------------------------
 
     def connect(self, name: str, address: str) -> None:
         """Route messages for peer `name` to `address` (tcp://HOST:PORT); re-pointing is allowed."""
@@ -168,17 +166,13 @@ class ZmqTransport:
     @property
     def plan_version(self) -> int:
         """The plan version data messages must carry to be delivered (and the default on sends)."""
-        return self._plan_version
+        return self._mailbox.version
 
     @plan_version.setter
     def plan_version(self, version: int) -> None:
         if type(version) is not int or version < 0:
             raise ValueError(f"plan_version must be an int >= 0, got {version!r}")
-        with self._cond:
-            self._plan_version = version
-            held, self._held = self._held, []
-        for message in held:
-            self._deliver(message)
+        self._mailbox.set_version(version)
 
     def discard_before(self, step: int) -> int:
         """Drop delivered-but-unclaimed messages of steps before `step` (after an abort); how many."""
@@ -189,10 +183,9 @@ class ZmqTransport:
         self._states.publish(stage, blob)
 
     def stats(self) -> dict[str, Any]:
-        """Counters: per-kind received/sent/bytes/drops, malformed frames, held future messages."""
-        with self._cond:
-            held = len(self._held)
-        return {**self._stats.snapshot(), "held_future": held}
+        """Counters: per-kind received/sent/bytes/drops, malformed frames, held and unclaimed data."""
+        return {**self._stats.snapshot(), "held_future": self._mailbox.held(),
+                "unclaimed_bytes": self._mailbox.unclaimed_bytes()}
 
     def close(self) -> None:
         """Wake all waiters (TransportClosed), close sockets with linger 0, stop the loop thread."""
@@ -245,22 +238,6 @@ class ZmqTransport:
             link.pending -= 1
             self._cond.notify_all()
 
-    def _deliver(self, message: Message) -> None:
-        """Mailbox if the plan version is current; drop if older; hold (bounded) if newer."""
-        with self._cond:
-            if message.plan_version > self._plan_version:
-                held_bytes = sum(memoryview(held.payload).nbytes for held in self._held)
-                if len(self._held) < _MAX_HELD_MESSAGES and held_bytes < _MAX_HELD_BYTES:
-                    self._held.append(message)
-                    return
-                verdict = "dropped_future"
-            elif message.plan_version < self._plan_version:
-                verdict = "dropped_stale"
-            else:
-                self._mailbox.put(message)
-                return
-        self._stats.add(verdict, message.kind)
-
     def _stop_loop(self) -> None:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -287,6 +264,7 @@ class ZmqTransport:
     def _new_socket(self, kind: int, context: zmq.Context | None = None) -> Any:
         sock = (context or self._context).socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IPV6, 1)  # accept [::1]-style hosts too; IPv4 keeps working
         sock.setsockopt(zmq.MAXMSGSIZE, max(self.max_message_bytes, wire.MAX_HEADER_BYTES))
         sock.setsockopt(zmq.SNDHWM, self.max_pending)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
@@ -323,7 +301,7 @@ class ZmqTransport:
                     await asyncio.sleep(delay)
                     delay = min(2 * delay, _BACKOFF_S[1])
                     continue
-                except zmq.ZMQError as error:
+                except Exception as error:  # the writer must outlive any one bad message
                     log.warning("send to %s failed: %s", link.address, error)
                     self._stats.add("send_failed", kind)
                 else:
@@ -361,10 +339,10 @@ class ZmqTransport:
         elif message.kind in wire.CONTROL_KINDS:
             self._stats.reject(f"unexpected control message {message.kind!r} on the data port")
         else:
-            self._deliver(message)
+            self._mailbox.deliver(message)
 
     def _reply(self, identity: zmq.Frame, kind: str, step: int, index: int, payload: bytes | memoryview) -> None:
-        frames = wire.pack(Message(kind, step, index, payload), sender=self.name, plan_version=self._plan_version)
+        frames = wire.pack(Message(kind, step, index, payload), sender=self.name, plan_version=self.plan_version)
         header_bytes, payload_bytes = len(frames[0]), memoryview(frames[1]).nbytes
         future = self._router.send_multipart([identity, *frames], copy=False)
         future.add_done_callback(lambda done: None if done.cancelled() or done.exception() is not None

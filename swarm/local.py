@@ -113,6 +113,9 @@ class LocalGrid:
         self.model_config, self.layers = config.check()
         self.config = config
         self.dataset = dataset if dataset is not None else load_dataset(config, self.model_config)
+        if config.batch > self.dataset.train_ids.numel():
+            raise ValueError(f"--batch {config.batch} is larger than the training split "
+                             f"({self.dataset.train_ids.numel()} sequences): lower --batch or raise --train-samples")
         stages, replicas = config.stages, config.replicas
         self.hub = InProcessHub()
         settings = OptimizerSettings(lr=config.lr, warmup_steps=config.warmup_steps)
@@ -216,6 +219,9 @@ def run_local(config: LocalConfig, on_step: Callable[[dict], None] | None = None
             "steps": steps,
             "eval": evals,
             "bits_per_value": totals.bits_per_value(),
+            # With --fwd-delta the first visit of each sample goes at full precision; the last
+            # step shows the steady state.
+            "bits_per_value_final_step": ChannelStats(steps[-1]["bytes"], steps[-1]["values"]).bits_per_value(),
             "bytes_total": dict(totals.bytes),
             "final": {"train_loss": steps[-1]["loss"], "eval_loss": evals[-1]["loss"],
                       "param_checksum": grid.checksum(), "replicas_identical": grid.replicas_identical()},

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+import compression
 from models import SequenceDataset, default_corpus_path, get_config, read_corpus
 from peers.dht import SwarmDHT
 from peers.probe import check_reachable, measure_bandwidth, probe, unreachable_hint
@@ -29,14 +30,13 @@ from peers.zmq_transport import ZmqTransport
 
 from .records import CoordinatorPin, read_peers, write_peer
 from .stage_runner import StageRunner
-from .timeouts import HEARTBEAT_S
+from .timeouts import HEARTBEAT_S, PEER_TTL_S
 
 __all__ = ["PeerOptions", "PeerDaemon", "UnreachableError"]
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05
-_TTL_S = 3 * HEARTBEAT_S + 1.0
 _MAX_PROBED = 8
 
 
@@ -55,6 +55,7 @@ class PeerOptions:
     port: int = 0
     advertise_host: str | None = None
     threads: int | None = None
+    fused: bool = True
 
 
 class PeerDaemon:
@@ -78,6 +79,7 @@ class PeerDaemon:
         options = self.options
         if options.threads:
             torch.set_num_threads(options.threads)
+        compression.set_fused(options.fused)
         profile = measure_device(options.device)
         watcher = threading.Thread(target=self._watch, args=(stop,), name="heartbeat", daemon=True)
         try:
@@ -163,7 +165,9 @@ class PeerDaemon:
             for channel, nbytes in stats.bytes.items():
                 self.record.bytes_sent[channel] = self.record.bytes_sent.get(channel, 0) + nbytes
                 self.record.values_sent[channel] = self.record.values_sent.get(channel, 0) + stats.values[channel]
-        self._update(prepared_step=step, prepared_version=runner.plan.version, loss=result.loss)
+        traffic = self.transport.stats()
+        self._update(prepared_step=step, prepared_version=runner.plan.version, loss=result.loss,
+                     dropped_stale=sum(traffic["dropped_stale"].values()), rejected=traffic["rejected_malformed"])
         self._announce()
         return step, runner.plan.version
 
@@ -264,7 +268,7 @@ class PeerDaemon:
         assert self.record is not None and self.dht is not None
         with self._lock:
             snapshot = PeerRecord.from_wire(self.record.to_wire())
-        write_peer(self.dht, snapshot, _TTL_S)
+        write_peer(self.dht, snapshot, PEER_TTL_S)
 
     def _watch(self, stop: threading.Event) -> None:
         """Heartbeat, and abort a step that waits on the network when the plan moves on."""

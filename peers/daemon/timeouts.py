@@ -10,9 +10,11 @@ obey the same numbers and no knob is tuned on its own.
     message_s   = max(10 s, 3 * step_s)            one data-plane wait (recv of an activation,
                                                    gradient or all-reduce chunk): a neighbour that
                                                    sent nothing for three whole steps is gone
-    heartbeat_s = 1 s (DHT writes take ~10 ms)     how often a peer re-announces itself
-    peer_ttl_s  = 3 heartbeats + 1 s               a silent peer's record expires: this is how a
-                                                   SIGKILLed peer is noticed
+    heartbeat_s = 2 s (DHT writes take ~10 ms)     how often a peer re-announces itself
+    peer_ttl_s  = 5 heartbeats                     a silent peer's record expires: this is how a
+                                                   SIGKILLed peer is noticed; five beats ride out
+                                                   a busy CPU (a first-call kernel compile can hold
+                                                   the interpreter for seconds)
     commit_s    = message_s * (2 * stages + 2)     the coordinator's patience for a step: longer
                                                    than any chain of message waits inside it; a
                                                    peer that heartbeats but never prepares is
@@ -28,9 +30,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Timeouts", "derive_timeouts"]
+__all__ = ["Timeouts", "derive_timeouts", "HEARTBEAT_S", "PEER_TTL_S"]
 
-HEARTBEAT_S = 1.0
+HEARTBEAT_S = 2.0
+PEER_TTL_S = 5 * HEARTBEAT_S
 MIN_MESSAGE_S = 10.0
 
 
@@ -71,7 +74,6 @@ def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: 
     compute_s = step_flops / (tflops * 1e12)
     step_s = compute_s + 2 * micro_batches * stages * transfer_s
     message_s = max(MIN_MESSAGE_S, 3 * step_s)
-    peer_ttl_s = 3 * HEARTBEAT_S + 1.0
     commit_s = message_s * (2 * stages + 2)
     return Timeouts(transfer_s=transfer_s, step_s=step_s, message_s=message_s, heartbeat_s=HEARTBEAT_S,
-                    peer_ttl_s=peer_ttl_s, commit_s=commit_s)
+                    peer_ttl_s=PEER_TTL_S, commit_s=commit_s)

@@ -87,10 +87,10 @@ class ActivationChannel:
             return compression.encode(activations, self.codec, seed=seed)
         return self._delta.encode(sample_ids, activations, seed=seed)
 
-    def decode(self, sample_ids: torch.Tensor, payload: bytes) -> torch.Tensor:
+    def decode(self, sample_ids: torch.Tensor, payload: bytes, device: torch.device | None = None) -> torch.Tensor:
         if self._delta is None:
-            return compression.decode(payload)
-        return self._delta.decode(sample_ids, payload).clone()
+            return compression.decode(payload, device=device)
+        return self._delta.decode(sample_ids, payload, device=device).clone()
 
     def forget(self, sample_ids: list[int]) -> None:
         """Sender side of an aborted step: these samples' next visit goes in full, resyncing m."""

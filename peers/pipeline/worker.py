@@ -86,6 +86,7 @@ class StageWorker:
                              f"before the last stage (got prev={prev!r}, next={next!r})")
         if micro_batches <= 0:
             raise ValueError(f"--micro-batches must be positive, got {micro_batches}")
+        codecs.check()
         self.stage = stage
         self.stage_index = stage_index
         self.num_stages = num_stages
@@ -102,7 +103,8 @@ class StageWorker:
         self.optimizer = _adamw(stage, optimizer)
         self._outgoing = ActivationChannel(codecs.fwd, delta=codecs.fwd_delta, capacity=delta_capacity)
         self._incoming = ActivationChannel(codecs.fwd, delta=codecs.fwd_delta, capacity=delta_capacity)
-        self._dtype = list(stage.parameters())[0].dtype  # `next` is a parameter name here
+        reference = list(stage.parameters())[0]  # (`next` is shadowed by a parameter here)
+        self._dtype, self._device = reference.dtype, reference.device
 
     @property
     def first(self) -> bool:
@@ -168,12 +170,12 @@ class StageWorker:
     def _forward(self, step, m, micro, stash, losses, stats, plan_version, sent) -> int:
         if self.first:
             sample_ids = micro[m].sample_ids
-            x = micro[m].inputs
+            x = micro[m].inputs.to(self._device)
             inputs = None
         else:
             message = self.transport.recv(self.prev, ACT_KIND, step, m, timeout=self.timeout)
             sample_ids = torch.tensor(message.sample_ids, dtype=torch.long)
-            x = self._incoming.decode(sample_ids, message.payload).to(self._dtype).requires_grad_(True)
+            x = self._incoming.decode(sample_ids, message.payload, self._device).to(self._dtype).requires_grad_(True)
             inputs = x
         tokens = int(x.shape[0] * x.shape[1])
         out = self.stage(x)
@@ -181,7 +183,7 @@ class StageWorker:
             if not torch.equal(sample_ids, micro[m].sample_ids):
                 raise ValueError(f"step {step} micro-batch {m}: the pipeline delivered samples "
                                  f"{sample_ids.tolist()} but this replica's batch holds {micro[m].sample_ids.tolist()}")
-            out = self.stage.loss(out, micro[m].targets)
+            out = self.stage.loss(out, micro[m].targets.to(self._device))
             losses.append(out.item())
         else:
             sent.extend(sample_ids.tolist())
@@ -199,7 +201,7 @@ class StageWorker:
             (out / self.micro_batches).backward()
         else:
             message = self.transport.recv(self.next, GRAD_KIND, step, m, timeout=self.timeout)
-            grad = compression.decode(message.payload).to(self._dtype)
+            grad = compression.decode(message.payload, device=self._device).to(self._dtype)
             if grad.shape != out.shape:
                 raise ValueError(f"step {step} micro-batch {m}: gradient of shape {tuple(grad.shape)} from "
                                  f"{self.next!r} does not match activations {tuple(out.shape)}")

@@ -1,21 +1,105 @@
-"""`swarm`: the operator's view of a running swarm (`swarm status`)."""
+"""`swarm status`: the operator's view of a running swarm, read from the DHT.
+
+    swarm status --initial-peers /ip4/1.2.3.4/tcp/31337/p2p/12D3Koo...          # a table
+    swarm status --initial-peers ... --json                                      # for scripts
+
+Shows every peer (name, state, stage, replica, device, measured speed and links, heartbeat age,
+parameter checksum), the plan version and why it changed, the global step, the last loss and
+tokens/s. It joins the DHT as a client only (nobody dials it) and leaves at once.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "collect"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="swarm", description="Inspect a running swarm.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    status = sub.add_parser("status", help="peers, plan version, step, loss and throughput")
-    status.add_argument("--initial-peers", nargs="+", required=True, metavar="MULTIADDR")
+    status = sub.add_parser("status", help="peers, plan version, step, loss and throughput",
+                            description="Peers, plan version, step, loss and throughput of a running swarm.")
+    status.add_argument("--initial-peers", nargs="+", required=True, metavar="MULTIADDR",
+                        help="the coordinator's address (as it printed it) or any peer's")
     status.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.parse_args(argv)
-    print("swarm status: not built yet", file=sys.stderr)
-    return 2
+    args = parser.parse_args(argv)
+    from peers.dht import SwarmDHT
+
+    try:
+        dht = SwarmDHT(args.initial_peers, client_mode=True, startup_timeout=30.0)
+    except Exception as error:  # hivemind raises its own types for bad or unreachable multiaddrs
+        print(f"swarm status: cannot join the DHT via --initial-peers {' '.join(args.initial_peers)}: {error}",
+              file=sys.stderr)
+        return 2
+    try:
+        view = collect(dht)
+    finally:
+        dht.close()
+    if args.json:
+        print(json.dumps(view, indent=1))
+    else:
+        _print_table(view)
+    return 0
+
+
+def collect(dht: Any) -> dict[str, Any]:
+    """The status as a JSON-ready dict (the `--json` contract)."""
+    from peers.daemon.records import CoordinatorPin, read_peers
+    from peers.dht import dht_time
+
+    pin = CoordinatorPin()
+    control = pin.control(dht)
+    plan = pin.plan(dht)
+    now = dht_time()
+    peers = []
+    for name, record in sorted(read_peers(dht).items()):
+        peers.append({"name": name, "state": record.state, "stage": record.stage, "replica": record.replica,
+                      "device": record.device, "tflops": record.tflops, "memory_gb": record.memory_gb,
+                      "heartbeat_age_s": round(max(0.0, now - record.heartbeat), 2),
+                      "param_checksum": record.param_checksum, "step": record.step, "address": record.address,
+                      "links": record.links, "bytes_sent": record.bytes_sent, "dropped_stale": record.dropped_stale,
+                      "rejected": record.rejected, "error": record.error})
+    return {
+        "plan_version": control.plan_version if control else 0,
+        "step": control.committed_step if control else 0,
+        "total_steps": control.total_steps if control else 0,
+        "loss": control.loss if control else None,
+        "tokens_per_s": control.tokens_per_s if control else 0.0,
+        "done": control.done if control else False,
+        "plan": None if plan is None else {"version": plan.version, "start_step": plan.start_step, "grid": plan.grid,
+                                           "layers": plan.layers, "standby": plan.standby, "reason": plan.reason},
+        "peers": peers,
+    }
+
+
+def _print_table(view: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if view["plan"] is None:
+        console.print("no plan yet: the coordinator is waiting for peers" if view["peers"] or view["plan_version"] == 0
+                      else "no coordinator found")
+    loss = "-" if view["loss"] is None else f"{view['loss']:.4f}"
+    console.print(f"plan version {view['plan_version']}, step {view['step']}/{view['total_steps']}, loss {loss}, "
+                  f"{view['tokens_per_s']:.0f} tokens/s" + (" (finished)" if view["done"] else ""))
+    if view["plan"]:
+        console.print(f"why this plan: {view['plan']['reason']}")
+    table = Table("peer", "state", "stage", "replica", "device", "TFLOPS", "links (ms, Gb/s)", "heartbeat",
+                  "checksum")
+    for peer in view["peers"]:
+        links = ", ".join(f"{n} {v['latency_ms']:.1f}/{v['bandwidth_gbps']:.2f}" for n, v in peer["links"].items())
+        table.add_row(peer["name"], peer["state"], _cell(peer["stage"]), _cell(peer["replica"]), peer["device"],
+                      f"{peer['tflops']:.3f}", links or "-", f"{peer['heartbeat_age_s']:.1f} s ago",
+                      peer["param_checksum"][:12] or "-")
+    console.print(table)
+
+
+def _cell(index: int) -> str:
+    return "-" if index < 0 else str(index)
 
 
 if __name__ == "__main__":

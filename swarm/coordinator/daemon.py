@@ -171,16 +171,16 @@ class Coordinator:
         assert self.plan is not None
         committed_plan = self.plan
         last_row = committed_plan.grid[-1]
-        losses = [records[n].loss for n in last_row if records[n].loss is not None]
+        losses = {n: records[n].loss for n in last_row if records[n].loss is not None}
         now = time.monotonic()
         seconds = now - self.step_clock
         self.step_clock = now
-        self.loss = sum(losses) / len(losses) if losses else None
+        self.loss = sum(losses.values()) / len(losses) if losses else None
         self.tokens_per_s = self.tokens_per_step / max(seconds, 1e-9)
         self.committed_step, self.committed_version = step, committed_plan.version
         due = step % self.config.checkpoint_every == 0 or step >= self.config.steps
         self.checkpoint_step = step if due else 0
-        self.report.step(step, committed_plan.version, self.loss, self.tokens_per_s, seconds)
+        self.report.step(step, committed_plan.version, losses, self.tokens_per_s, seconds)
         self.report.observe(committed_plan, records)
         finished = step >= self.config.steps
         if not finished:

@@ -40,8 +40,11 @@ class RunReport:
                            "layers": plan.layers, "standby": plan.standby, "sources": plan.sources,
                            "reason": plan.reason, "time": time.time()})
 
-    def step(self, step: int, plan_version: int, loss: float | None, tokens_per_s: float, seconds: float) -> None:
-        self.steps.append({"step": step, "plan_version": plan_version, "loss": loss,
+    def step(self, step: int, plan_version: int, losses: dict[str, float], tokens_per_s: float,
+             seconds: float) -> None:
+        """losses: each last-stage replica's loss (the step's loss is their mean)."""
+        loss = sum(losses.values()) / len(losses) if losses else None
+        self.steps.append({"step": step, "plan_version": plan_version, "loss": loss, "losses": losses,
                            "tokens_per_s": tokens_per_s, "seconds": seconds, "time": time.time()})
 
     def observe(self, plan: PlanRecord, records: dict[str, PeerRecord]) -> None:

@@ -23,8 +23,10 @@ discrete-event simulator reproduces message by message.
         sum of all service and delay times + (M - 1) x the slowest server
     (an exact flow-shop identity), so for pipeline r
         T_fwd      = sum F + sum X + sum L + (M-1) max(F, X)
-        done[s, r] = T_fwd + sum_{i>=s} B_i + sum_{s<=i<S-1} (Y_i + L_i)
-                     + (M-1) max(B_i for i >= s, Y_i for s <= i < S-1)
+        done[s, r] = T_fwd + sum_{i>=s} B_i + sum_{s<=i<S-1} (Y_i + L_i) + Y_{s-1}
+                     + (M-1) max(B_i for i >= s, Y_i for s-1 <= i < S-1)
+    (the time stage s's device has computed its last backward pass and its uplink has sent the
+    last gradient down to stage s-1: Y_{s-1} counts for s >= 1 only)
     all-reduce of stage s (reduce-scatter then all-gather of gradient_bits chunks, each device
     sending its R-1 chunks back to back on its uplink, latency paid once per phase):
         AR(s) = 2 max_{d} [ sum_{d' != d} (c_s / R) / beta(d,d') + max_{d'} alpha(d,d') ]
@@ -146,7 +148,7 @@ class FullCost(CostModel):
         return 2 * (send.sum(axis=2) + lat.max(axis=2)).max(axis=1)
 
     def _pipeline(self, grid, layers):
-        """(done (S, R) backward completion times, compute-only makespan per column (R,))."""
+        """(done (S, R): backward compute and sends finished, compute-only makespan per column (R,))."""
         comp, m = self.scenario.compression, self.work.micro_batches
         f = self.work.forward_flops(layers)[:, None] / self.flops[grid]
         b = 3 * f
@@ -161,7 +163,9 @@ class FullCost(CostModel):
         link, link_busy = np.vstack([y + lat, pad]), np.vstack([y, pad])
         suffix_sum = np.cumsum((b + link)[::-1], axis=0)[::-1]
         suffix_max = np.maximum.accumulate(np.maximum(b, link_busy)[::-1], axis=0)[::-1]
-        done = t_fwd + suffix_sum + (m - 1) * suffix_max
+        # stage s >= 1 is free for its all-reduce once its uplink sent the last gradient down
+        below = np.vstack([pad, y])
+        done = t_fwd + suffix_sum + below + (m - 1) * np.maximum(suffix_max, below)
         compute = f.sum(axis=0) + b.sum(axis=0) + (m - 1) * (f.max(axis=0) + b.max(axis=0))
         return done, compute
 

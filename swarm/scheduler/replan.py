@@ -7,7 +7,8 @@ state, and a newcomer always must: those are the moved peers, the price of a new
 3. compares with a fresh plan and, only when the patched plan is more than `tolerance` worse,
    runs the local search from the patched plan until it is within tolerance (each accepted swap
    moves at most two peers, so few moves are made),
-4. falls back to the fresh plan only when even that fails.
+4. also considers the fresh plan, reversed or not, with its stages renumbered to overlap the
+   current ones most, and returns, of the plans within tolerance, the one that moves fewest peers.
 This is the hysteresis the coordinator needs: small changes never reshuffle the swarm.
 """
 from __future__ import annotations
@@ -38,30 +39,70 @@ def replan(scenario: Scenario, current: Plan, seed: int = 0, time_limit: float =
     deadline = time.monotonic() + time_limit
     rng = np.random.default_rng(seed)
     patched = _patch(scenario, current, cost_model, rng)
-    if tolerance is None:
+    if tolerance is None and patched is not None:
         return _finish(patched, current)
     fresh = search(scenario, cost_model, seed, max(0.0, (deadline - time.monotonic()) / 2))
-    target = (1 + tolerance) * fresh.score
-    if patched is not None and patched.score > target:
-        patched = refine(patched, rng, deadline, target=target, move_layers=False)
-    if patched is None or patched.score > target:
-        return _finish(fresh, current)
-    return _finish(patched, current)
+    target = (1 + tolerance) * fresh.score if tolerance is not None else float("inf")
+    flipped = Candidate(fresh.model, fresh.grid[::-1].copy(), fresh.layers[::-1].copy(), 0.0)
+    flipped.score = flipped.model.score(flipped.grid, flipped.layers)  # pipelines run the other way
+    options = [fresh, flipped, _aligned(fresh, current), _aligned(flipped, current)]
+    if patched is not None:
+        if patched.score > target:
+            patched = refine(patched, rng, deadline, target=target, move_layers=False)
+        options.append(patched)
+    plans = [(to_plan(c), c.score) for c in options]
+    within = [(len(moved_peers(current, p)), score, p) for p, score in plans if score <= target]
+    if within:
+        moved, _, best = min(within, key=lambda item: item[:2])
+        return best, moved
+    best = min(plans, key=lambda item: item[1])[0]
+    return best, len(moved_peers(current, best))
 
 
-def moved_peers(old: Plan, new: Plan) -> int:
+def moved_peers(old: Plan, new: Plan) -> list[str]:
     """Peers of `new` that must fetch state: newcomers, stage changers, changed layer ranges."""
     def ranges(p: Plan) -> dict[str, tuple[int, int]]:
         edges = np.concatenate([[0], np.cumsum(p.layers)])
         return {d: (int(edges[s]), int(edges[s + 1])) for d, s in p.stage_of().items()}
 
     before, after = ranges(old), ranges(new)
-    return sum(1 for device, span in after.items() if before.get(device) != span)
+    return [device for device in new.devices if before.get(device) != after[device]]
 
 
 def _finish(candidate: Candidate, current: Plan) -> tuple[Plan, int]:
     new = to_plan(candidate)
-    return new, moved_peers(current, new)
+    return new, len(moved_peers(current, new))
+
+
+def _aligned(fresh: Candidate, current: Plan) -> Candidate:
+    """`fresh` with its stage groups renumbered to overlap the current stages most (greedy).
+
+    Stage groups are interchangeable apart from their layer counts, which travel with them; the
+    renumbered plan is re-priced, since the first and last stage hold the embeddings.
+    """
+    if fresh.grid.shape[0] != current.stages:
+        return fresh
+    ids = [d.id for d in fresh.model.scenario.devices]
+    old_stage = current.stage_of()
+    stages = current.stages
+    overlap = np.zeros((stages, stages), dtype=np.int64)
+    for k, row in enumerate(fresh.grid):
+        for device in row:
+            if ids[device] in old_stage:
+                overlap[k, old_stage[ids[device]]] += 1
+    order = np.full(stages, -1)
+    free = set(range(stages))
+    for flat in np.argsort(-overlap, axis=None, kind="stable"):
+        k, s = divmod(int(flat), stages)
+        if order[s] < 0 and k in free:
+            order[s] = k
+            free.remove(k)
+    grid, model = fresh.grid[order], fresh.model
+    splits = [fresh.layers[order]]
+    if sum(current.layers) == model.scenario.model.layers:
+        splits.append(np.array(current.layers, dtype=np.int64))  # nobody's layer range changes
+    return min((Candidate(model, grid, layers, model.score(grid, layers)) for layers in splits),
+               key=lambda c: c.score)
 
 
 def _patch(scenario: Scenario, current: Plan, cost_model: str, rng: np.random.Generator) -> Candidate | None:

@@ -4,5 +4,6 @@
     report.throughput      # sequences per second of each committed step
 """
 from swarm.simulator.iteration import IterationResult, simulate_iteration
+from swarm.simulator.training import SimulationReport, StepRecord, simulate
 
-__all__ = ["simulate_iteration", "IterationResult"]
+__all__ = ["simulate", "SimulationReport", "StepRecord", "simulate_iteration", "IterationResult"]

@@ -1,15 +1,18 @@
 """A newcomer fetches a stage's state from a live replica over the replica's data port."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import socket
+import threading
 
 import pytest
 import torch
+import zmq
 
 from peers import wire
-from peers.state_transfer import StateServer, StateTransferError, fetch_state
+from peers.state_transfer import StateServer, StateTransferError, fetch_state, fetch_state_any
 from peers.transport import Message
 from peers.zmq_transport import ZmqTransport
 
@@ -37,7 +40,9 @@ def test_torch_state_round_trips_bit_exactly(donor):
 def test_large_state_moves_in_many_chunks(donor):
     blob = os.urandom(19 * 1024 * 1024 + 3)  # 5 chunks of 4 MiB: more than the request window
     donor.serve_state(0, blob)
-    assert fetch_state(donor.address, 0, timeout=20) == blob
+    seen: list[tuple[int, int]] = []
+    assert fetch_state(donor.address, 0, timeout=20, progress=lambda *done: seen.append(done)) == blob
+    assert len(seen) == 5 and seen[-1] == (len(blob), len(blob))
     assert donor.stats()["sent"]["state_chunk"] == 5
 
 
@@ -82,3 +87,74 @@ def test_a_transfer_survives_one_publish_but_not_two():
     assert kind == wire.STATE_ERROR and b"past the end" in payload
     kind, _, _, payload = server.answer(Message(wire.STATE_REQUEST, 0, 0, b"\xc1"))
     assert kind == wire.STATE_ERROR and b"bad state request" in payload
+
+
+def test_newcomers_spread_over_replicas_and_fall_back_past_a_dead_one(donor):
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        dead = f"tcp://127.0.0.1:{placeholder.getsockname()[1]}"
+    with ZmqTransport("donor2") as other:
+        donor.serve_state(3, b"state-3")
+        other.serve_state(3, b"state-3")
+        for newcomer in ("n0", "n1", "n2", "n3", "n4", "n5"):
+            assert fetch_state_any([donor.address, other.address], 3, spread_key=newcomer, timeout=5) == b"state-3"
+        served = [t.stats()["sent"].get("state_meta", 0) for t in (donor, other)]
+        assert min(served) >= 1 and sum(served) == 6
+        assert fetch_state_any([dead, donor.address], 3, spread_key="n0", timeout=0.3) == b"state-3"
+        assert fetch_state_any([donor.address, dead], 3, spread_key="n0", timeout=0.3) == b"state-3"
+    with pytest.raises(StateTransferError, match="every replica of stage 3 failed"):
+        fetch_state_any([dead], 3, spread_key="n0", timeout=0.2)
+    with pytest.raises(StateTransferError, match="checkpoint"):
+        fetch_state_any([], 3, spread_key="n0")
+
+
+class ScriptedDonor:
+    """A raw ROUTER that answers state requests from a script, to inject donor failures exactly."""
+
+    def __init__(self, replies):
+        self._context = zmq.Context()
+        self._router = self._context.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self.address = f"tcp://127.0.0.1:{self._router.bind_to_random_port('tcp://127.0.0.1')}"
+        self._replies = replies
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        for reply in self._replies:
+            if not self._router.poll(5000):
+                return
+            identity, *frames = self._router.recv_multipart()
+            for kind, step, index, payload in reply(wire.unpack(frames)):
+                self._router.send_multipart([identity, *wire.pack(Message(kind, step, index, payload),
+                                                                  sender="scripted", plan_version=0)])
+
+    def close(self):
+        self._thread.join(timeout=10)
+        self._router.close()
+        self._context.term()
+
+
+def _meta(blob: bytes, serial: int, sha: str | None = None):
+    body = {"stage": 0, "serial": serial, "bytes": len(blob), "chunks": 1, "chunk_bytes": 1024,
+            "sha256": sha or hashlib.sha256(blob).hexdigest()}
+    return lambda request: [(wire.STATE_META, 0, -1, wire.pack_body(body))]
+
+
+def _chunk(blob: bytes, serial: int):
+    return lambda request: [("junk", 0, 0, b""), (wire.STATE_CHUNK, serial, 0, blob)]
+
+
+def test_client_restarts_when_the_state_changes_and_checks_the_sha256():
+    retry = (lambda request: [(wire.STATE_ERROR, 0, 0, wire.pack_body({"error": "changed", "retry": True}))])
+    donor = ScriptedDonor([_meta(b"old", 1), retry, _meta(b"new", 2), _chunk(b"new", 2)])
+    try:
+        assert fetch_state(donor.address, 0, timeout=10) == b"new"
+    finally:
+        donor.close()
+    donor = ScriptedDonor([_meta(b"abc", 1, sha="0" * 64), _chunk(b"abc", 1)])
+    try:
+        with pytest.raises(StateTransferError, match="sha256"):
+            fetch_state(donor.address, 0, timeout=10)
+    finally:
+        donor.close()

@@ -84,7 +84,23 @@ def test_runs_repeat_exactly_with_the_same_seed():
     assert checksums[0] == checksums[1]
 
 
+def test_a_failing_worker_aborts_the_step_instead_of_hanging():
+    grid = LocalGrid(LocalConfig(stages=3, replicas=2, micro_batches=2, batch=4, seq_len=32))
+    try:
+        broken = grid.workers[1][1]
+
+        def crash(*_args):
+            raise RuntimeError("injected failure in stage 1, replica 1")
+
+        broken.stage.forward = crash
+        with pytest.raises(RuntimeError, match="injected failure"):
+            grid.step(1)
+    finally:
+        grid.close()
+
+
 @pytest.mark.parametrize("argv, flag", [
+    (["--batch", "16", "--train-samples", "8"], "--train-samples"),
     (["--stages", "5"], "--stages"),
     (["--stages", "2", "--layers", "3,2"], "--layers"),
     (["--stages", "2", "--layers", "3"], "--layers"),

@@ -1,0 +1,172 @@
+"""A training run of a planned swarm over many steps, with stragglers, churn and re-planning.
+
+Churn is a Poisson process: peers leave at `churn_per_hour` (any live peer, uniformly) and as
+many join (a copy of a random live peer's profile: same site, GPU and uplink). A departure during
+a step aborts that step (its work is lost: no half-applied update), the coordinator re-plans at
+once; arrivals wait for the next step boundary. After each re-plan every moved peer loads its
+stage's state (14 bytes per parameter: fp16 weights, fp32 master copy, two Adam moments) from a
+replica of that stage that stayed, and the swarm waits for the slowest download.
+Re-planning is `swarm.scheduler.replan`; above `FRESH_CHECK_LIMIT` devices it skips the
+comparison with a fresh plan (that search alone would dominate the simulated run's wall time).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from swarm.scheduler import Plan, Scenario, moved_peers, predict, replan
+from swarm.scheduler.workload import Workload
+from swarm.simulator.iteration import simulate_iteration
+
+__all__ = ["StepRecord", "SimulationReport", "simulate", "FRESH_CHECK_LIMIT"]
+
+FRESH_CHECK_LIMIT = 1024
+STATE_BYTES_PER_PARAMETER = 14
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int              # committed steps so far, this one included
+    end_s: float           # simulated clock when the step committed
+    seconds: float         # the step's own duration
+    sequences_per_s: float
+    devices: int           # devices in the plan
+    predicted_s: float     # the full cost model's prediction for the plan it ran
+
+
+@dataclass
+class SimulationReport:
+    steps: list[StepRecord] = field(default_factory=list)
+    aborted_steps: int = 0
+    left: int = 0
+    joined: int = 0
+    replans: int = 0
+    moved_peers: int = 0
+    lost_s: float = 0.0           # time of aborted steps
+    transfer_s: float = 0.0       # time waiting for moved peers' state
+    events: int = 0
+
+    @property
+    def throughput(self) -> list[float]:
+        return [s.sequences_per_s for s in self.steps]
+
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k != "steps"}
+        data["steps"] = [dataclasses.asdict(s) for s in self.steps]
+        total = self.steps[-1].end_s if self.steps else 0.0
+        committed = sum(s.seconds for s in self.steps)
+        data["simulated_s"] = total
+        data["mean_step_s"] = committed / len(self.steps) if self.steps else 0.0
+        data["mean_predicted_s"] = float(np.mean([s.predicted_s for s in self.steps])) if self.steps else 0.0
+        return data
+
+
+def simulate(scenario: Scenario, plan: Plan, steps: int, churn_per_hour: float = 0.0, seed: int = 0,
+             jitter: float = 0.05, stragglers: float = 0.01, replan_time_limit: float = 2.0,
+             progress: Callable[[StepRecord], None] | None = None) -> SimulationReport:
+    """Run `steps` committed training steps of `plan` on `scenario` and report each one.
+
+    `jitter`: log-normal sigma of every compute time. `stragglers`: per step, the chance that a
+    device runs at half speed for that step. `progress` is called after every committed step.
+    """
+    plan.validate(scenario)
+    rng = np.random.default_rng(seed)
+    report = SimulationReport()
+    devices = list(scenario.devices)
+    churn = _Churn(churn_per_hour, rng)
+    clock, changed = 0.0, False
+    predicted = predict(scenario, plan, "full").iteration_s
+    while len(report.steps) < steps:
+        while churn.next_join <= clock:  # arrivals wait for this step boundary
+            devices.append(dataclasses.replace(devices[rng.integers(len(devices))], id=f"joined-{churn.joined}"))
+            churn.joined_one()
+            report.joined += 1
+            changed = True
+        if changed:
+            new_scenario = scenario.with_devices(devices)
+            tolerance = 0.05 if len(devices) <= FRESH_CHECK_LIMIT else None
+            new_plan, _ = replan(new_scenario, plan, seed, replan_time_limit, "full", tolerance)
+            moved = moved_peers(plan, new_plan)
+            wait = _transfer_seconds(new_scenario, new_plan, moved)
+            scenario, plan, changed = new_scenario, new_plan, False
+            predicted = predict(scenario, plan, "full").iteration_s
+            report.replans += 1
+            report.moved_peers += len(moved)
+            report.transfer_s += float(wait)
+            clock += wait
+        slow = np.where(rng.random(len(devices)) < stragglers, 2.0, 1.0)
+        result = simulate_iteration(scenario, plan.indices(scenario), np.array(plan.layers), rng, jitter, slow)
+        report.events += result.events
+        in_plan = set(plan.devices)
+        aborted = False
+        while churn.next_leave < clock + result.seconds and not aborted:
+            gone = devices.pop(int(rng.integers(len(devices))))
+            report.left += 1
+            changed = True
+            aborted = gone.id in in_plan
+            if aborted:  # the step loses its work; nothing half-applied
+                report.aborted_steps += 1
+                leave_at = max(churn.next_leave, clock)  # may have left while state loaded
+                report.lost_s += leave_at - clock
+                clock = leave_at
+            churn.left_one()
+        if aborted:
+            continue
+        clock += result.seconds
+        record = StepRecord(len(report.steps) + 1, float(clock), result.seconds,
+                            scenario.batch.global_sequences / result.seconds, plan.stages * plan.replicas,
+                            float(predicted))
+        report.steps.append(record)
+        if progress:
+            progress(record)
+    return report
+
+
+class _Churn:
+    """Next departure and arrival times of two Poisson processes at `per_hour` each."""
+
+    def __init__(self, per_hour: float, rng: np.random.Generator):
+        self.mean_gap = 3600.0 / per_hour if per_hour > 0 else np.inf
+        self.rng, self.joined = rng, 0
+        self.next_leave = self._gap()
+        self.next_join = self._gap()
+
+    def _gap(self) -> float:
+        return float(self.rng.exponential(self.mean_gap)) if np.isfinite(self.mean_gap) else np.inf
+
+    def left_one(self) -> None:
+        self.next_leave += self._gap()
+
+    def joined_one(self) -> None:
+        self.joined += 1
+        self.next_join += self._gap()
+
+
+def _transfer_seconds(scenario: Scenario, plan: Plan, moved: list[str]) -> float:
+    """How long the swarm waits for moved peers to load their stage's state.
+
+    Donors are the stage's replicas that did not move, taken in turn so no one donor serves all
+    newcomers; a stage with no such replica restores from a checkpoint at the peer's own link.
+    """
+    if not moved:
+        return 0.0
+    index, net = scenario.index, scenario.network
+    work = Workload(scenario, plan.stages, plan.replicas)
+    state = STATE_BYTES_PER_PARAMETER * work.params(np.array(plan.layers))
+    stage_of, moving = plan.stage_of(), set(moved)
+    donors = {s: [index[d] for d in row if d not in moving] for s, row in enumerate(plan.grid)}
+    served = {s: 0 for s in donors}
+    slowest = 0.0
+    for device in moved:
+        s, peer = stage_of[device], index[device]
+        if donors[s]:
+            donor = donors[s][served[s] % len(donors[s])]
+            served[s] += 1
+            seconds = state[s] / float(net.bandwidth(donor, peer)) + float(net.latency(donor, peer))
+        else:
+            seconds = state[s] / float(net.bandwidth(peer, peer))
+        slowest = max(slowest, seconds)
+    return slowest

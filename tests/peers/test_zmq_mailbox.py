@@ -1,0 +1,62 @@
+"""The receive gate: plan versions and the unclaimed-bytes budget, alone and behind a live port."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from peers.transport import Message, PeerTimeout
+from peers.zmq_mailbox import GatedMailbox
+from peers.zmq_transport import ZmqTransport
+
+
+def _gate(version: int = 1, max_bytes: int = 100):
+    drops: Counter[tuple[str, str]] = Counter()
+    gate = GatedMailbox(version, max_bytes, lambda counter, kind: drops.update([(counter, kind)]))
+    return gate, drops
+
+
+def _message(index: int, size: int, version: int = 1, step: int = 0) -> Message:
+    return Message("act", step, index, bytes(size), sender="p", plan_version=version)
+
+
+def test_versions_older_dropped_newer_held_until_adopted():
+    gate, drops = _gate(version=2)
+    gate.deliver(_message(0, 1, version=1))
+    gate.deliver(_message(1, 1, version=3))
+    gate.deliver(_message(2, 1, version=4))
+    assert drops == {("dropped_stale", "act"): 1} and gate.held() == 2
+    gate.set_version(3)
+    assert gate.take("p", "act", 0, 1, timeout=0).plan_version == 3
+    assert gate.held() == 1  # version 4 still waits
+    gate.set_version(5)
+    assert drops[("dropped_stale", "act")] == 2 and gate.held() == 0
+
+
+def test_byte_budget_drops_overflow_and_frees_on_take_and_discard():
+    gate, drops = _gate(max_bytes=100)
+    for index in range(3):
+        gate.deliver(_message(index, 40))
+    assert drops == {("dropped_overflow", "act"): 1} and gate.unclaimed_bytes() == 80
+    with pytest.raises(PeerTimeout):
+        gate.take("p", "act", 0, 2, timeout=0)
+    gate.take("p", "act", 0, 0, timeout=0)
+    gate.deliver(_message(2, 40, step=1))
+    assert gate.unclaimed_bytes() == 80
+    assert gate.discard_before(1) == 1 and gate.unclaimed_bytes() == 40
+    gate.deliver(_message(9, 60, step=1))
+    assert gate.unclaimed_bytes() == 100 and drops[("dropped_overflow", "act")] == 1
+
+
+def test_a_flood_is_capped_and_the_peer_keeps_receiving():
+    with ZmqTransport("victim", max_unclaimed_bytes=1 << 20) as victim, ZmqTransport("flood") as flood:
+        flood.connect("victim", victim.address)
+        for index in range(40):
+            flood.send("victim", Message("act", 0, index, bytes(100_000)))
+        flood.send("victim", Message("act", 0, 99, b"end"))
+        assert bytes(victim.recv("flood", "act", 0, 99, timeout=10).payload) == b"end"
+        stats = victim.stats()
+        assert stats["dropped_overflow"]["act"] == 40 - 10 and stats["unclaimed_bytes"] == 10 * 100_000
+        victim.discard_before(1)
+        flood.send("victim", Message("act", 1, 0, bytes(100_000)))
+        assert victim.recv("flood", "act", 1, 0, timeout=10).payload.nbytes == 100_000

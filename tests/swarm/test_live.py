@@ -1,0 +1,134 @@
+"""Must-show 1 and 5 of the live swarm: real processes on loopback train `tiny` end to end.
+
+One run (a coordinator and 4 peers, 2 stages x 2 replicas, 30 steps) serves several checks: the
+loss falls, the bytes on the wire match the 3/6/4-bit codecs, every step commits exactly once,
+replicas agree bit for bit, `swarm status --json` keeps its contract, and garbage and
+stale-version frames fired at a peer's data port are rejected and counted while it trains on.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import msgpack
+import pytest
+import zmq
+
+from peers.dht import SwarmDHT
+from swarm.cli.status import collect
+from swarm.launcher import LocalSwarm
+
+pytestmark = pytest.mark.slow
+
+STEPS = 30
+GARBAGE = 5
+STALE = 3
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The whole scenario; yields what the checks need once the coordinator has exited 0."""
+    with LocalSwarm(tmp_path_factory.mktemp("live")) as swarm:
+        swarm.start_coordinator(["--steps", str(STEPS), "--batch", "4", "--micro-batches", "2", "--stages", "2",
+                                 "--replicas", "2", "--checkpoint-every", "10", "--lr", "3e-3"])
+        for name in ("p1", "p2", "p3", "p4"):
+            swarm.start_peer(name)
+        cli = subprocess.Popen([sys.executable, "-m", "swarm.cli.status", "status", "--initial-peers",
+                                *swarm.initial_peers(), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        with SwarmDHT(swarm.initial_peers(), client_mode=True) as dht:
+            swarm.wait_for(lambda: swarm.committed_step() >= 3, 180, "step 3")
+            status = collect(dht)
+            victim = next(p for p in status["peers"] if p["stage"] == 1)
+            _fire_garbage(victim["address"])
+            fired_at = swarm.committed_step()
+            swarm.wait_for(lambda: swarm.committed_step() >= fired_at + 3, 120, "three steps after the garbage")
+            after = next(p for p in collect(dht)["peers"] if p["name"] == victim["name"])
+        code = swarm.wait_exit("coordinator", 240)
+        peer_codes = {name: swarm.wait_exit(name, 30) for name in ("p1", "p2", "p3", "p4")}
+        cli_out, cli_err = cli.communicate(timeout=120)
+        yield {"swarm": swarm, "code": code, "peer_codes": peer_codes, "status": status, "victim": after,
+               "report": swarm.report(), "cli": (cli.returncode, cli_out, cli_err)}
+
+
+def test_coordinator_and_peers_exit_cleanly(run):
+    assert run["code"] == 0, run["swarm"].log("coordinator")[-3000:]
+    assert run["peer_codes"] == dict.fromkeys(("p1", "p2", "p3", "p4"), 0)
+
+
+def test_every_step_commits_once_in_order(run):
+    steps = [entry["step"] for entry in run["report"]["steps"]]
+    assert steps == list(range(1, STEPS + 1))
+
+
+def test_loss_falls(run):
+    losses = [entry["loss"] for entry in run["report"]["steps"]]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.5, losses
+
+
+def test_wire_bits_match_the_3_6_4_recipe(run):
+    bits = run["report"]["bits_per_value"]
+    # Codes at 3/6/4 bits plus one fp16 scale per block and the frame header.
+    assert 3.0 <= bits["forward"] < 3.5
+    assert 6.0 <= bits["backward"] < 6.5
+    assert 4.0 <= bits["gradient"] < 4.5
+
+
+def test_replicas_hold_identical_parameters(run):
+    report = run["report"]
+    assert not report["mismatches"]
+    compared = [stage for per_step in report["checksums"].values() for stage in per_step.values() if len(stage) == 2]
+    assert len(compared) >= STEPS  # both replicas of both stages seen at most steps
+
+
+def test_final_checkpoint_written(run):
+    latest = json.loads((run["swarm"].checkpoint_dir / "latest.json").read_text())
+    assert latest["step"] == STEPS
+    assert (run["swarm"].checkpoint_dir / latest["path"] / "stage-0.bin").stat().st_size > 0
+
+
+def test_status_json_contract(run):
+    status = run["status"]
+    for key, kind in (("plan_version", int), ("step", int), ("tokens_per_s", float), ("peers", list)):
+        assert isinstance(status[key], kind), key
+    assert status["plan_version"] >= 1 and status["step"] >= 3 and isinstance(status["loss"], float)
+    assert {p["name"] for p in status["peers"]} == {"p1", "p2", "p3", "p4"}
+    for peer in status["peers"]:
+        assert peer["state"] == "training" and peer["device"] == "cpu" and peer["tflops"] > 0
+        assert peer["stage"] in (0, 1) and peer["replica"] in (0, 1)
+        assert 0 <= peer["heartbeat_age_s"] < 15 and len(peer["param_checksum"]) == 64
+
+
+def test_status_cli_prints_the_json_contract(run):
+    code, out, err = run["cli"]
+    assert code == 0, err
+    status = json.loads(out)
+    assert {"plan_version", "step", "loss", "tokens_per_s", "peers"} <= set(status)
+    for peer in status["peers"]:
+        assert {"name", "state", "stage", "replica", "device", "tflops", "heartbeat_age_s",
+                "param_checksum"} <= set(peer)
+
+
+def test_garbage_and_stale_frames_are_rejected_and_counted(run):
+    victim = run["victim"]
+    assert victim["rejected"] >= GARBAGE
+    assert victim["dropped_stale"] >= STALE
+    assert victim["state"] == "training" and not victim["error"]
+    assert run["report"]["steps"][-1]["step"] == STEPS  # it kept training to the end
+
+
+def _fire_garbage(address: str) -> None:
+    """Malformed frames and well-formed frames of a stale plan version at a peer's data port."""
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.connect(address)
+    for i in range(GARBAGE):
+        sock.send_multipart([b"\xff\x00garbage" * (i + 1)] if i % 2 else [b"\x93junk", b"payload", b"extra"])
+    for i in range(STALE):
+        header = msgpack.packb([1, "act", 0, 10_000 + i, 0, "intruder", []])
+        sock.send_multipart([header, b"\x00" * 16])
+    sock.close()
+    context.term()
