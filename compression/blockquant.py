@@ -16,30 +16,29 @@ from __future__ import annotations
 
 import torch
 
-from compression.noise import uniform
+from compression.noise import combine
 
 __all__ = ["quantize_blocks", "pack_words", "spread_words", "dequantize_blocks"]
 
 
-def quantize_blocks(blocks: torch.Tensor, keys: torch.Tensor, bits: int, stochastic: bool
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_blocks(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_noise: torch.Tensor | None,
+                    bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 `blocks` [nb, B] -> (stats fp16 [nb, 2] = offset, scale; codes uint8 [nb, B]).
+
+    Stochastic rounding with noise vectors from `noise.noise_vectors` ([nb] and [B]), or
+    round-to-nearest when they are None.
 
     Non-finite input shows up as non-finite stats, which the caller checks (a cheap [nb] test
     instead of another pass over the data).
     """
     levels = (1 << bits) - 1
-    nb, size = blocks.shape
     offset16 = blocks.amin(dim=1).to(torch.float16)
     offset = offset16.to(torch.float32)
-    scale16 = ((blocks.amax(dim=1) - offset) / levels).to(torch.float16)
+    # offset16 may round above the minimum: clamp so the scale never goes negative.
+    scale16 = ((blocks.amax(dim=1) - offset).clamp_min(0.0) * (1.0 / levels)).to(torch.float16)
     scale = scale16.to(torch.float32)
     inverse = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-    if stochastic:
-        index = torch.arange(nb * size, device=blocks.device, dtype=torch.int64).view(nb, size)
-        noise = uniform(index, keys)
-    else:
-        noise = 0.5
+    noise = 0.5 if row_noise is None else combine(row_noise, col_noise)
     scaled = (blocks - offset[:, None]) * inverse[:, None] + noise
     codes = scaled.floor().clamp(0, levels).to(torch.uint8)
     return torch.stack([offset16, scale16], dim=1), codes

@@ -71,7 +71,7 @@ class ActivationDelta:
             self._apply_delta([ids[r] for r in delta_rows], memory, delta_frame, dtype)
         for r in full_rows:
             self._store(ids[r], acts[r], dtype)
-        self._evict()
+        self._evict(ids)
         return _pack(ids, fresh, full_frame, delta_frame)
 
     def decode(self, sample_ids: Iterable[int], frame: bytes | memoryview, *,
@@ -103,7 +103,7 @@ class ActivationDelta:
             self._apply_delta([ids[r] for r in delta_rows], memory.to(target, torch.float32), delta_frame, dtype)
             for r in delta_rows:
                 rows[r] = self._memory[ids[r]].to(out_dtype)
-        self._evict()
+        self._evict(ids)
         if len({row.shape for row in rows}) != 1:
             raise CodecError("activation frame mixes rows of different shapes; the sender's rows all share one")
         return torch.stack(rows)
@@ -135,10 +135,12 @@ class ActivationDelta:
 
     def _store(self, sample_id: int, row: torch.Tensor, dtype: torch.dtype) -> None:
         self._memory[sample_id] = row.detach().to(dtype, copy=True)
-        self._memory.move_to_end(sample_id)
 
-    def _evict(self) -> None:
-        # The current micro-batch was stored last, so only older samples can go.
+    def _evict(self, ids: list[int]) -> None:
+        # Both sides mark the micro-batch used in row order, so their LRU orders stay equal; it
+        # was used last, so only older samples can go.
+        for i in ids:
+            self._memory.move_to_end(i)
         while len(self._memory) > self.capacity:
             self._memory.popitem(last=False)
 

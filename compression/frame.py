@@ -134,7 +134,7 @@ def _parse(view: memoryview) -> tuple[FrameInfo, Codec]:
     numel = 1
     for size in shape:
         numel *= size
-        if numel > _MAX_NUMEL:
+        if numel > _MAX_NUMEL or size > _MAX_NUMEL:
             raise CodecError(f"frame claims shape {shape}, more than {_MAX_NUMEL} values (corrupted frame)")
     dtype = _DTYPES[dtype_code]
     expected = impl.payload_size(numel, dtype)

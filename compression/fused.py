@@ -41,39 +41,53 @@ def set_fused(enabled: bool, min_numel: int | None = None) -> None:
         _settings["min_numel"] = int(min_numel)
 
 
-def quantize(blocks: torch.Tensor, keys: torch.Tensor, bits: int, stochastic: bool
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _run(("quantize", bits, stochastic), blocks.numel(),
-                lambda b, k: blockquant.quantize_blocks(b, k, bits, stochastic), blocks, keys)
+def quantize(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_noise: torch.Tensor | None,
+             bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if row_noise is None:
+        return _run(("quantize~", bits), blocks.numel(), 1,
+                    lambda b: blockquant.quantize_blocks(b, None, None, bits), blocks)
+    return _run(("quantize", bits), blocks.numel(), 2,
+                lambda b, r, c: blockquant.quantize_blocks(b, r, c, bits), blocks, row_noise, col_noise)
 
 
 def pack(words: torch.Tensor, bits: int) -> torch.Tensor:
-    return _run(("pack", bits), words.numel() * 8, lambda w: blockquant.pack_words(w, bits), words)
+    return _run(("pack", bits), words.numel() * 8, 1, lambda w: blockquant.pack_words(w, bits), words)
 
 
 def spread(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    return _run(("spread", bits), packed.shape[0] * 8, lambda p: blockquant.spread_words(p, bits), packed)
+    return _run(("spread", bits), packed.shape[0] * 8, 1, lambda p: blockquant.spread_words(p, bits), packed)
 
 
 def dequantize(stats: torch.Tensor, codes: torch.Tensor, out: torch.Tensor) -> None:
-    _run(("dequantize", out.dtype), codes.numel(), blockquant.dequantize_blocks, stats, codes, out)
+    _run(("dequantize", out.dtype), codes.numel(), 3, blockquant.dequantize_blocks, stats, codes, out)
 
 
-def _run(variant: tuple, numel: int, fn: Callable, *args: torch.Tensor):
-    """`fn(*args)`, compiled when enabled and `numel` is large enough, else eager."""
+def _run(variant: tuple, numel: int, varying: int, fn: Callable, *args: torch.Tensor):
+    """`fn(*args)`, compiled when enabled and `numel` is large enough, else eager.
+
+    The first `varying` args have a leading dimension that changes from call to call.
+    """
     variant = variant + (args[0].device.type,)
     if not _settings["enabled"] or numel < max(_settings["min_numel"], 2) or variant in _failed:
         return fn(*args)
     try:
         # All variants of a step share one code object, so lift dynamo's per-code recompile limit
-        # (8) for these calls only. The first call of a variant compiles under a lock, so two
-        # threads never compile the same thing at once.
-        with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=1024):
+        # (8) for these calls only; keep the fp16 rounding of offset and scale that inductor
+        # would otherwise optimize away (the codes must match the fp16 values sent). The first
+        # call of a variant compiles under a lock, so two threads never compile it at once.
+        with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=1024), \
+                torch._inductor.config.patch(emulate_precision_casts=True):
+            for arg in args[:varying]:
+                # Leading dims count blocks or groups and vary per call; the rest (block size,
+                # bits) stay compile-time constants. Not dynamic=True: that would also turn
+                # `bits` into a runtime value and slow the kernels 3x.
+                if arg.shape[0] >= 2:
+                    torch._dynamo.mark_dynamic(arg, 0)
             compiled = _compiled.get(variant)
             if compiled is not None:
                 return compiled(*args)
             with _lock:
-                compiled = _compiled.get(variant) or torch.compile(fn, dynamic=True)
+                compiled = _compiled.get(variant) or torch.compile(fn)
                 result = compiled(*args)
                 _compiled[variant] = compiled
                 return result

@@ -14,7 +14,7 @@ import torch
 
 from compression.errors import CodecError, nonfinite_error
 from compression import fused
-from compression.noise import seed_keys
+from compression.noise import noise_vectors
 from compression.registry import register
 
 __all__ = ["BlockQuantizer", "DEFAULT_BLOCK"]
@@ -46,8 +46,8 @@ class BlockQuantizer:
         if numel == 0:
             return []
         blocks = _as_blocks(flat, self.block)
-        keys = torch.tensor(seed_keys(seed), dtype=torch.int64, device=flat.device)
-        stats, codes = fused.quantize(blocks, keys, self.bits, self.stochastic)
+        noise = noise_vectors(seed, *blocks.shape, blocks.device) if self.stochastic else (None, None)
+        stats, codes = fused.quantize(blocks, *noise, self.bits)
         if not bool(torch.isfinite(stats).all()):
             raise nonfinite_error(flat, self.spec, _FP16_MAX)
         packed = codes if self.bits == 8 else fused.pack(codes.view(-1).view(torch.int64), self.bits)

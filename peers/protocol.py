@@ -65,6 +65,7 @@ class PeerRecord:
     has reduced and holds ready to apply (the coordinator commits when every grid member has it).
     links: measured {peer name: {"bandwidth_gbps", "latency_ms"}}; bytes_sent / values_sent: per
     engine channel ("forward", "backward", "gradient"), cumulative, so wire bits per value show.
+    dht_addrs: the peer's DHT multiaddrs (a restarted coordinator re-enters the DHT through them).
     """
 
     name: str
@@ -75,6 +76,7 @@ class PeerRecord:
     state: str = "joining"
     heartbeat: float = 0.0
     links: dict[str, dict[str, float]] = field(default_factory=dict)
+    dht_addrs: list[str] = field(default_factory=list)
     plan_version: int = 0
     step: int = 0
     stage: int = -1

@@ -57,10 +57,10 @@ def pack(message: Message, *, sender: str, plan_version: int) -> list[bytes | me
     is copied once, because zmq sends it later and the caller may reuse it meanwhile.
     """
     payload = message.payload
-    if isinstance(payload, memoryview) and not payload.readonly:
-        payload = payload.tobytes()
+    if isinstance(payload, bytearray) or (isinstance(payload, memoryview) and not payload.readonly):
+        payload = bytes(payload)
     elif not isinstance(payload, (bytes, memoryview)):
-        raise TypeError(f"message payload must be bytes or memoryview, got {type(payload).__name__}")
+        raise TypeError(f"message payload must be bytes, bytearray or memoryview, got {type(payload).__name__}")
     header = msgpack.packb([WIRE_VERSION, message.kind, plan_version, message.step, message.index,
                             sender, list(message.sample_ids)], use_bin_type=True)
     return [header, payload]

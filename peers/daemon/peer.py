@@ -87,7 +87,8 @@ class PeerDaemon:
             self.transport = ZmqTransport(options.name, host=options.host, port=options.port,
                                           advertise_host=options.advertise_host)
             self.record = PeerRecord(name=options.name, address=self.transport.address, device=profile.device,
-                                     tflops=profile.tflops, memory_gb=profile.memory_gb, state="joining")
+                                     tflops=profile.tflops, memory_gb=profile.memory_gb, state="joining",
+                                     dht_addrs=self.dht.multiaddrs())
             self._announce()
             watcher.start()
             self.on_event(f"{options.name}: data port {self.transport.address}, {profile.tflops:.3f} TFLOPS on "

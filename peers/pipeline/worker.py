@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -123,13 +123,15 @@ class StageWorker:
         if (self.first or self.last) and batch is None:
             raise ValueError(f"stage {self.stage_index} is first or last and needs this replica's batch")
         started = time.perf_counter()
-        sent: list[int] = []
+        micro = batch.chunk(self.micro_batches) if self.first or self.last else None
+        work = _Step(step, plan_version, micro)
         try:
-            loss, stats, tokens = self._train(step, batch, plan_version, sent)
+            self._train(work)
         except BaseException:
-            self._outgoing.forget(sent)  # the receiver may not have applied these deltas
+            self._outgoing.forget(work.sent)  # the receiver may not have applied these deltas
             raise
-        return StepResult(step, loss, stats, tokens, time.perf_counter() - started)
+        loss = sum(work.losses) / len(work.losses) if work.losses else None
+        return StepResult(step, loss, work.stats, work.tokens, time.perf_counter() - started)
 
     def state_dict(self) -> dict:
         """Parameters and optimizer state (copies): what a newcomer fetches and a checkpoint stores.
@@ -147,75 +149,83 @@ class StageWorker:
         """sha256 of this stage's parameters: replicas of a stage must agree after every step."""
         return param_checksum(self.stage)
 
-    def _train(self, step: int, batch, plan_version: int, sent: list[int]) -> tuple[float | None, ChannelStats, int]:
-        micro = batch.chunk(self.micro_batches) if batch is not None and (self.first or self.last) else None
-        stats = ChannelStats()
+    def _train(self, work: "_Step") -> None:
         self.optimizer.zero_grad(set_to_none=False)
-        stash: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
-        losses: list[float] = []
-        tokens = 0
         for op, m in self.ops:
             if op == "F":
-                tokens += self._forward(step, m, micro, stash, losses, stats, plan_version, sent)
+                self._forward(work, m)
             else:
-                self._backward(step, m, stash, stats, plan_version)
+                self._backward(work, m)
         before = self.averager.bytes_sent, self.averager.values_sent
-        self.averager.average(step, [p.grad for p in self.stage.parameters()])
-        stats.add("gradient", self.averager.bytes_sent - before[0], self.averager.values_sent - before[1])
+        self.averager.average(work.step, [p.grad for p in self.stage.parameters()])
+        work.stats.add("gradient", self.averager.bytes_sent - before[0], self.averager.values_sent - before[1])
         for group in self.optimizer.param_groups:
-            group["lr"] = self.settings.lr_at(step)
-        self.optimizer.step()
-        return (sum(losses) / len(losses) if losses else None), stats, tokens
+            group["lr"] = self.settings.lr_at(work.step)
+        self.optimizer.step()  # only reached when every message and the all-reduce succeeded
 
-    def _forward(self, step, m, micro, stash, losses, stats, plan_version, sent) -> int:
+    def _forward(self, work: "_Step", m: int) -> None:
         if self.first:
-            sample_ids = micro[m].sample_ids
-            x = micro[m].inputs.to(self._device)
+            sample_ids = work.micro[m].sample_ids
+            x = work.micro[m].inputs.to(self._device)
             inputs = None
         else:
-            message = self.transport.recv(self.prev, ACT_KIND, step, m, timeout=self.timeout)
+            message = self.transport.recv(self.prev, ACT_KIND, work.step, m, timeout=self.timeout)
             sample_ids = torch.tensor(message.sample_ids, dtype=torch.long)
             x = self._incoming.decode(sample_ids, message.payload, self._device).to(self._dtype).requires_grad_(True)
             inputs = x
-        tokens = int(x.shape[0] * x.shape[1])
+        work.tokens += int(x.shape[0] * x.shape[1])
         out = self.stage(x)
         if self.last:
-            if not torch.equal(sample_ids, micro[m].sample_ids):
-                raise ValueError(f"step {step} micro-batch {m}: the pipeline delivered samples "
-                                 f"{sample_ids.tolist()} but this replica's batch holds {micro[m].sample_ids.tolist()}")
-            out = self.stage.loss(out, micro[m].targets.to(self._device))
-            losses.append(out.item())
+            expected = work.micro[m].sample_ids
+            if not torch.equal(sample_ids, expected):
+                raise ValueError(f"step {work.step} micro-batch {m}: the pipeline delivered samples "
+                                 f"{sample_ids.tolist()} but this replica's batch holds {expected.tolist()}")
+            out = self.stage.loss(out, work.micro[m].targets.to(self._device))
+            work.losses.append(out.item())
         else:
-            sent.extend(sample_ids.tolist())
-            payload = self._outgoing.encode(sample_ids, out.detach(), seed=self._seed(step, m, 0))
-            self.transport.send(self.next, Message(kind=ACT_KIND, step=step, index=m, payload=payload,
-                                                   plan_version=plan_version,
+            work.sent.extend(sample_ids.tolist())
+            payload = self._outgoing.encode(sample_ids, out.detach(), seed=self._seed(work.step, m, 0))
+            self.transport.send(self.next, Message(kind=ACT_KIND, step=work.step, index=m, payload=payload,
+                                                   plan_version=work.plan_version,
                                                    sample_ids=tuple(sample_ids.tolist())))
-            stats.add("forward", len(payload), out.numel())
-        stash[m] = (inputs, out)
-        return tokens
+            work.stats.add("forward", len(payload), out.numel())
+        work.stash[m] = (inputs, out)
 
-    def _backward(self, step, m, stash, stats, plan_version) -> None:
-        inputs, out = stash.pop(m)
+    def _backward(self, work: "_Step", m: int) -> None:
+        inputs, out = work.stash.pop(m)
         if self.last:
-            (out / self.micro_batches).backward()
+            (out / self.micro_batches).backward()  # out is this micro-batch's mean loss
         else:
-            message = self.transport.recv(self.next, GRAD_KIND, step, m, timeout=self.timeout)
+            message = self.transport.recv(self.next, GRAD_KIND, work.step, m, timeout=self.timeout)
             grad = compression.decode(message.payload, device=self._device).to(self._dtype)
             if grad.shape != out.shape:
-                raise ValueError(f"step {step} micro-batch {m}: gradient of shape {tuple(grad.shape)} from "
+                raise ValueError(f"step {work.step} micro-batch {m}: gradient of shape {tuple(grad.shape)} from "
                                  f"{self.next!r} does not match activations {tuple(out.shape)}")
             out.backward(grad)
         if inputs is not None:
-            payload = compression.encode(inputs.grad, self.codecs.bwd, seed=self._seed(step, m, 1))
-            self.transport.send(self.prev, Message(kind=GRAD_KIND, step=step, index=m, payload=payload,
-                                                   plan_version=plan_version))
-            stats.add("backward", len(payload), inputs.grad.numel())
+            payload = compression.encode(inputs.grad, self.codecs.bwd, seed=self._seed(work.step, m, 1))
+            self.transport.send(self.prev, Message(kind=GRAD_KIND, step=work.step, index=m, payload=payload,
+                                                   plan_version=work.plan_version))
+            work.stats.add("backward", len(payload), inputs.grad.numel())
 
     def _seed(self, step: int, micro_batch: int, channel: int) -> int:
         """Stochastic-rounding seed: a run repeats exactly, and no two messages share noise."""
         key = (self.seed, step, self.stage_index, self.averager.rank, micro_batch, channel)
         return hash(key) & 0x7FFFFFFF
+
+
+@dataclass
+class _Step:
+    """What one step accumulates while its schedule runs."""
+
+    step: int
+    plan_version: int
+    micro: list | None
+    stats: ChannelStats = field(default_factory=ChannelStats)
+    stash: dict = field(default_factory=dict)  # micro-batch -> (received inputs, outputs) until backward
+    losses: list = field(default_factory=list)
+    sent: list = field(default_factory=list)  # sample ids whose activations went downstream
+    tokens: int = 0
 
 
 def _adamw(stage: nn.Module, settings: OptimizerSettings) -> torch.optim.AdamW:

@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bwd", default=defaults.bwd, help="codec of backward activation gradients (default q6)")
     parser.add_argument("--grad", default=defaults.grad, help="codec of the data-parallel all-reduce, with error "
                                                               "feedback (default q4)")
-    parser.add_argument("--fwd-delta", action="store_true", help="AQ-SGD: send activation deltas per sample id")
+    parser.add_argument("--fwd-delta", action="store_true", help="AQ-SGD: send activation deltas per sample id (memory grows with the distinct samples seen; "
+                             "pair with --train-samples for fine-tuning-sized data)")
     parser.add_argument("--schedule", default=defaults.schedule, choices=["1f1b", "gpipe"],
                         help="pipeline schedule (default 1f1b)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of weights, data order, rounding (default 0)")
@@ -84,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             console.print(f"swarm-sim local: error: {error}", markup=False, highlight=False)
             return 2
+        except KeyboardInterrupt:
+            console.print("swarm-sim local: interrupted; no report written", highlight=False)
+            return 130
     if args.report:
         path = Path(args.report)
         path.parent.mkdir(parents=True, exist_ok=True)

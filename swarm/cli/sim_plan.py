@@ -25,8 +25,8 @@ __all__ = ["register", "add_scenario_arguments", "load_scenario"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "plan", help="plan a swarm from a scenario file with the scheduler",
-        description="Search a placement (stages x replicas grid and layers per stage) for a "
-                    "scenario and print its predicted iteration time next to the best of N "
+        description="Search a placement (stages x replicas grid and layers per stage) for a\n"
+                    "scenario and print its predicted iteration time next to the best of N\n"
                     "random placements and a lower bound.",
         epilog="examples: swarm-sim plan --preset dtfm-5 --cost-model dtfm --out plan.json\n"
                "          swarm-sim plan swarm.json --time-limit 60",

@@ -27,8 +27,8 @@ TABLE_ROWS = 20
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "simulate", help="discrete-event simulation of a planned swarm",
-        description="Simulate training steps of a plan on its scenario: micro-batches over links "
-                    "with their bandwidth and latency, stragglers, peers leaving and joining with "
+        description="Simulate training steps of a plan on its scenario: micro-batches over links\n"
+                    "with their bandwidth and latency, stragglers, peers leaving and joining with\n"
                     "re-planning. Prints throughput over time.",
         epilog="example: swarm-sim plan --preset dtfm-5 --out plan.json\n"
                "         swarm-sim simulate --preset dtfm-5 --plan plan.json --steps 20 --churn 30",
@@ -57,11 +57,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"swarm-sim simulate: error: {error}", file=sys.stderr)
         return 2
     columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("steps", total=args.steps)
-        report = simulate(scenario, plan, args.steps, args.churn, args.seed, args.jitter,
-                          args.stragglers, args.replan_time_limit,
-                          progress=lambda _record: progress.advance(task))
+    try:
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("steps", total=args.steps)
+            report = simulate(scenario, plan, args.steps, args.churn, args.seed, args.jitter,
+                              args.stragglers, args.replan_time_limit,
+                              progress=lambda _record: progress.advance(task))
+    except (ScenarioError, PlanError) as error:  # e.g. churn left too few devices for the stages
+        print(f"swarm-sim simulate: error during the run: {error}", file=sys.stderr)
+        return 1
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(report.to_dict(), handle, indent=1)
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 def _print(console: Console, report: SimulationReport, out: str | None) -> None:
     steps = report.steps
     table = Table("steps", "clock (s)", "s / step", "sequences / s", "devices", "predicted s / step")
-    for window in np.array_split(np.arange(len(steps)), min(TABLE_ROWS, len(steps))):
+    for window in np.array_split(np.arange(len(steps)), min(TABLE_ROWS, len(steps))) if steps else []:
         chunk = [steps[i] for i in window]
         seconds = float(np.mean([s.seconds for s in chunk]))
         table.add_row(f"{chunk[0].step}-{chunk[-1].step}", f"{chunk[-1].end_s:.1f}", f"{seconds:.3f}",
@@ -85,6 +89,9 @@ def _print(console: Console, report: SimulationReport, out: str | None) -> None:
                   f"{report.left} left, {report.joined} joined, {report.aborted_steps} steps aborted "
                   f"({report.lost_s:.1f} s lost), {report.replans} re-plans moved {report.moved_peers} "
                   f"peers ({report.transfer_s:.1f} s loading state); {report.events} events")
+    if report.stalled:
+        console.print("[bold red]stopped early:[/] peers left faster than steps complete (every "
+                      "step aborted, or too few devices for the stages); lower --churn")
     if out:
         console.print(f"report written to {out}")
 

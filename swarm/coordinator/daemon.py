@@ -38,6 +38,7 @@ __all__ = ["Coordinator", "POLL_S"]
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05
+_PEERS_FILE = "known_peers.json"
 _READY_STATES = ("ready", "training", "standby")
 
 
@@ -70,7 +71,7 @@ class Coordinator:
         self.tokens_per_step = config.batch * get_config(config.model).context
 
     def run(self, stop: threading.Event) -> int:
-        self.dht = SwarmDHT(host=self.config.host, port=self.config.port, identity_dir=self.dir / "identity")
+        self.dht = self._start_dht()
         self.states = ZmqTransport("coordinator", host=self.config.host, port=0)
         try:
             addrs = self.dht.multiaddrs()
@@ -95,6 +96,18 @@ class Coordinator:
             self.report.save()
             self.states.close()
             self.dht.close()
+
+    def _start_dht(self) -> SwarmDHT:
+        """The DHT node; a resumed one re-enters the swarm through the peers it knew (their nodes
+        forgot the dead coordinator, so it must dial them, not wait to be dialled)."""
+        known = (_read_json(self.dir / _PEERS_FILE) or {}).get("dht_addrs", []) if self.config.resume else []
+        identity = self.dir / "identity"
+        if known:
+            try:
+                return SwarmDHT(known, host=self.config.host, port=self.config.port, identity_dir=identity)
+            except Exception as error:  # hivemind's bootstrap failure types vary; none of the old peers is left
+                self.on_event(f"none of the {len(known)} known peers answered ({error}); waiting for new ones")
+        return SwarmDHT(host=self.config.host, port=self.config.port, identity_dir=identity)
 
     # ---- one decision ------------------------------------------------------------------------
 
@@ -121,7 +134,9 @@ class Coordinator:
                 return
             placement = repair(old, set(ready), {n: "is not back" for n in old.members() if n not in ready})
             placement.standby = sorted(set(ready) - {n for row in placement.grid for n in row})
-            placement.reason = f"resumed from the checkpoint of step {self.checkpoint.step}: {placement.reason}"
+            placement.reason = (f"resumed from the checkpoint of step {self.checkpoint.step}: "
+                                f"{placement.reason or 'every peer of its plan is back'}")
+            self.report.rollback(self.checkpoint.step)
             self._publish_plan(placement, ready, origin="checkpoint", start_step=self.checkpoint.step + 1)
             return
         if len(ready) < self.config.min_peers:
@@ -214,8 +229,8 @@ class Coordinator:
         if grown is not None and self.config.batch % ((len(grown.grid[0])) * self.config.micro_batches) == 0:
             self._publish_plan(grown, records, origin="continue", start_step=step + 1)
         elif newcomers:
-            reason = f"{', '.join(newcomers)} joined: standby (a new replica needs {self.plan.stages} peers"
-            reason += f", or waits {since}/3 steps)" if grown is None else ")"
+            reason = (f"{', '.join(newcomers)} joined: standby until {self.plan.stages} standby peers can fill a "
+                      f"new replica")
             self._publish_plan(Placement([list(r) for r in plan.grid], list(plan.layers), list(plan.standby), reason),
                                records, origin="continue", start_step=step + 1)
 
@@ -235,6 +250,7 @@ class Coordinator:
             sources = dict.fromkeys(members, "checkpoint")
             placement.reason += f"; a stage lost every replica: rolled back to checkpoint step {self.checkpoint.step}"
             self.committed_step = self.checkpoint.step
+            self.report.rollback(self.checkpoint.step)
         self.timeouts = self._timeouts(placement, records)
         version = max(self._published_version(), previous.version if previous else 0) + 1
         hyper = {**self.config.hyper(), "timeouts": self.timeouts.to_wire()}
@@ -243,6 +259,7 @@ class Coordinator:
                           hyper=hyper, standby=placement.standby, checkpoint_address=self.states.address,
                           reason=placement.reason)
         publish_coordinator(self.dht, PLAN_KEY, plan.to_wire())
+        write_json_atomic(self.dir / _PEERS_FILE, {"dht_addrs": [a for r in records.values() for a in r.dht_addrs]})
         self.plan = plan
         self.last_change_step = start_step - 1
         self.step_clock = time.monotonic()

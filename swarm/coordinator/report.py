@@ -35,6 +35,11 @@ class RunReport:
     def event(self, what: str, **details: Any) -> None:
         self.events.append({"time": time.time(), "event": what, **details})
 
+    def rollback(self, step: int) -> None:
+        """Training restarts after checkpoint `step`: later checksums belong to an abandoned timeline."""
+        self.checksums = {k: v for k, v in self.checksums.items() if int(k) <= step}
+        self.event("rollback", to_step=step)
+
     def plan(self, plan: PlanRecord) -> None:
         self.plans.append({"version": plan.version, "start_step": plan.start_step, "grid": plan.grid,
                            "layers": plan.layers, "standby": plan.standby, "sources": plan.sources,

@@ -3,9 +3,10 @@
 Why this beats DT-FM's genetic algorithm: the cost is a max over stages and pipelines, so most
 changes leave it flat. Every move is scored by the exact cost model, but only the two stages a
 swap touches have their all-reduce recomputed, so a move costs microseconds, and a flat move is
-still taken when it lowers a tie-break (the mean over stages), which walks the search across
-plateaus towards the next real improvement. It stops after `patience` proposals without progress,
-after `max_evals`, at `target`, or at the deadline; with no deadline hit it is deterministic.
+still taken when it lowers a tie-break (a smooth max over stages and pipelines), which walks the
+search across plateaus towards the next real improvement. `run` stops after `patience` proposals
+without progress, after `max_evals`, at `target`, or at the deadline; `kick` shakes a converged
+grid for the next run (iterated local search). With no deadline hit it is deterministic.
 """
 from __future__ import annotations
 
@@ -52,6 +53,23 @@ class LocalSearch:
                 break
             idle = 0 if self._step() else idle + 1
         return self
+
+    def kick(self, swaps: int) -> None:
+        """Apply `swaps` random device swaps unconditionally, to leave a local optimum."""
+        for _ in range(swaps):
+            kind = "spare" if self.weights[2] and self.rng.random() < 0.3 else "cross"
+            if kind == "cross" and not self.weights[0]:
+                return
+            getattr(self, f"_move_{kind}")()
+        self.dp = self.model.data_parallel(self.grid, self.layers)
+        self.score, self.soft = self.model.total(self.grid, self.layers, self.dp)
+
+    def state(self) -> tuple:
+        return self.grid.copy(), self.layers.copy(), self.spare.copy(), self.dp.copy(), self.score, self.soft
+
+    def restore(self, state: tuple) -> None:
+        grid, layers, spare, dp, self.score, self.soft = state
+        self.grid, self.layers, self.spare, self.dp = grid.copy(), layers.copy(), spare.copy(), dp.copy()
 
     def _step(self) -> bool:
         """Propose one random move; keep it if it helps, undo it otherwise."""

@@ -42,9 +42,10 @@ def replan(scenario: Scenario, current: Plan, seed: int = 0, time_limit: float =
     if tolerance is None and patched is not None:
         return _finish(patched, current)
     fresh = search(scenario, cost_model, seed, max(0.0, (deadline - time.monotonic()) / 2))
-    target = (1 + tolerance) * fresh.score if tolerance is not None else float("inf")
-    flipped = Candidate(fresh.model, fresh.grid[::-1].copy(), fresh.layers[::-1].copy(), 0.0)
-    flipped.score = flipped.model.score(flipped.grid, flipped.layers)  # pipelines run the other way
+    if tolerance is None:
+        return _finish(fresh, current)
+    target = (1 + tolerance) * fresh.score
+    flipped = _priced(fresh.model, fresh.grid[::-1], fresh.layers[::-1])  # pipelines reversed
     options = [fresh, flipped, _aligned(fresh, current), _aligned(flipped, current)]
     if patched is not None:
         if patched.score > target:
@@ -52,11 +53,8 @@ def replan(scenario: Scenario, current: Plan, seed: int = 0, time_limit: float =
         options.append(patched)
     plans = [(to_plan(c), c.score) for c in options]
     within = [(len(moved_peers(current, p)), score, p) for p, score in plans if score <= target]
-    if within:
-        moved, _, best = min(within, key=lambda item: item[:2])
-        return best, moved
-    best = min(plans, key=lambda item: item[1])[0]
-    return best, len(moved_peers(current, best))
+    moved, _, best = min(within, key=lambda item: item[:2])  # `fresh` is always within
+    return best, moved
 
 
 def moved_peers(old: Plan, new: Plan) -> list[str]:
@@ -101,8 +99,12 @@ def _aligned(fresh: Candidate, current: Plan) -> Candidate:
     splits = [fresh.layers[order]]
     if sum(current.layers) == model.scenario.model.layers:
         splits.append(np.array(current.layers, dtype=np.int64))  # nobody's layer range changes
-    return min((Candidate(model, grid, layers, model.score(grid, layers)) for layers in splits),
-               key=lambda c: c.score)
+    return min((_priced(model, grid, layers) for layers in splits), key=lambda c: c.score)
+
+
+def _priced(model, grid: np.ndarray, layers: np.ndarray) -> Candidate:
+    grid, layers = np.ascontiguousarray(grid), np.ascontiguousarray(layers)
+    return Candidate(model, grid, layers, model.score(grid, layers))
 
 
 def _patch(scenario: Scenario, current: Plan, cost_model: str, rng: np.random.Generator) -> Candidate | None:
@@ -139,4 +141,4 @@ def _patch(scenario: Scenario, current: Plan, cost_model: str, rng: np.random.Ge
             spare[spare.index(best)] = options[0]
         grid[s, r] = best
         dp[s] = model.data_parallel(grid, layers, [s])[0]
-    return Candidate(model, grid, layers, model.score(grid, layers))
+    return _priced(model, grid, layers)

@@ -4,8 +4,8 @@ How it searches (and why it is fast at 1,024 devices):
 1. Shapes: the scenario's S x R, or every S (with R = N // S) when `parallelism` is left open.
 2. Starts: both locality plans (construct.py), each with an even and a speed-proportional layer
    split. Every shape is priced from its best start; a shape whose memory does not fit drops out.
-3. Refinement: the three best shapes get the local search (localsearch.py), the time left split
-   between them. Every move is priced by the exact cost model.
+3. Refinement: the three best shapes get an iterated local search (localsearch.py), the time
+   left split between them. Every move is priced by the exact cost model.
 Because the starts include both locality plans and the search never accepts a worse plan, the
 result is never worse than either locality plan. Deterministic for a seed unless the time limit
 cuts the search short (then a faster machine searches further).
@@ -27,6 +27,9 @@ from swarm.scheduler.scenario import Scenario
 __all__ = ["plan", "predict", "Candidate", "search", "to_plan"]
 
 REFINED_SHAPES = 3
+CONVERGE = 40  # evaluation cap of the first local search run, in units of its patience
+KICKS = 10  # evaluations of the kicked runs after it, in the same units
+KICK_FROM = 32  # devices; below this one local search run is enough
 
 
 @dataclass
@@ -83,12 +86,26 @@ def search(scenario: Scenario, cost_model: str, seed: int, time_limit: float,
 
 def refine(start: Candidate, rng: np.random.Generator, deadline: float, target: float | None = None,
            move_layers: bool = True) -> Candidate:
-    """Run the local search from `start` with a budget that grows with the swarm."""
+    """Iterated local search from `start`, with a budget that grows with the swarm.
+
+    After each converged run the best grid gets a kick of a few random swaps and is searched
+    again; the best grid seen is kept. Stops at the evaluation budget, the deadline or `target`.
+    """
     n = len(start.model.scenario.devices)
     patience = int(min(max(300, 4 * n * n), 30_000))
     walk = LocalSearch(start.model, start.grid, start.layers, start.spare(), rng, move_layers)
-    walk.run(max_evals=40 * patience, patience=patience, deadline=deadline, target=target)
-    return Candidate(start.model, walk.grid, walk.layers, walk.score)
+    walk.run(max_evals=CONVERGE * patience, patience=patience, deadline=deadline, target=target)
+    best = walk.state()
+    budget = walk.evals + (KICKS * patience if n >= KICK_FROM else 0)  # small swarms: one run
+    while walk.evals < budget and time.monotonic() < deadline and (target is None or best[4] > target):
+        walk.kick(max(2, walk.grid.size // 16))
+        walk.run(max_evals=budget, patience=patience, deadline=deadline, target=target)
+        if walk.score < best[4]:
+            best = walk.state()
+        else:
+            walk.restore(best)
+    grid, layers, _, _, score, _ = best
+    return Candidate(start.model, grid, layers, score)
 
 
 def to_plan(candidate: Candidate) -> Plan:

@@ -1,9 +1,10 @@
 """A training run of a planned swarm over many steps, with stragglers, churn and re-planning.
 
 Churn is a Poisson process: peers leave at `churn_per_hour` (any live peer, uniformly) and as
-many join (a copy of a random live peer's profile: same site, GPU and uplink). A departure during
-a step aborts that step (its work is lost: no half-applied update), the coordinator re-plans at
-once; arrivals wait for the next step boundary. After each re-plan every moved peer loads its
+many join (a copy of a random live peer's profile: same site, GPU and uplink). A planned peer
+leaving during a step aborts that step (its work is lost: no half-applied update) and the
+coordinator re-plans at once; every other arrival and departure is applied at the next step
+boundary, where the coordinator re-plans. After each re-plan every moved peer loads its
 stage's state (14 bytes per parameter: fp16 weights, fp32 master copy, two Adam moments) from a
 replica of that stage that stayed, and the swarm waits for the slowest download.
 Re-planning is `swarm.scheduler.replan`; above `FRESH_CHECK_LIMIT` devices it skips the
@@ -17,13 +18,14 @@ from typing import Callable
 
 import numpy as np
 
-from swarm.scheduler import Plan, Scenario, moved_peers, predict, replan
+from swarm.scheduler import Device, Plan, Scenario, moved_peers, predict, replan
 from swarm.scheduler.workload import Workload
 from swarm.simulator.iteration import simulate_iteration
 
 __all__ = ["StepRecord", "SimulationReport", "simulate", "FRESH_CHECK_LIMIT"]
 
 FRESH_CHECK_LIMIT = 1024
+MAX_INTERRUPTIONS = 50  # re-plans in a row without a committed step: churn outpaces training
 STATE_BYTES_PER_PARAMETER = 14
 
 
@@ -45,6 +47,7 @@ class SimulationReport:
     joined: int = 0
     replans: int = 0
     moved_peers: int = 0
+    stalled: bool = False         # churn left too few devices or outpaced every step: run stopped
     lost_s: float = 0.0           # time of aborted steps
     transfer_s: float = 0.0       # time waiting for moved peers' state
     events: int = 0
@@ -77,15 +80,16 @@ def simulate(scenario: Scenario, plan: Plan, steps: int, churn_per_hour: float =
     report = SimulationReport()
     devices = list(scenario.devices)
     churn = _Churn(churn_per_hour, rng)
-    clock, changed = 0.0, False
+    clock, changed, interruptions = 0.0, False, 0
     predicted = predict(scenario, plan, "full").iteration_s
     while len(report.steps) < steps:
-        while churn.next_join <= clock:  # arrivals wait for this step boundary
-            devices.append(dataclasses.replace(devices[rng.integers(len(devices))], id=f"joined-{churn.joined}"))
-            churn.joined_one()
-            report.joined += 1
-            changed = True
+        # between steps nothing is lost: apply every arrival and departure up to now
+        changed |= churn.apply_until(clock, devices, report)
         if changed:
+            interruptions += 1
+            if len(devices) < plan.stages or interruptions > MAX_INTERRUPTIONS:
+                report.stalled = True
+                break
             new_scenario = scenario.with_devices(devices)
             tolerance = 0.05 if len(devices) <= FRESH_CHECK_LIMIT else None
             new_plan, _ = replan(new_scenario, plan, seed, replan_time_limit, "full", tolerance)
@@ -95,26 +99,23 @@ def simulate(scenario: Scenario, plan: Plan, steps: int, churn_per_hour: float =
             predicted = predict(scenario, plan, "full").iteration_s
             report.replans += 1
             report.moved_peers += len(moved)
-            report.transfer_s += float(wait)
+            report.transfer_s += wait
             clock += wait
-        slow = np.where(rng.random(len(devices)) < stragglers, 2.0, 1.0)
+            if wait > 0:
+                continue  # peers may have come and gone while state loaded
+        slow = np.where(rng.random(len(scenario.devices)) < stragglers, 2.0, 1.0)
         result = simulate_iteration(scenario, plan.indices(scenario), np.array(plan.layers), rng, jitter, slow)
         report.events += result.events
         in_plan = set(plan.devices)
-        aborted = False
-        while churn.next_leave < clock + result.seconds and not aborted:
-            gone = devices.pop(int(rng.integers(len(devices))))
-            report.left += 1
-            changed = True
-            aborted = gone.id in in_plan
-            if aborted:  # the step loses its work; nothing half-applied
+        while churn.next_leave < clock + result.seconds and not changed:
+            changed = churn.leave(devices, report).id in in_plan
+            if changed:  # the step loses its work; nothing half-applied
                 report.aborted_steps += 1
-                leave_at = max(churn.next_leave, clock)  # may have left while state loaded
-                report.lost_s += leave_at - clock
-                clock = leave_at
-            churn.left_one()
-        if aborted:
+                report.lost_s += churn.left_at - clock
+                clock = churn.left_at
+        if changed:
             continue
+        interruptions = 0
         clock += result.seconds
         record = StepRecord(len(report.steps) + 1, float(clock), result.seconds,
                             scenario.batch.global_sequences / result.seconds, plan.stages * plan.replicas,
@@ -126,23 +127,39 @@ def simulate(scenario: Scenario, plan: Plan, steps: int, churn_per_hour: float =
 
 
 class _Churn:
-    """Next departure and arrival times of two Poisson processes at `per_hour` each."""
+    """Two Poisson processes at `per_hour` each: departures of live peers, arrivals of new ones."""
 
     def __init__(self, per_hour: float, rng: np.random.Generator):
         self.mean_gap = 3600.0 / per_hour if per_hour > 0 else np.inf
-        self.rng, self.joined = rng, 0
+        self.rng, self.joined, self.left_at = rng, 0, 0.0
         self.next_leave = self._gap()
         self.next_join = self._gap()
 
     def _gap(self) -> float:
         return float(self.rng.exponential(self.mean_gap)) if np.isfinite(self.mean_gap) else np.inf
 
-    def left_one(self) -> None:
+    def leave(self, devices: list[Device], report: SimulationReport) -> Device:
+        """The next departure: a uniformly chosen live peer."""
+        gone = devices.pop(int(self.rng.integers(len(devices))))
+        report.left += 1
+        self.left_at = self.next_leave
         self.next_leave += self._gap()
+        return gone
 
-    def joined_one(self) -> None:
-        self.joined += 1
-        self.next_join += self._gap()
+    def apply_until(self, clock: float, devices: list[Device], report: SimulationReport) -> bool:
+        """Apply, in time order, every arrival and departure before `clock`; True if any."""
+        changed = False
+        while min(self.next_join, self.next_leave) <= clock and devices:
+            if self.next_join <= self.next_leave:
+                profile = devices[int(self.rng.integers(len(devices)))]
+                devices.append(dataclasses.replace(profile, id=f"joined-{self.joined}"))
+                self.joined += 1
+                report.joined += 1
+                self.next_join += self._gap()
+            else:
+                self.leave(devices, report)
+            changed = True
+        return changed
 
 
 def _transfer_seconds(scenario: Scenario, plan: Plan, moved: list[str]) -> float:

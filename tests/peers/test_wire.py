@@ -45,6 +45,9 @@ def test_writable_payload_is_detached_from_the_callers_buffer():
     frames = wire.pack(Message("act", 0, 0, memoryview(buffer)), sender="a", plan_version=0)
     buffer[0] = ord("z")
     assert bytes(frames[1]) == b"abcd"
+    assert wire.pack(Message("act", 0, 0, bytearray(b"ab")), sender="a", plan_version=0)[1] == b"ab"
+    with pytest.raises(TypeError, match="payload must be bytes"):
+        wire.pack(Message("act", 0, 0, "text"), sender="a", plan_version=0)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("frames, complaint", [

@@ -8,7 +8,7 @@ from swarm.scheduler.search import Candidate, to_plan
 from swarm.scheduler.cost import FullCost
 from swarm.scheduler.synthetic import volunteer_scenario
 from swarm.simulator import simulate, simulate_iteration
-from tests.swarm.test_cost_formulas import GRID, LAYERS, tiny
+from tests.swarm.test_cost_formulas import GRID, LAYERS, TINY, tiny
 
 
 def test_iteration_matches_the_hand_computed_cost():
@@ -87,3 +87,10 @@ def test_ten_thousand_devices_with_churn():
     assert report.events > 100_000
     assert all(s.devices <= 10_000 for s in report.steps)
     assert predict(scenario, planned).iteration_s == pytest.approx(planned.predicted["iteration_s"])
+
+
+def test_churn_faster_than_a_step_stops_instead_of_hanging():
+    scenario = Scenario.from_dict(TINY)
+    planned = plan(scenario, "full", seed=0, time_limit=0.5)
+    report = simulate(scenario, planned, steps=3, churn_per_hour=3600 * 1000, seed=0, replan_time_limit=0.05)
+    assert report.stalled and len(report.steps) < 3

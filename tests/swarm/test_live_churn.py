@@ -1,0 +1,92 @@
+"""Must-show 2 and 3 of the live swarm: a peer joins mid-run, then a training peer is SIGKILLed.
+
+One scripted run on loopback: 4 peers train 2 stages x 2 replicas; once training runs a fifth
+peer joins and the plan names it standby without stopping training; two steps later (at step 12
+at the earliest) a training peer is
+SIGKILLed, the coordinator notices its heartbeat is gone, aborts the step in flight and
+publishes a plan in which the standby peer takes the dead peer's cell, loading the stage from
+the surviving replica. Training reaches step 30 with every step committed exactly once and the
+replicas of each stage bit-identical, the newcomer included.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from peers.dht import SwarmDHT
+from swarm.cli.status import collect
+from swarm.launcher import LocalSwarm
+
+pytestmark = pytest.mark.slow
+
+STEPS = 40
+KILL_AT = 12
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    with LocalSwarm(tmp_path_factory.mktemp("churn")) as swarm:
+        # batch 8 keeps the run long enough for a fifth process to start up while it trains
+        swarm.start_coordinator(["--steps", str(STEPS), "--batch", "8", "--micro-batches", "2", "--stages", "2",
+                                 "--replicas", "2", "--checkpoint-every", "10"])
+        for name in ("p1", "p2", "p3", "p4"):
+            swarm.start_peer(name)
+        swarm.wait_for(lambda: swarm.report().get("plans"), 180, "the first plan")
+        swarm.start_peer("p5")
+        swarm.wait_for(lambda: _plan_naming(swarm, "p5"), 120, "a plan naming p5")
+        named_at = swarm.committed_step()
+        swarm.wait_for(lambda: swarm.committed_step() >= max(KILL_AT, named_at + 2), 120, "the step to kill at")
+        with SwarmDHT(swarm.initial_peers(), client_mode=True) as dht:
+            victim = next(p["name"] for p in collect(dht)["peers"] if p["state"] == "training")
+        swarm.kill(victim, signal.SIGKILL)
+        killed_at = time.time()
+        code = swarm.wait_exit("coordinator", 240)
+        survivors = [n for n in ("p1", "p2", "p3", "p4", "p5") if n != victim]
+        codes = {name: swarm.wait_exit(name, 30) for name in survivors}
+        yield {"swarm": swarm, "code": code, "codes": codes, "victim": victim, "killed_at": killed_at,
+               "report": swarm.report()}
+
+
+def test_run_finishes_and_survivors_exit_cleanly(run):
+    assert run["code"] == 0, run["swarm"].log("coordinator")[-3000:]
+    assert set(run["codes"].values()) == {0}, run["codes"]
+
+
+def test_joining_peer_is_named_standby_without_stopping_training(run):
+    plans = run["report"]["plans"]
+    joined = next(p for p in plans if "p5" in p["standby"])
+    assert "p5 joined" in joined["reason"]
+    previous = plans[plans.index(joined) - 1]
+    assert joined["grid"] == previous["grid"]
+    assert set(joined["sources"].values()) == {"keep"}  # nobody reloads or restarts anything
+    assert joined["start_step"] > 1
+
+
+def test_killed_peer_is_replaced_within_30_s(run):
+    victim = run["victim"]
+    repaired = next(p for p in run["report"]["plans"] if victim in p["reason"] and "aborted" in p["reason"])
+    assert repaired["time"] - run["killed_at"] < 30
+    assert "stopped heartbeating" in repaired["reason"]
+    assert victim not in [n for row in repaired["grid"] for n in row]
+    assert "p5" in [n for row in repaired["grid"] for n in row]
+    assert repaired["sources"]["p5"].startswith("peer:")  # state from the surviving replica
+
+
+def test_global_step_never_repeats_or_skips(run):
+    assert [entry["step"] for entry in run["report"]["steps"]] == list(range(1, STEPS + 1))
+
+
+def test_replicas_agree_after_the_repair(run):
+    report = run["report"]
+    assert not report["mismatches"]
+    late = [stage for step, per_step in report["checksums"].items() if int(step) > KILL_AT + 2
+            for stage in per_step.values()]
+    assert any("p5" in stage and len(stage) == 2 for stage in late)
+    assert all(len(set(stage.values())) == 1 for stage in late)
+
+
+def _plan_naming(swarm: LocalSwarm, name: str) -> bool:
+    return any(name in plan["standby"] or any(name in row for row in plan["grid"])
+               for plan in swarm.report().get("plans", []))
