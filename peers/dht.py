@@ -12,6 +12,7 @@ Records are signed with hivemind's `RSASignatureValidator`: a key or subkey that
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import threading
@@ -24,10 +25,13 @@ from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-__all__ = ["SwarmDHT", "dht_time", "load_or_create_key"]
+__all__ = ["SwarmDHT", "dht_time", "load_or_create_key", "REQUEST_TIMEOUT_S"]
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _START_ATTEMPTS = 3
+REQUEST_TIMEOUT_S = 10.0
 
 
 def dht_time() -> float:
@@ -102,20 +106,34 @@ class SwarmDHT:
             return [str(addr) for addr in self._dht.get_visible_maddrs()]
 
     def store(self, key: str, value: Any, ttl: float, subkey: bytes | str | None = None) -> bool:
-        """Store `value` until now + `ttl` seconds; a newer store of the same (key, subkey) wins."""
+        """Store `value` until now + `ttl` seconds; a newer store of the same (key, subkey) wins.
+
+        False when the store failed or took longer than `REQUEST_TIMEOUT_S` (hivemind itself
+        would wait forever if its process were wedged; a daemon must not).
+        """
         with self._lock:
-            return bool(self._dht.store(key, value, dht_time() + ttl, subkey=subkey))
+            future = self._dht.store(key, value, dht_time() + ttl, subkey=subkey, return_future=True)
+            return bool(self._result(future, f"store of {key!r}", False))
 
     def get(self, key: str) -> Any:
-        """The latest value under `key` (a dict subkey -> value for subkeyed records), or None."""
+        """The latest value under `key` (a dict subkey -> value for subkeyed records), or None
+        (also when the lookup failed or timed out)."""
         with self._lock:
-            found = self._dht.get(key, latest=True)
+            found = self._result(self._dht.get(key, latest=True, return_future=True), f"get of {key!r}", None)
         if found is None:
             return None
         value = found.value
         if isinstance(value, dict):
             return {subkey: item.value for subkey, item in value.items()}
         return value
+
+    def _result(self, future: Any, what: str, default: Any) -> Any:
+        try:
+            return future.result(REQUEST_TIMEOUT_S)
+        except Exception as error:  # a timeout, or hivemind's own error types from its process
+            log.warning("DHT %s failed: %s", what, error or type(error).__name__)
+            future.cancel()
+            return default
 
     def close(self) -> None:
         """Shut the node down and wait for its process and its `p2pd` to exit. Safe to call twice."""

@@ -8,6 +8,7 @@ Ctrl-C stops every process cleanly. Either way it prints where the report and ch
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps <= 0:
         parser.error(f"--steps must be positive, got {args.steps}")
     directory = args.dir or Path(tempfile.mkdtemp(prefix="swarm-demo-"))
+    # Ctrl-C and a plain `kill` both stop the swarm cleanly (SIGINT may arrive ignored from a shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     console = Console()
     console.print(f"[bold]swarm demo[/]: a coordinator and {len(PEERS)} peers on loopback, model tiny, "
                   f"2 stages x 2 replicas, codecs q3/q6/q4; logs in {directory}")
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         swarm.close()
     report = swarm.report()
+    console.print()
     console.print(f"report: {swarm.checkpoint_dir / 'report.json'}")
     console.print(f"checkpoint: {report.get('checkpoint') or 'none written yet'}")
     console.print(f"logs: {directory}/*.log")

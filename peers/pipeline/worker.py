@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import compression
-from models import param_checksum
+from models import Batch, param_checksum
 
 from ..allreduce import GradientAverager
 from ..transport import Message, Transport
@@ -114,7 +114,7 @@ class StageWorker:
     def last(self) -> bool:
         return self.stage_index == self.num_stages - 1
 
-    def run_step(self, step: int, batch=None, plan_version: int = 0) -> StepResult:
+    def run_step(self, step: int, batch: Batch | None = None, plan_version: int = 0) -> StepResult:
         """Forward and backward over the micro-batches, average gradients, apply AdamW.
 
         `batch` (a `models.Batch`, this replica's share of the global batch) is required on the
@@ -220,7 +220,7 @@ class _Step:
 
     step: int
     plan_version: int
-    micro: list | None
+    micro: list[Batch] | None
     stats: ChannelStats = field(default_factory=ChannelStats)
     stash: dict = field(default_factory=dict)  # micro-batch -> (received inputs, outputs) until backward
     losses: list = field(default_factory=list)

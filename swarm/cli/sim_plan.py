@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="full: compute, memory, compression (default); dtfm: DT-FM's published model")
     parser.add_argument("--seed", type=int, default=0, metavar="K", help="search seed (default 0)")
     parser.add_argument("--time-limit", type=_positive, default=30.0, metavar="S",
-                        help="seconds the search may take at most (default 30)")
+                        help="seconds the search may take at most (default 30); the same --seed "
+                             "gives the same plan when the search ends before the limit")
     parser.add_argument("--out", metavar="PLAN.json", help="write the plan file here")
     parser.add_argument("--random-samples", type=int, default=5000, metavar="N",
                         help="random placements to compare against (default 5000; 0 skips)")

@@ -123,6 +123,10 @@ class Plan:
                 if device in seen:
                     raise PlanError(f"plan.grid[{s}][{r}]: device {device!r} appears twice")
                 seen.add(device)
+        batch = scenario.batch
+        if self.replicas * batch.micro_sequences > batch.global_sequences:
+            raise PlanError(f"plan.replicas: {self.replicas} pipelines need at least one micro-batch "
+                            f"each; global_sequences is {batch.global_sequences}")
         if sum(self.layers) != scenario.model.layers:
             raise PlanError(f"plan.layers: sum is {sum(self.layers)}, the model has "
                             f"{scenario.model.layers} layers")

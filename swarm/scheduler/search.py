@@ -7,8 +7,9 @@ How it searches (and why it is fast at 1,024 devices):
 3. Refinement: the three best shapes get an iterated local search (localsearch.py), the time
    left split between them. Every move is priced by the exact cost model.
 Because the starts include both locality plans and the search never accepts a worse plan, the
-result is never worse than either locality plan. Deterministic for a seed unless the time limit
-cuts the search short (then a faster machine searches further).
+result is never worse than either locality plan. The search budget is counted in evaluations
+(it grows with the swarm), so a seed gives the same plan whenever the search finishes within the
+time limit; a limit that cuts it short trades that for speed (a faster machine searches further).
 """
 from __future__ import annotations
 

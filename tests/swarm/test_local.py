@@ -81,6 +81,15 @@ def test_delta_runs_repeat_exactly_and_settle_at_the_codec_width():
     assert first["bits_per_value_final_step"]["forward"] <= 3.2
 
 
+def test_schedules_change_timing_never_numbers():
+    """GPipe and 1F1B send the same frames (seeded per message) and accumulate in the same order."""
+    checksums = {
+        schedule: run_local(LocalConfig(stages=4, replicas=2, micro_batches=4, batch=16, steps=2, schedule=schedule,
+                                        fwd_delta=True, train_samples=32, eval_samples=8, seq_len=32))["final"]["param_checksum"]
+        for schedule in ("gpipe", "1f1b")}
+    assert checksums["gpipe"] == checksums["1f1b"]
+
+
 def test_a_failing_worker_aborts_the_step_instead_of_hanging():
     grid = LocalGrid(LocalConfig(stages=3, replicas=2, micro_batches=2, batch=4, seq_len=32))
     try:
@@ -113,6 +122,20 @@ def test_a_failing_worker_aborts_the_step_instead_of_hanging():
 def test_bad_input_names_the_flag(argv, flag, capsys, tmp_path):
     assert main(["local", "--quiet", "--steps", "1", *argv]) == 2
     assert flag in capsys.readouterr().err
+
+
+def test_user_data_file_trains(tmp_path, capsys):
+    corpus = tmp_path / "notes.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
+                                for i in range(200)))
+    report = tmp_path / "out" / "report.json"
+    assert main(["local", "--data", str(corpus), "--steps", "2", "--batch", "4", "--seq-len", "32",
+                 "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["config"]["data"] == str(corpus)
+    assert "eval loss" in capsys.readouterr().err
+    (tmp_path / "broken.jsonl").write_text('{"title": "no text field"}\n')
+    assert main(["local", "--quiet", "--data", str(tmp_path / "broken.jsonl")]) == 2
+    assert "--data" in capsys.readouterr().err
 
 
 def test_help_lists_the_contract_flags(capsys):

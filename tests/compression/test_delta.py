@@ -1,0 +1,89 @@
+"""ActivationDelta (AQ-SGD): identical m on both sides, full first visit, bounded memory."""
+import pytest
+import torch
+
+from compression import ActivationDelta, CodecError, decode
+
+
+def _pair(codec="q3", **kwargs):
+    return ActivationDelta(codec, **kwargs), ActivationDelta(codec, **kwargs)
+
+
+def _same_memory(a, b):
+    return list(a._memory) == list(b._memory) and all(torch.equal(a._memory[i], b._memory[i]) for i in a._memory)
+
+
+def test_first_visit_is_exact_and_later_visits_track_the_activation():
+    sender, receiver = _pair()
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(8, 16, 32, generator=gen)
+    first = receiver.decode(range(4), sender.encode(range(4), base[:4]))
+    assert torch.equal(first, base[:4])
+    for epoch in range(1, 6):
+        drifted = base + 0.01 * epoch * torch.randn(8, 16, 32, generator=gen)
+        for ids in ([0, 1, 2, 3], [4, 5, 6, 7]):
+            frame = sender.encode(ids, drifted[ids])
+            out = receiver.decode(ids, frame)
+            assert out.shape == (4, 16, 32) and _same_memory(sender, receiver)
+            if epoch > 1 or ids[0] == 0:
+                # delta of a slowly drifting activation: far below direct 3-bit error (~0.33)
+                assert float((out - drifted[ids]).norm() / drifted[ids].norm()) < 0.05
+
+
+def test_delta_frames_are_smaller_than_first_visits():
+    sender, receiver = _pair("q3")
+    x = torch.randn(2, 1000)
+    full = sender.encode([10, 11], x)
+    receiver.decode([10, 11], full)
+    delta = sender.encode([10, 11], x + 0.01)
+    receiver.decode([10, 11], delta)
+    assert len(delta) < len(full) / 5
+
+
+def test_mixed_batches_and_half_memory():
+    sender, receiver = _pair("q4", memory_dtype=torch.float16)
+    x = torch.randn(3, 5, dtype=torch.bfloat16)
+    receiver.decode([1, 2, 3], sender.encode([1, 2, 3], x))
+    out = receiver.decode([3, 4, 1], sender.encode([3, 4, 1], x))  # 4 is new, 3 and 1 are deltas
+    assert out.dtype == torch.bfloat16 and _same_memory(sender, receiver)
+    assert sender._memory[1].dtype == torch.float16
+
+
+def test_capacity_evicts_least_recently_used_on_both_sides():
+    sender, receiver = _pair(capacity=3)
+    x = torch.randn(2, 6)
+    for ids in ([0, 1], [2, 3], [0, 1], [4, 5], [2, 3]):
+        receiver.decode(ids, sender.encode(ids, x))
+        assert len(sender) <= 3 and _same_memory(sender, receiver)
+    assert 5 in sender and 2 in sender and 0 not in sender
+    with pytest.raises(CodecError, match="capacity"):
+        sender.encode([1, 2, 3, 4], torch.randn(4, 6))
+
+
+def test_out_of_step_receiver_and_wrong_ids_raise():
+    sender, receiver = _pair()
+    x = torch.randn(2, 6)
+    sender.encode([0, 1], x)  # the receiver never saw this first visit
+    frame = sender.encode([0, 1], x)
+    with pytest.raises(CodecError, match="out of step"):
+        receiver.decode([0, 1], frame)
+    with pytest.raises(CodecError, match="sample ids"):
+        receiver.decode([1, 0], frame)
+
+
+@pytest.mark.parametrize("bad_ids, shape", [([0, 0], (2, 3)), ([0], (2, 3)), (["a", "b"], (2, 3))])
+def test_bad_sample_ids_raise(bad_ids, shape):
+    with pytest.raises(CodecError):
+        ActivationDelta("q3").encode(bad_ids, torch.randn(shape))
+
+
+def test_malformed_activation_frames_raise():
+    sender, receiver = _pair()
+    frame = sender.encode([0, 1], torch.randn(2, 6))
+    for bad in [frame[:10], b"XXXX" + frame[4:], frame[:-3], frame + b"\0", 7]:
+        with pytest.raises(CodecError):
+            ActivationDelta("q3").decode([0, 1], bad)
+    with pytest.raises(CodecError):
+        decode(frame)  # not a plain codec frame
+    with pytest.raises(CodecError):
+        ActivationDelta("q3", capacity=0)

@@ -1,0 +1,121 @@
+"""The coordinator's decisions without processes: repairs, growth, state sources, checkpoints, flags."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from peers.protocol import PeerRecord, PlanRecord
+from swarm.coordinator.checkpoint import read_latest, write_checkpoint
+from swarm.coordinator.config import add_arguments, from_args
+from swarm.coordinator.planning import (MIN_STEPS_BETWEEN_CHANGES, assign_sources, first_placement, grow, repair,
+                                        scenario_from_records)
+
+
+def _plan(grid, standby=()):
+    names = [n for row in grid for n in row]
+    return PlanRecord(version=3, start_step=5, grid=[list(r) for r in grid], layers=[2] * len(grid),
+                      addresses=dict.fromkeys(names, "tcp://127.0.0.1:1"), sources=dict.fromkeys(names, "keep"),
+                      codecs={"fwd": "q3", "bwd": "q6", "grad": "q4"}, hyper={}, standby=list(standby))
+
+
+def test_a_lost_member_is_replaced_by_a_standby_peer():
+    plan = _plan([["a", "b"], ["c", "d"]], standby=["e"])
+    placement = repair(plan, live={"a", "c", "d", "e"}, lost={"b": "left"})
+    assert placement.grid == [["a", "e"], ["c", "d"]]
+    assert placement.standby == [] and "b left: replaced by standby e" in placement.reason
+
+
+def test_without_standby_the_grid_shrinks_to_the_replicas_every_stage_can_fill():
+    plan = _plan([["a", "b"], ["c", "d"]])
+    placement = repair(plan, live={"a", "c", "d"}, lost={"b": "stopped heartbeating"})
+    assert placement.grid == [["a"], ["c"]]
+    assert placement.standby == ["d"] and "shrinks to 2 x 1" in placement.reason
+
+
+def test_a_stage_without_survivors_cannot_be_repaired():
+    with pytest.raises(RuntimeError, match="no live peer"):
+        repair(_plan([["a"], ["b"]]), live={"a"}, lost={"b": "left"})
+
+
+def test_growth_waits_for_hysteresis_and_a_whole_replica():
+    plan = _plan([["a"], ["b"]], standby=["c"])
+    assert grow(plan, {"a", "b", "c"}, target_replicas=2, steps_since_change=10) is None  # one peer short
+    plan.standby.append("d")
+    live = {"a", "b", "c", "d"}
+    assert grow(plan, live, target_replicas=2, steps_since_change=MIN_STEPS_BETWEEN_CHANGES - 1) is None
+    assert grow(plan, live, target_replicas=1, steps_since_change=10) is None  # already at the target
+    grown = grow(plan, live, target_replicas=2, steps_since_change=MIN_STEPS_BETWEEN_CHANGES)
+    assert grown.grid == [["a", "c"], ["b", "d"]] and grown.standby == []
+
+
+def test_sources_keep_holders_and_spread_newcomers_over_live_donors():
+    previous = _plan([["a", "b"], ["c", "d"]])
+    grid = [["a", "b", "x", "y"], ["c", "d", "z", "w"]]
+    sources = assign_sources(grid, previous, live={"a", "b", "c", "d", "x", "y", "z", "w"}, origin="continue")
+    assert [sources[n] for n in "abcd"] == ["keep"] * 4
+    assert {sources["x"], sources["y"]} == {"peer:a", "peer:b"}  # two newcomers, two different donors
+    assert {sources["z"], sources["w"]} == {"peer:c", "peer:d"}
+
+
+def test_a_stage_with_no_live_holder_restores_from_the_checkpoint():
+    previous = _plan([["a"], ["b"]])
+    sources = assign_sources([["a"], ["x"]], previous, live={"a", "x"}, origin="continue")
+    assert sources == {"a": "keep", "x": "checkpoint"}
+    assert set(assign_sources([["a"], ["x"]], previous, {"a", "x"}, origin="init").values()) == {"init"}
+
+
+def test_first_placement_uses_the_scheduler_on_measured_records():
+    records = {n: PeerRecord(name=n, address="tcp://127.0.0.1:1", device="cpu", tflops=0.1 * (i + 1),
+                             memory_gb=4.0, links={m: {"bandwidth_gbps": 1.0, "latency_ms": 0.1}
+                                                   for m in "abcde" if m != n})
+               for i, n in enumerate("abcde")}
+    hyper = {"model": "tiny", "batch": 4, "micro_batches": 2}
+    scenario = scenario_from_records(records, hyper, {"fwd": "q3", "bwd": "q6", "grad": "q4"}, 2, 2)
+    placement = first_placement(records, scenario, seed=0)
+    placed = [n for row in placement.grid for n in row]
+    assert len(placement.grid) == 2 and len(placement.grid[0]) == 2 and sum(placement.layers) == 4
+    assert len(placement.standby) == 1 and set(placed) | set(placement.standby) == set("abcde")
+
+
+def test_checkpoints_are_published_atomically_and_pruned(tmp_path):
+    for step in (5, 10, 15):
+        write_checkpoint(tmp_path, step, {"version": step}, {0: b"zero", 1: bytes([step])})
+    (tmp_path / ".tmp-step-00000020-1").mkdir()  # a crash mid-write leaves only a temp directory
+    latest = read_latest(tmp_path)
+    assert latest.step == 15 and latest.stages == {0: b"zero", 1: bytes([15])} and latest.plan == {"version": 15}
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000010", "step-00000015"]
+    (tmp_path / "latest.json").write_text(json.dumps({"step": 99, "path": "step-00000099"}))
+    with pytest.raises(ValueError, match="--resume: cannot read"):
+        read_latest(tmp_path)
+
+
+def _args(*flags):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--steps", "10", "--checkpoint-dir", "/tmp/ck-test", *flags])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--stages", "2"], "--stages and --replicas go together"),
+    ([], "give --stages S --replicas R, or --min-peers K"),
+    (["--stages", "2", "--replicas", "2", "--min-peers", "4"], "not both"),
+    (["--stages", "9", "--replicas", "1"], "--stages 9: model 'tiny' has only 4 layers"),
+    (["--min-peers", "4", "--batch", "0"], "--batch must be positive"),
+    (["--stages", "2", "--replicas", "2", "--batch", "6"], "--batch 6 must split evenly"),
+    (["--min-peers", "4", "--fwd", "q99"], "--fwd:"),
+    (["--min-peers", "4", "--listen", "nowhere"], "--listen: expected HOST:PORT"),
+    (["--min-peers", "4", "--model", "huge"], "--model: unknown preset"),
+    (["--min-peers", "4", "--data", "/no/such/file"], "--data:"),
+])
+def test_bad_flags_are_refused_naming_the_flag(flags, message):
+    with pytest.raises(ValueError, match=message):
+        from_args(_args(*flags))
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    args = _args("--min-peers", "2", "--resume")
+    args.checkpoint_dir = tmp_path
+    with pytest.raises(ValueError, match="--resume: no checkpoint"):
+        from_args(args)
