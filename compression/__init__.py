@@ -1,12 +1,16 @@
 """Codecs and the self-describing wire format. Pure tensor math: no sockets, no asyncio.
 
-    frame = compression.encode(tensor, "q4")      # bytes, self-describing
-    tensor2 = compression.decode(frame)           # same dtype and shape
+    frame = compression.encode(tensor, "q4", seed=step)   # bytes, self-describing
+    tensor2 = compression.decode(frame)                   # same dtype and shape (CPU)
+    compression.decode(frame, out=buffer)                 # into a reused buffer (fastest)
 
 Stateless codecs are named by spec strings (`available()` lists the names): `none`, `fp16`,
-`bf16`, `q1`..`q8` (`q4@128` block size, `q4~` round to nearest), `cocktail`. Stateful
-compression lives in small objects owned by the link that uses them: `ErrorFeedback` (any codec,
-residual per key) and `ActivationDelta` (AQ-SGD per sample id).
+`bf16`, `q1`..`q8` (`q4@128` block size, `q4~` round to nearest) and `cocktail` (CocktailSGD's
+sparsifier). Stateful compression lives in small objects owned by the link that uses them:
+`ErrorFeedback` (any codec, one residual per key; `ErrorFeedback("cocktail")` is CocktailSGD)
+and `ActivationDelta` (AQ-SGD, m per sample id). Large tensors (>= 65536 values) run compiled
+kernels after a one-time compilation; `set_fused(False)` keeps a process on the eager path.
+A new codec is one module calling `register(name, factory)`.
 """
 from compression.delta import ActivationDelta
 from compression.errors import CodecError
@@ -15,5 +19,5 @@ from compression.frame import FrameInfo, decode, describe, encode
 from compression.fused import set_fused
 from compression.registry import Codec, available, register
 
-__all__ = ["encode", "decode", "available", "CodecError", "ErrorFeedback", "ActivationDelta",
-           "register", "Codec", "set_fused", "describe", "FrameInfo"]
+__all__ = ["encode", "decode", "describe", "available", "CodecError", "ErrorFeedback", "ActivationDelta",
+           "register", "Codec", "FrameInfo", "set_fused"]

@@ -18,7 +18,7 @@ import torch
 
 from compression.noise import combine
 
-__all__ = ["quantize_blocks", "pack_words", "spread_words", "dequantize_blocks"]
+__all__ = ["quantize_blocks", "quantize_into", "pack_words", "pack_into", "spread_words", "spread_into", "dequantize_blocks"]
 
 
 def quantize_blocks(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_noise: torch.Tensor | None,
@@ -40,8 +40,23 @@ def quantize_blocks(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_no
     inverse = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
     noise = 0.5 if row_noise is None else combine(row_noise, col_noise)
     scaled = (blocks - offset[:, None]) * inverse[:, None] + noise
-    codes = scaled.floor().clamp(0, levels).to(torch.uint8)
+    # Clamped to [0, levels] the value is non-negative, so the uint8 cast (truncation) is floor.
+    codes = scaled.clamp(0, levels).to(torch.uint8)
     return torch.stack([offset16, scale16], dim=1), codes
+
+
+def quantize_into(blocks: torch.Tensor, row_noise: torch.Tensor | None, stats: torch.Tensor, codes: torch.Tensor,
+                  col_noise: torch.Tensor | None, bits: int) -> None:
+    """`quantize_blocks` writing into caller-owned `stats` and `codes` (reused buffers: a fresh
+    allocation per call costs page faults comparable to the quantization itself)."""
+    new_stats, new_codes = quantize_blocks(blocks, row_noise, col_noise, bits)
+    stats.copy_(new_stats)
+    codes.copy_(new_codes)
+
+
+def pack_into(words: torch.Tensor, packed: torch.Tensor, bits: int) -> None:
+    """`pack_words` writing into a caller-owned [N, bits] uint8 buffer."""
+    packed.copy_(pack_words(words, bits))
 
 
 def pack_words(words: torch.Tensor, bits: int) -> torch.Tensor:
@@ -52,6 +67,11 @@ def pack_words(words: torch.Tensor, bits: int) -> torch.Tensor:
         packed = packed | (((words >> (8 * i)) & mask) << (bits * i))
     shifts = 8 * torch.arange(bits, device=words.device, dtype=torch.int64)
     return ((packed[:, None] >> shifts) & 0xFF).to(torch.uint8)
+
+
+def spread_into(packed: torch.Tensor, words: torch.Tensor, bits: int) -> None:
+    """`spread_words` writing into a caller-owned int64 buffer."""
+    words.copy_(spread_words(packed, bits))
 
 
 def spread_words(packed: torch.Tensor, bits: int) -> torch.Tensor:

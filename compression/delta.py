@@ -64,14 +64,13 @@ class ActivationDelta:
         full_rows, delta_rows = _split(fresh)
         full_frame = encode(acts[full_rows], "none") if full_rows else b""
         delta_frame = b""
+        updates = {ids[r]: acts[r].to(dtype, copy=True) for r in full_rows}
         if delta_rows:
             memory = torch.stack([self._memory[ids[r]] for r in delta_rows]).to(acts.device, torch.float32)
             diff = acts[delta_rows].to(torch.float32) - memory
             delta_frame = encode(diff.to(acts.dtype), self.codec, seed=seed, generator=self._generator)
-            self._apply_delta([ids[r] for r in delta_rows], memory, delta_frame, dtype)
-        for r in full_rows:
-            self._store(ids[r], acts[r], dtype)
-        self._evict(ids)
+            updates.update({ids[r]: m for r, m in zip(delta_rows, _add_delta(memory, delta_frame, dtype))})
+        self._commit(updates, ids)
         return _pack(ids, fresh, full_frame, delta_frame)
 
     def decode(self, sample_ids: Iterable[int], frame: bytes | memoryview, *,
@@ -89,23 +88,26 @@ class ActivationDelta:
         out_dtype = describe(full_frame if full_frame is not None else delta_frame).dtype
         dtype = self.memory_dtype or out_dtype
         full_rows, delta_rows = _split(fresh)
+        # Decode everything first and commit only a fully valid frame: a corrupted frame must not
+        # leave this side's m half-updated (out of step with the sender's).
         rows: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+        updates: dict[int, torch.Tensor] = {}
         if full_frame is not None:
             full = decode(full_frame, device=device)
-            if full.shape[0] != len(full_rows):
+            if full.ndim == 0 or full.shape[0] != len(full_rows):
                 raise CodecError("activation frame's full-precision part does not match its row flags")
             for r, row in zip(full_rows, full):
                 rows[r] = row
-                self._store(ids[r], row, dtype)
+                updates[ids[r]] = row.to(dtype, copy=True)
         if delta_frame is not None:
             memory = torch.stack([self._memory[ids[r]] for r in delta_rows])
             target = device if device is not None else memory.device
-            self._apply_delta([ids[r] for r in delta_rows], memory.to(target, torch.float32), delta_frame, dtype)
-            for r in delta_rows:
-                rows[r] = self._memory[ids[r]].to(out_dtype)
-        self._evict(ids)
+            for r, m in zip(delta_rows, _add_delta(memory.to(target, torch.float32), delta_frame, dtype)):
+                rows[r] = m.to(out_dtype)
+                updates[ids[r]] = m
         if len({row.shape for row in rows}) != 1:
             raise CodecError("activation frame mixes rows of different shapes; the sender's rows all share one")
+        self._commit(updates, ids)
         return torch.stack(rows)
 
     def forget(self, sample_ids: Iterable[int]) -> None:
@@ -123,24 +125,16 @@ class ActivationDelta:
     def __contains__(self, sample_id: int) -> bool:
         return int(sample_id) in self._memory
 
-    def _apply_delta(self, ids: list[int], memory: torch.Tensor, frame: bytes | memoryview,
-                     dtype: torch.dtype) -> None:
-        """m += Q(a - m) for the delta rows; `memory` is their current m in fp32."""
-        delta = decode(frame, device=memory.device)
-        if delta.shape != memory.shape:
-            raise CodecError(f"delta frame has shape {tuple(delta.shape)} but m has {tuple(memory.shape)} "
-                             "(sender and receiver out of step)")
-        for i, value in zip(ids, memory + delta.to(torch.float32)):
-            self._store(i, value, dtype)
-
-    def _store(self, sample_id: int, row: torch.Tensor, dtype: torch.dtype) -> None:
-        self._memory[sample_id] = row.detach().to(dtype, copy=True)
-
-    def _evict(self, ids: list[int]) -> None:
-        # Both sides mark the micro-batch used in row order, so their LRU orders stay equal; it
-        # was used last, so only older samples can go.
+    def _commit(self, updates: dict[int, torch.Tensor], ids: list[int]) -> None:
+        """Store new m rows, then mark the micro-batch used in row order (both sides do the same,
+        so their LRU orders stay equal) and evict the least recently used beyond capacity."""
+        if updates and not bool(torch.isfinite(torch.stack(list(updates.values()))).all()):
+            raise CodecError(f"activations overflow the {self.memory_dtype} memory of m (|a| too large); "
+                             "use memory_dtype=torch.bfloat16 or None")
+        self._memory.update(updates)
         for i in ids:
-            self._memory.move_to_end(i)
+            if i in self._memory:
+                self._memory.move_to_end(i)
         while len(self._memory) > self.capacity:
             self._memory.popitem(last=False)
 
@@ -159,6 +153,15 @@ class ActivationDelta:
         if len(ids) > self.capacity:
             raise CodecError(f"micro-batch of {len(ids)} samples exceeds capacity {self.capacity}")
         return ids
+
+
+def _add_delta(memory: torch.Tensor, frame: bytes | memoryview, dtype: torch.dtype) -> torch.Tensor:
+    """m + Q(a - m) in `dtype`, for the delta rows; `memory` is their current m in fp32."""
+    delta = decode(frame, device=memory.device)
+    if delta.shape != memory.shape:
+        raise CodecError(f"delta frame has shape {tuple(delta.shape)} but m has {tuple(memory.shape)} "
+                         "(sender and receiver out of step)")
+    return (memory + delta.to(torch.float32)).to(dtype)
 
 
 def _split(fresh: list[bool]) -> tuple[list[int], list[int]]:

@@ -42,20 +42,23 @@ def set_fused(enabled: bool, min_numel: int | None = None) -> None:
 
 
 def quantize(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_noise: torch.Tensor | None,
-             bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+             bits: int, stats: torch.Tensor, codes: torch.Tensor) -> None:
+    """Quantize `blocks` into `stats` and `codes` (see `blockquant.quantize_into`)."""
     if row_noise is None:
-        return _run(("quantize~", bits), blocks.numel(), 1,
-                    lambda b: blockquant.quantize_blocks(b, None, None, bits), blocks)
-    return _run(("quantize", bits), blocks.numel(), 2,
-                lambda b, r, c: blockquant.quantize_blocks(b, r, c, bits), blocks, row_noise, col_noise)
+        _run(("quantize~", bits), blocks.numel(), 3,
+             lambda b, s, c: blockquant.quantize_into(b, None, s, c, None, bits), blocks, stats, codes)
+    else:
+        _run(("quantize", bits), blocks.numel(), 4,
+             lambda b, r, s, c, n: blockquant.quantize_into(b, r, s, c, n, bits), blocks, row_noise, stats, codes,
+             col_noise)
 
 
-def pack(words: torch.Tensor, bits: int) -> torch.Tensor:
-    return _run(("pack", bits), words.numel() * 8, 1, lambda w: blockquant.pack_words(w, bits), words)
+def pack(words: torch.Tensor, bits: int, packed: torch.Tensor) -> None:
+    _run(("pack", bits), words.numel() * 8, 2, lambda w, p: blockquant.pack_into(w, p, bits), words, packed)
 
 
-def spread(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    return _run(("spread", bits), packed.shape[0] * 8, 1, lambda p: blockquant.spread_words(p, bits), packed)
+def spread(packed: torch.Tensor, bits: int, words: torch.Tensor) -> None:
+    _run(("spread", bits), packed.shape[0] * 8, 2, lambda p, w: blockquant.spread_into(p, w, bits), packed, words)
 
 
 def dequantize(stats: torch.Tensor, codes: torch.Tensor, out: torch.Tensor) -> None:

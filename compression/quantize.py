@@ -8,12 +8,13 @@ unbiased, which error feedback and AQ-SGD's theory assume; `~` rounds to nearest
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 
 import torch
 
-from compression.errors import CodecError, nonfinite_error
 from compression import fused
+from compression.errors import CodecError, nonfinite_error
 from compression.noise import noise_vectors
 from compression.registry import register
 
@@ -46,11 +47,19 @@ class BlockQuantizer:
         if numel == 0:
             return []
         blocks = _as_blocks(flat, self.block)
-        noise = noise_vectors(seed, *blocks.shape, blocks.device) if self.stochastic else (None, None)
-        stats, codes = fused.quantize(blocks, *noise, self.bits)
+        nb, device = blocks.shape[0], blocks.device
+        noise = noise_vectors(seed, *blocks.shape, device) if self.stochastic else (None, None)
+        stats = torch.empty(nb, 2, dtype=torch.float16, device=device)
+        codes = _scratch("codes", blocks.numel(), device).view(nb, self.block)
+        fused.quantize(blocks, *noise, self.bits, stats, codes)
         if not bool(torch.isfinite(stats).all()):
             raise nonfinite_error(flat, self.spec, _FP16_MAX)
-        packed = codes if self.bits == 8 else fused.pack(codes.view(-1).view(torch.int64), self.bits)
+        packed = codes
+        if self.bits != 8:
+            packed = _scratch("packed", blocks.numel() * self.bits // 8, device).view(-1, self.bits)
+            fused.pack(codes.view(-1).view(torch.int64), self.bits, packed)
+        # The scratch buffers are reused by this thread's next call; `encode` copies them into the
+        # frame before returning.
         return [stats.view(torch.uint8).view(-1), packed.view(-1)[: -(-numel * self.bits // 8)]]
 
     def decode(self, payload: torch.Tensor, numel: int, dtype: torch.dtype,
@@ -68,7 +77,10 @@ class BlockQuantizer:
         full = nb * self.block * self.bits // 8
         if packed.numel() != full:  # ragged last block: pad its codes to a whole block
             packed = torch.cat([packed, packed.new_zeros(full - packed.numel())])
-        codes = packed if self.bits == 8 else fused.spread(packed.view(-1, self.bits), self.bits).view(torch.uint8)
+        codes = packed
+        if self.bits != 8:
+            codes = _scratch("codes", nb * self.block, payload.device)
+            fused.spread(packed.view(-1, self.bits), self.bits, codes.view(torch.int64))
         codes = codes.view(nb, self.block)
         if numel == nb * self.block:
             fused.dequantize(stats, codes, out.view(nb, self.block))
@@ -77,6 +89,22 @@ class BlockQuantizer:
             fused.dequantize(stats, codes, whole)
             out.copy_(whole.view(-1)[:numel])
         return out
+
+
+_local = threading.local()
+
+
+def _scratch(role: str, numel: int, device: torch.device) -> torch.Tensor:
+    """A per-thread uint8 buffer of at least `numel` bytes, kept between calls.
+
+    Why: every fresh multi-MB allocation page-faults, and on a busy process that costs as much
+    as quantizing. The cost is holding ~1.5 bytes per value of the largest tensor encoded.
+    """
+    buffers = _local.__dict__.setdefault("buffers", {})
+    buffer = buffers.get((role, device))
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[(role, device)] = torch.empty(numel, dtype=torch.uint8, device=device)
+    return buffer[:numel]
 
 
 def _as_blocks(flat: torch.Tensor, block: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ class GPTConfig:
             raise ValueError(f"model d_model {self.d_model} is not divisible by heads {self.heads}")
 
     def to_dict(self) -> dict:
+        """The shape as a JSON-ready dict (what reports and checkpoints record)."""
         return asdict(self)
 
 

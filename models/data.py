@@ -26,9 +26,11 @@ class ByteTokenizer:
     vocab = 256
 
     def encode(self, text: str) -> torch.Tensor:
+        """Token ids (int64) of the UTF-8 bytes of `text`."""
         return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
 
     def decode(self, tokens: torch.Tensor) -> str:
+        """Text of the byte tokens; invalid UTF-8 (a cut multi-byte character) becomes U+FFFD."""
         return bytes(tokens.to(torch.uint8).tolist()).decode("utf-8", errors="replace")
 
 
@@ -41,10 +43,12 @@ class Batch:
 
     @property
     def inputs(self) -> torch.Tensor:
+        """Model input: every token but the last, [batch, seq_len]."""
         return self.tokens[:, :-1]
 
     @property
     def targets(self) -> torch.Tensor:
+        """Next-token targets: every token but the first, [batch, seq_len]."""
         return self.tokens[:, 1:]
 
     def __len__(self) -> int:
@@ -92,10 +96,12 @@ def read_corpus(path: str | Path) -> bytes:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                texts.append(record["text"])
+                text = json.loads(line)["text"]
             except (ValueError, KeyError, TypeError):
-                raise ValueError(f"{path}:{number}: expected a JSON object with a \"text\" field") from None
+                text = None
+            if not isinstance(text, str):
+                raise ValueError(f"{path}:{number}: expected a JSON object with a \"text\" string field")
+            texts.append(text)
     return "\n".join(texts).encode("utf-8")
 
 
@@ -127,6 +133,7 @@ class SequenceDataset:
         return int(self._windows.shape[0])
 
     def sequences(self, sample_ids: torch.Tensor) -> Batch:
+        """The windows with these sample ids, as a `Batch` (int64 tokens)."""
         return Batch(sample_ids.clone(), self._windows[sample_ids].long())
 
     def train_batch(self, step: int, size: int, seed: int) -> Batch:

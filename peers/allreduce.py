@@ -118,7 +118,7 @@ class GradientAverager:
                 averaged[start:stop] = self._receive(owner, GATHER_KIND, step, owner, stop - start, flat.device)
         return averaged
 
-    def _encode(self, feedback, key: tuple, chunk: torch.Tensor, step: int) -> bytes:
+    def _encode(self, feedback: compression.ErrorFeedback | None, key: tuple, chunk: torch.Tensor, step: int) -> bytes:
         seed = _seed(step, self.rank, key)
         if feedback is None:
             return compression.encode(chunk, self.codec, seed=seed)

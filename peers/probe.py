@@ -30,6 +30,8 @@ __all__ = ["probe", "measure_bandwidth", "check_reachable", "unreachable_hint", 
 
 # A peer asked to probe someone else caps the time it spends on it.
 MAX_REACH_TIMEOUT_S = 10.0
+# Pause before asking a busy peer again (its running checks take one loopback to 10 s round trip).
+_BUSY_RETRY_S = 0.1
 
 
 def probe(address: str, timeout: float = 2.0, *, rounds: int = 3) -> float | None:
@@ -69,19 +71,35 @@ def measure_bandwidth(address: str, nbytes: int = 4 * 1024 * 1024, timeout: floa
 def check_reachable(via: str, address: str, timeout: float = 5.0) -> float | None:
     """Ask the peer at `via` to ping `address`; its round trip in seconds, or None if unreachable.
 
-    Raises PeerTimeout when `via` itself does not answer (then nothing is known about `address`).
+    Raises PeerTimeout when `via` itself does not answer, or stays too busy (it runs at most a few
+    checks at once, and answers "busy" beyond that) to check within `timeout`: in both cases
+    nothing is known about `address`, which is not the same as "unreachable".
     """
     check_address(address, what="address to check")
-    nonce = random.getrandbits(31)
-    body = wire.pack_body({"address": address, "timeout": float(min(timeout, MAX_REACH_TIMEOUT_S))})
     deadline = time.monotonic() + timeout + 1.0  # the remote probe may use all of `timeout`
+    busy = False
     with open_dealer(via) as sock:
-        send_control(sock, wire.REACH_REQUEST, body, index=nonce)
-        reply = _await_kind(sock, wire.REACH_RESULT, nonce, deadline)
-    if reply is None:
-        raise PeerTimeout(f"peer at {via} did not answer a reachability request within {timeout:.1f} s")
-    rtt = wire.unpack_body(reply.payload, {}).get("rtt")
-    return float(rtt) if isinstance(rtt, (int, float)) and not isinstance(rtt, bool) else None
+        while True:
+            remote_timeout = min(timeout, MAX_REACH_TIMEOUT_S, deadline - 1.0 - time.monotonic())
+            if remote_timeout <= 0:
+                break
+            nonce = random.getrandbits(31)
+            body = wire.pack_body({"address": address, "timeout": float(remote_timeout)})
+            send_control(sock, wire.REACH_REQUEST, body, index=nonce)
+            reply = _await_kind(sock, wire.REACH_RESULT, nonce, deadline)
+            if reply is None:
+                break
+            try:
+                result = wire.unpack_body(reply.payload, {})
+            except wire.WireError:
+                result = {"busy": True}  # unreadable: ask again, like a busy answer
+            busy = result.get("busy") is True
+            if not busy:
+                rtt = result.get("rtt")
+                return float(rtt) if isinstance(rtt, (int, float)) and not isinstance(rtt, bool) else None
+            time.sleep(_BUSY_RETRY_S)
+    state = "stayed busy" if busy else "did not answer"
+    raise PeerTimeout(f"peer at {via} {state} a reachability request within {timeout:.1f} s")
 
 
 def parse_reach_request(payload: bytes | memoryview) -> tuple[str, float]:

@@ -85,6 +85,7 @@ class StateServer:
             self._current[stage] = _Snapshot(self._serial, view, hashlib.sha256(view).hexdigest())
 
     def stages(self) -> list[int]:
+        """The stages this server currently serves."""
         with self._lock:
             return sorted(self._current)
 

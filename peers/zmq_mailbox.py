@@ -6,8 +6,9 @@ this peer does. So every arriving data message passes one check before the engin
   - a newer plan version: held until this peer adopts that version (bounded; beyond that
     "dropped_future"), so a fast neighbour's first messages of a new plan are not lost;
   - the current version: into the `Mailbox`, unless the bytes delivered but not yet claimed would
-    pass `max_bytes` ("dropped_overflow"): a flood or a runaway sender cannot exhaust memory, it
-    only makes the engine time out and abort the step.
+    pass `max_bytes`, or the unclaimed messages `max_messages` ("dropped_overflow"; the count
+    caps a flood of empty payloads under distinct keys): a flood or a runaway sender cannot
+    exhaust memory, it only makes the engine time out and abort the step.
 """
 from __future__ import annotations
 
@@ -19,19 +20,26 @@ from peers.transport import Mailbox, Message
 __all__ = ["GatedMailbox"]
 
 _MAX_HELD_MESSAGES = 1024
+# Unclaimed messages of the current plan: a step needs one per micro-batch and all-reduce peer,
+# far fewer than this; each costs ~1 KB of bookkeeping even with an empty payload.
+DEFAULT_MAX_MESSAGES = 16384
 
 
 class GatedMailbox:
     """A `Mailbox` behind the plan-version check and a byte budget; `on_drop(counter, kind)` counts."""
 
-    def __init__(self, version: int, max_bytes: int, on_drop: Callable[[str, str], None]) -> None:
+    def __init__(self, version: int, max_bytes: int, on_drop: Callable[[str, str], None], *,
+                 max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
         self.max_bytes = max_bytes
+        self.max_messages = max_messages
         self._version = version
         self._on_drop = on_drop
         self._mailbox = Mailbox()
         self._lock = threading.Lock()
         self._held: list[Message] = []
-        self._sizes: dict[tuple[str, str, int, int], int] = {}
+        # key -> (payload bytes, the message itself): take() only releases the bytes of the message
+        # it got, even when a same-key message arrives between its mailbox pop and its bookkeeping.
+        self._sizes: dict[tuple[str, str, int, int], tuple[int, Message]] = {}
         self._bytes = 0
 
     @property
@@ -47,6 +55,7 @@ class GatedMailbox:
             self.deliver(message)
 
     def deliver(self, message: Message) -> None:
+        """Gate one arrived message: into the mailbox, held for a newer plan, or dropped and counted."""
         size = memoryview(message.payload).nbytes
         with self._lock:
             if message.plan_version > self._version:
@@ -59,36 +68,46 @@ class GatedMailbox:
                 verdict = "dropped_stale"
             else:
                 key = (message.sender, message.kind, message.step, message.index)
-                replaced = self._sizes.get(key, 0)
-                if self._bytes - replaced + size > self.max_bytes:
+                replaced = self._sizes[key][0] if key in self._sizes else 0
+                if (self._bytes - replaced + size > self.max_bytes
+                        or (key not in self._sizes and len(self._sizes) >= self.max_messages)):
                     verdict = "dropped_overflow"
                 else:
                     self._bytes += size - replaced
-                    self._sizes[key] = size
+                    self._sizes[key] = (size, message)
                     self._mailbox.put(message)
                     return
         self._on_drop(verdict, message.kind)
 
     def take(self, sender: str, kind: str, step: int, index: int, timeout: float | None) -> Message:
+        """The message (sender, kind, step, index) once delivered; PeerTimeout after `timeout` s."""
         message = self._mailbox.take(sender, kind, step, index, timeout)
+        key = (sender, kind, step, index)
         with self._lock:
-            self._bytes -= self._sizes.pop((sender, kind, step, index), 0)
+            entry = self._sizes.get(key)
+            if entry is not None and entry[1] is message:
+                del self._sizes[key]
+                self._bytes -= entry[0]
         return message
 
     def discard_before(self, step: int) -> int:
+        """Drop unclaimed messages of steps before `step`, freeing their budget; returns how many."""
         with self._lock:
             count = self._mailbox.discard_before(step)
             for key in [key for key in self._sizes if key[2] < step]:
-                self._bytes -= self._sizes.pop(key)
+                self._bytes -= self._sizes.pop(key)[0]
         return count
 
     def close(self, reason: str) -> None:
+        """Wake every waiting `take` with TransportClosed(reason)."""
         self._mailbox.close(reason)
 
     def held(self) -> int:
+        """Messages of a newer plan version waiting for `set_version`."""
         with self._lock:
             return len(self._held)
 
     def unclaimed_bytes(self) -> int:
+        """Payload bytes delivered to the mailbox and not yet taken."""
         with self._lock:
             return self._bytes

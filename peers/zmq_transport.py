@@ -345,8 +345,15 @@ class ZmqTransport:
         frames = wire.pack(Message(kind, step, index, payload), sender=self.name, plan_version=self.plan_version)
         header_bytes, payload_bytes = len(frames[0]), memoryview(frames[1]).nbytes
         future = self._router.send_multipart([identity, *frames], copy=False)
-        future.add_done_callback(lambda done: None if done.cancelled() or done.exception() is not None
-                                 else self._stats.count_sent(kind, header_bytes, payload_bytes))
+
+        def count(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self._stats.count_sent(kind, header_bytes, payload_bytes)
+
+        if future.done():  # the usual case: counted before the requester can see the reply
+            count(future)
+        else:
+            future.add_done_callback(count)
 
     def _start_reach(self, identity: zmq.Frame, request: Message) -> None:
         try:

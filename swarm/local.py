@@ -98,6 +98,7 @@ class LocalConfig:
         return config, layers
 
     def codecs(self) -> ChannelCodecs:
+        """The channel codecs of `--fwd`, `--bwd`, `--grad` and `--fwd-delta`."""
         return ChannelCodecs(self.fwd, self.bwd, self.grad, self.fwd_delta)
 
 
@@ -176,12 +177,15 @@ class LocalGrid:
         return models.param_checksum(row[replica].stage for row in self.workers)
 
     def replicas_identical(self) -> bool:
+        """Whether every stage's replicas hold bit-identical parameters (they must, after each step)."""
         return all(len({worker.param_checksum() for worker in row}) == 1 for row in self.workers)
 
     def stage_modules(self, replica: int = 0) -> list[torch.nn.Module]:
+        """The stage modules of one pipeline replica, stage 0 first."""
         return [row[replica].stage for row in self.workers]
 
     def close(self) -> None:
+        """Wake any blocked worker and stop the worker threads."""
         self.hub.close("grid closed")
         self._pool.shutdown(wait=True)
 

@@ -59,7 +59,8 @@ class PeerOptions:
 
 
 class PeerDaemon:
-    """One volunteer; `run(stop)` returns 0 when the run finished, 130 when stopped by a signal."""
+    """One volunteer; `run(stop)` returns 0 when the run finished or the peer left on `stop`
+    (SIGTERM/SIGINT: a volunteer leaving is normal operation), 130 if stopped before joining."""
 
     def __init__(self, options: PeerOptions, on_event: Callable[[str], None] = print) -> None:
         self.options = options
@@ -73,6 +74,7 @@ class PeerDaemon:
         self.dht: SwarmDHT | None = None
         self.transport: ZmqTransport | None = None
         self.pin = CoordinatorPin()
+        self._failed_version = 0  # a step failed under this plan: wait for the coordinator's next one
         self._datasets: dict[tuple[str, str | None], SequenceDataset] = {}
 
     def run(self, stop: threading.Event) -> int:
@@ -137,25 +139,31 @@ class PeerDaemon:
                 self.on_event(f"{self.options.name}: the run finished at step {control.committed_step}")
                 return 0
             plan = self._current[0]
-            if control.plan_version != (plan.version if plan else 0):
+            if control.plan_version > (plan.version if plan else 0):  # only ever move to a newer plan
                 prepared = self._switch(control, prepared)
+                continue
+            if plan is None or control.plan_version < plan.version:  # a stale read: look again
+                stop.wait(POLL_S)
                 continue
             runner = self._runner
             step = control.committed_step + 1
-            if runner is None or prepared is not None or runner.applied_step != control.committed_step:
+            if (runner is None or prepared is not None or runner.applied_step != control.committed_step
+                    or self._failed_version == plan.version):
                 stop.wait(POLL_S)
                 continue
             if step > control.total_steps:
                 stop.wait(POLL_S)
                 continue
             prepared = self._prepare(runner, step)
-        return 130
+        self.on_event(f"{self.options.name}: leaving the swarm (signal)")
+        return 0
 
     def _prepare(self, runner: StageRunner, step: int) -> tuple[int, int] | None:
         try:
             result = runner.prepare(step)
         except (PeerTimeout, TransportClosed) as error:
             if not self._current[1].is_set():
+                self._failed_version = runner.plan.version
                 self.on_event(f"{self.options.name}: step {step} failed: {error}")
                 self._update(error=f"step {step}: {error}")
                 self._announce()
@@ -283,7 +291,7 @@ class PeerDaemon:
                 last = time.monotonic()
             plan, abort = self._current
             control = self.pin.control(self.dht) if plan is not None else None
-            if control is not None and control.plan_version != plan.version:
+            if control is not None and control.plan_version > plan.version:
                 abort.set()
             stop.wait(0.2)
         self._current[1].set()

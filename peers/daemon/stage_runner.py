@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -166,7 +167,8 @@ class _PlanLink:
         return self._abort.is_set()
 
     def send(self, to: str, message: Message) -> None:
-        self._transport.send(to, message)
+        """Send stamped with this plan's version (the all-reduce leaves it 0)."""
+        self._transport.send(to, replace(message, plan_version=message.plan_version or self._version))
 
     def recv(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message:
         deadline = time.monotonic() + (self._timeout if timeout is None else timeout)

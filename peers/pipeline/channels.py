@@ -44,6 +44,7 @@ class ChannelCodecs:
         check_codec(self.grad, "--grad")
 
     def to_dict(self) -> dict:
+        """The codecs as the report's JSON object."""
         return {"fwd": self.fwd, "bwd": self.bwd, "grad": self.grad, "fwd_delta": self.fwd_delta}
 
 
@@ -55,10 +56,12 @@ class ChannelStats:
     values: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHANNELS, 0))
 
     def add(self, channel: str, nbytes: int, nvalues: int) -> None:
+        """Count one message of `channel`: its wire bytes and the tensor values it carried."""
         self.bytes[channel] += nbytes
         self.values[channel] += nvalues
 
     def merge(self, other: "ChannelStats") -> None:
+        """Add another worker's (or step's) counts to these."""
         for channel in CHANNELS:
             self.add(channel, other.bytes[channel], other.values[channel])
 
@@ -83,11 +86,13 @@ class ActivationChannel:
                        if delta else None)
 
     def encode(self, sample_ids: torch.Tensor, activations: torch.Tensor, *, seed: int) -> bytes:
+        """Sender: the frame for one micro-batch (`seed` drives stochastic rounding)."""
         if self._delta is None:
             return compression.encode(activations, self.codec, seed=seed)
         return self._delta.encode(sample_ids, activations, seed=seed)
 
     def decode(self, sample_ids: torch.Tensor, payload: bytes, device: torch.device | None = None) -> torch.Tensor:
+        """Receiver: the activations to compute on (m itself with delta); CodecError on a bad frame."""
         if self._delta is None:
             return compression.decode(payload, device=device)
         return self._delta.decode(sample_ids, payload, device=device).clone()

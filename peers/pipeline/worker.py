@@ -45,6 +45,7 @@ class OptimizerSettings:
     warmup_steps: int = 0
 
     def lr_at(self, step: int) -> float:
+        """The learning rate of `step` (1-based): `lr` after the linear warm-up."""
         if self.warmup_steps <= 0:
             return self.lr
         return self.lr * min(1.0, step / self.warmup_steps)
@@ -108,10 +109,12 @@ class StageWorker:
 
     @property
     def first(self) -> bool:
+        """Whether this worker holds stage 0 (embeddings; reads token ids)."""
         return self.stage_index == 0
 
     @property
     def last(self) -> bool:
+        """Whether this worker holds the last stage (head and loss; reads targets)."""
         return self.stage_index == self.num_stages - 1
 
     def run_step(self, step: int, batch: Batch | None = None, plan_version: int = 0) -> StepResult:
@@ -142,6 +145,7 @@ class StageWorker:
         return copy.deepcopy({"model": self.stage.state_dict(), "optimizer": self.optimizer.state_dict()})
 
     def load_state_dict(self, state: dict) -> None:
+        """Adopt a `state_dict()` of a replica of this stage (parameters and AdamW moments)."""
         self.stage.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 

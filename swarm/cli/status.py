@@ -88,18 +88,20 @@ def _print_table(view: dict[str, Any]) -> None:
                   f"{view['tokens_per_s']:.0f} tokens/s" + (" (finished)" if view["done"] else ""))
     if view["plan"]:
         console.print(f"why this plan: {view['plan']['reason']}")
-    table = Table("peer", "state", "stage", "replica", "device", "TFLOPS", "links (ms, Gb/s)", "heartbeat",
-                  "checksum")
+    table = Table("peer", "state", "cell", "device", "TFLOPS", "slowest link", "beat", "checksum")
     for peer in view["peers"]:
-        links = ", ".join(f"{n} {v['latency_ms']:.1f}/{v['bandwidth_gbps']:.2f}" for n, v in peer["links"].items())
-        table.add_row(peer["name"], peer["state"], _cell(peer["stage"]), _cell(peer["replica"]), peer["device"],
-                      f"{peer['tflops']:.3f}", links or "-", f"{peer['heartbeat_age_s']:.1f} s ago",
-                      peer["param_checksum"][:12] or "-")
+        cell = "-" if peer["stage"] < 0 else f"s{peer['stage']} r{peer['replica']}"
+        table.add_row(peer["name"], peer["state"], cell, peer["device"], f"{peer['tflops']:.3f}",
+                      _slowest(peer["links"]), f"{peer['heartbeat_age_s']:.1f}s", peer["param_checksum"][:8] or "-")
     console.print(table)
 
 
-def _cell(index: int) -> str:
-    return "-" if index < 0 else str(index)
+def _slowest(links: dict[str, dict[str, float]]) -> str:
+    """The measured link with the least bandwidth, as "NAME GB/s, ms" (the scheduler's worry)."""
+    if not links:
+        return "-"
+    name, link = min(links.items(), key=lambda item: item[1]["bandwidth_gbps"])
+    return f"{name} {link['bandwidth_gbps']:.2f} Gb/s {link['latency_ms']:.1f} ms"
 
 
 if __name__ == "__main__":

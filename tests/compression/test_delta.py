@@ -1,6 +1,8 @@
 """ActivationDelta (AQ-SGD): identical m on both sides, full first visit, bounded memory."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compression import ActivationDelta, CodecError, decode
 
@@ -87,3 +89,40 @@ def test_malformed_activation_frames_raise():
         decode(frame)  # not a plain codec frame
     with pytest.raises(CodecError):
         ActivationDelta("q3", capacity=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_property_mutated_activation_frames_raise_codec_error_or_decode(data):
+    sender, receiver = _pair()
+    x = torch.randn(3, 20)
+    receiver.decode([0, 1, 2], sender.encode([0, 1, 2], x))
+    frame = bytearray(sender.encode([0, 1, 5], x))  # rows 0, 1 are deltas, 5 is a first visit
+    for _ in range(data.draw(st.integers(1, 3))):
+        if frame and data.draw(st.booleans()):
+            frame[data.draw(st.integers(0, len(frame) - 1))] ^= data.draw(st.integers(1, 255))
+        else:
+            del frame[data.draw(st.integers(0, len(frame))):]
+    try:
+        out = receiver.decode([0, 1, 5], bytes(frame))
+    except CodecError:
+        return
+    assert out.shape[0] == 3
+
+
+def test_a_corrupted_frame_leaves_the_receiver_unchanged():
+    sender, receiver = _pair()
+    x = torch.randn(2, 50)
+    receiver.decode([0, 1], sender.encode([0, 1], x))
+    before = {i: m.clone() for i, m in receiver._memory.items()}
+    frame = sender.encode([0, 1, 2], torch.randn(3, 50))  # 2 is a first visit, 0 and 1 deltas
+    with pytest.raises(CodecError):
+        receiver.decode([0, 1, 2], frame[:-1])
+    assert list(receiver._memory) == list(before) and all(torch.equal(receiver._memory[i], before[i]) for i in before)
+
+
+def test_activations_beyond_fp16_memory_raise_instead_of_storing_inf():
+    sender = ActivationDelta("q4", memory_dtype=torch.float16)
+    with pytest.raises(CodecError, match="overflow"):
+        sender.encode([0], torch.full((1, 4), 1e6))
+    assert len(sender) == 0

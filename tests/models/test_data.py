@@ -79,5 +79,8 @@ def test_bad_data_gives_clear_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2.*text"):
         models.read_corpus(tmp_path / "bad.jsonl")
+    (tmp_path / "number.jsonl").write_text('{"text": 5}\n')
+    with pytest.raises(ValueError, match=r"number.jsonl:1.*text"):
+        models.read_corpus(tmp_path / "number.jsonl")
     with pytest.raises(ValueError, match="too few"):
         models.SequenceDataset(b"short text", 64)

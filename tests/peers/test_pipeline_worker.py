@@ -55,6 +55,7 @@ def _step(workers, data, step):
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a stage worker hangs"
     assert not errors, errors
     return results
 

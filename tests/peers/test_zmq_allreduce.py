@@ -30,6 +30,7 @@ def _average_on_threads(transports, gradients, codec: str) -> list[list[torch.Te
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "an all-reduce replica hangs"
     assert not errors, errors
     return results
 

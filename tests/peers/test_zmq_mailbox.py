@@ -7,6 +7,7 @@ import pytest
 
 from peers.transport import Message, PeerTimeout
 from peers.zmq_mailbox import GatedMailbox
+from peers.zmq_stats import MAX_KINDS, OTHER_KIND, TransportStats
 from peers.zmq_transport import ZmqTransport
 
 
@@ -60,3 +61,43 @@ def test_a_flood_is_capped_and_the_peer_keeps_receiving():
         victim.discard_before(1)
         flood.send("victim", Message("act", 1, 0, bytes(100_000)))
         assert victim.recv("flood", "act", 1, 0, timeout=10).payload.nbytes == 100_000
+
+
+def test_a_flood_of_empty_messages_is_capped_by_count():
+    drops: Counter[tuple[str, str]] = Counter()
+    gate = GatedMailbox(1, 100, lambda counter, kind: drops.update([(counter, kind)]), max_messages=3)
+    for index in range(5):  # empty payloads never touch the byte budget
+        gate.deliver(_message(index, 0))
+    assert drops == {("dropped_overflow", "act"): 2}
+    gate.deliver(_message(0, 0))  # a resend of an unclaimed key replaces it: no new slot needed
+    assert drops[("dropped_overflow", "act")] == 2
+    gate.take("p", "act", 0, 0, timeout=0)
+    gate.deliver(_message(3, 0))
+    assert gate.take("p", "act", 0, 3, timeout=0).index == 3
+
+
+def test_a_same_key_arrival_during_take_keeps_the_byte_count_exact():
+    gate, _ = _gate(max_bytes=100)
+    gate.deliver(_message(0, 30))
+    inner = gate._mailbox.take
+
+    def take_then_race(*args, **kwargs):
+        message = inner(*args, **kwargs)
+        gate.deliver(_message(0, 20))  # the same key arrives between the pop and the bookkeeping
+        return message
+
+    gate._mailbox.take = take_then_race
+    assert gate.take("p", "act", 0, 0, timeout=0).payload == bytes(30)
+    assert gate.unclaimed_bytes() == 20  # the resent message is still unclaimed and counted
+    gate._mailbox.take = inner
+    assert gate.take("p", "act", 0, 0, timeout=0).payload == bytes(20)
+    assert gate.unclaimed_bytes() == 0
+
+
+def test_made_up_kinds_cannot_grow_the_counters_without_bound():
+    stats = TransportStats()
+    for number in range(MAX_KINDS + 50):
+        stats.count_received(f"junk-{number}", 10)
+    stats.count_received("act", 10)  # the swarm's own kinds keep their row
+    received = stats.snapshot()["received"]
+    assert len(received) == MAX_KINDS + 2 and received[OTHER_KIND] == 50 and received["act"] == 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -52,6 +53,29 @@ def test_reachability_is_checked_by_another_peer(live, nobody):
         check_reachable(via=nobody, address=live.address, timeout=0.3)
     with pytest.raises(ValueError, match="tcp://HOST:PORT"):
         check_reachable(via=live.address, address="localhost:1")
+
+
+def test_a_busy_checker_is_asked_again_not_taken_for_unreachable(live, nobody):
+    """Five newcomers joining at once: the checker runs 4 checks at a time and answers "busy"."""
+    slow = [threading.Thread(target=check_reachable, args=(live.address, nobody, 3.0)) for _ in range(4)]
+    for thread in slow:
+        thread.start()
+    try:
+        with ZmqTransport("fifth") as newcomer:
+            _wait_for_reach_tasks(live, 4)
+            rtt = check_reachable(via=live.address, address=newcomer.address, timeout=8)
+            assert rtt is not None and rtt > 0
+    finally:
+        for thread in slow:
+            thread.join(timeout=10)
+    assert live.stats()["received"]["reach_request"] > 5  # the fifth asked again after "busy"
+
+
+def _wait_for_reach_tasks(transport: ZmqTransport, count: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while transport.stats()["received"].get("reach_request", 0) < count:
+        assert time.monotonic() < deadline, "the slow checks never arrived"
+        time.sleep(0.01)
 
 
 def test_unreachable_hint_says_what_to_open_and_which_flag_to_use():

@@ -5,8 +5,10 @@ peer joins and the plan names it standby without stopping training; two steps la
 at the earliest) a training peer is
 SIGKILLed, the coordinator notices its heartbeat is gone, aborts the step in flight and
 publishes a plan in which the standby peer takes the dead peer's cell, loading the stage from
-the surviving replica. Training reaches step 30 with every step committed exactly once and the
-replicas of each stage bit-identical, the newcomer included.
+the surviving replica. Later a peer leaves gracefully (SIGTERM): it announces `leaving`, so the
+swarm re-plans at once instead of waiting for its record to expire. Training reaches the last step
+with every step committed exactly once and the replicas of each stage bit-identical, the
+newcomer included.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from swarm.launcher import LocalSwarm
 
 pytestmark = pytest.mark.slow
 
-STEPS = 40
+STEPS = 60
 KILL_AT = 12
 
 
@@ -42,11 +44,17 @@ def run(tmp_path_factory):
             victim = next(p["name"] for p in collect(dht)["peers"] if p["state"] == "training")
         swarm.kill(victim, signal.SIGKILL)
         killed_at = time.time()
+        swarm.wait_for(lambda: _plan_after(swarm, killed_at), 60, "the repaired plan")
+        repaired_at = swarm.committed_step()
+        swarm.wait_for(lambda: swarm.committed_step() >= repaired_at + 3, 120, "three steps after the repair")
+        leaver = next(n for n in ("p1", "p2", "p3", "p4") if n != victim)
+        swarm.kill(leaver, signal.SIGTERM)
+        left_at = time.time()
         code = swarm.wait_exit("coordinator", 240)
         survivors = [n for n in ("p1", "p2", "p3", "p4", "p5") if n != victim]
         codes = {name: swarm.wait_exit(name, 30) for name in survivors}
         yield {"swarm": swarm, "code": code, "codes": codes, "victim": victim, "killed_at": killed_at,
-               "report": swarm.report()}
+               "leaver": leaver, "left_at": left_at, "report": swarm.report()}
 
 
 def test_run_finishes_and_survivors_exit_cleanly(run):
@@ -74,6 +82,13 @@ def test_killed_peer_is_replaced_within_30_s(run):
     assert repaired["sources"]["p5"].startswith("peer:")  # state from the surviving replica
 
 
+def test_a_graceful_leave_is_handled_without_waiting_for_a_timeout(run):
+    leaver = run["leaver"]
+    replanned = next(p for p in run["report"]["plans"] if f"{leaver} left" in p["reason"])
+    assert replanned["time"] - run["left_at"] < 5  # well under the 10 s heartbeat TTL
+    assert leaver not in [n for row in replanned["grid"] for n in row]
+
+
 def test_global_step_never_repeats_or_skips(run):
     assert [entry["step"] for entry in run["report"]["steps"]] == list(range(1, STEPS + 1))
 
@@ -85,6 +100,10 @@ def test_replicas_agree_after_the_repair(run):
             for stage in per_step.values()]
     assert any("p5" in stage and len(stage) == 2 for stage in late)
     assert all(len(set(stage.values())) == 1 for stage in late)
+
+
+def _plan_after(swarm: LocalSwarm, moment: float) -> bool:
+    return any(plan["time"] > moment for plan in swarm.report().get("plans", []))
 
 
 def _plan_naming(swarm: LocalSwarm, name: str) -> bool:

@@ -1,0 +1,117 @@
+"""A peer's cell under one plan: two-phase steps, state sources, and abortable, plan-scoped receives."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import compression
+import models
+from peers.daemon.stage_runner import PlanAborted, StageRunner
+from peers.daemon.timeouts import derive_timeouts
+from peers.protocol import PlanRecord
+from peers.transport import InProcessHub, Message
+
+NAMES = ["a", "b", "c", "d"]  # grid [[a, b], [c, d]]: stage 0 = a, b; stage 1 = c, d
+
+
+@pytest.fixture(autouse=True, scope="module")
+def eager_codecs():
+    compression.set_fused(False)
+    yield
+    compression.set_fused(True)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return models.SequenceDataset(models.read_corpus(models.default_corpus_path()), 128, max_train=64)
+
+
+def _plan(version=1, start_step=1, sources="init"):
+    timeouts = derive_timeouts(message_bytes=1e5, bandwidth_gbps=1.0, latency_ms=0.1, step_flops=1e9, tflops=0.1,
+                               stages=2, micro_batches=2)
+    return PlanRecord(version=version, start_step=start_step, grid=[["a", "b"], ["c", "d"]], layers=[2, 2],
+                      addresses=dict.fromkeys(NAMES, "tcp://127.0.0.1:1"),
+                      sources=dict.fromkeys(NAMES, sources) if isinstance(sources, str) else sources,
+                      codecs={"fwd": "q3", "bwd": "q6", "grad": "q4"},
+                      hyper={"model": "tiny", "batch": 4, "micro_batches": 2, "lr": 3e-3, "seed": 0, "steps": 10,
+                             "timeouts": timeouts.to_wire()})
+
+
+def _runners(data, plan, hub=None, previous=None, abort=None):
+    hub = hub or InProcessHub()
+    abort = abort or threading.Event()
+    endpoints = {n: hub.endpoint(n) for n in NAMES} if previous is None else previous["endpoints"]
+    runners = {n: StageRunner(plan, n, endpoints[n], data, previous and previous[n], "cpu", abort) for n in NAMES}
+    return {**runners, "endpoints": endpoints, "hub": hub, "abort": abort}
+
+
+def _prepare_all(runners, step):
+    errors = []
+
+    def work(name):
+        try:
+            runners[name].prepare(step)
+        except Exception as error:  # collected and re-raised by the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in NAMES]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+
+
+def test_a_prepared_step_changes_nothing_until_it_is_applied(data):
+    runners = _runners(data, _plan())
+    before = {n: runners[n].checksum() for n in NAMES}
+    _prepare_all(runners, 1)
+    assert {n: runners[n].checksum() for n in NAMES} == before
+    for name in NAMES:
+        runners[name].apply(1)
+    after = {n: runners[n].checksum() for n in NAMES}
+    assert after["a"] == after["b"] != before["a"] and after["c"] == after["d"] != before["c"]
+    assert runners["a"].applied_step == 1
+
+
+def test_a_discarded_step_leaves_parameters_and_optimizer_untouched(data):
+    runners = _runners(data, _plan())
+    before = runners["c"].checksum()
+    _prepare_all(runners, 1)
+    for name in NAMES:
+        runners[name].discard()
+    assert runners["c"].checksum() == before
+    with pytest.raises(RuntimeError, match="commit without a prepared step"):
+        runners["c"].apply(1)
+
+
+def test_keep_carries_the_state_into_the_next_plan(data):
+    first = _runners(data, _plan())
+    _prepare_all(first, 1)
+    for name in NAMES:
+        first[name].apply(1)
+    second = _runners(data, _plan(version=2, start_step=2, sources="keep"), previous=first)
+    assert second["c"].checksum() == first["c"].checksum() and second["c"].applied_step == 1
+    with pytest.raises(RuntimeError, match="does not hold it"):
+        StageRunner(_plan(version=3, start_step=5, sources="keep"), "c", first["endpoints"]["c"], data, first["c"],
+                    "cpu", threading.Event())
+
+
+def test_a_plan_change_interrupts_a_waiting_step_at_once(data):
+    runners = _runners(data, _plan())
+    started = time.monotonic()
+    threading.Timer(0.5, runners["abort"].set).start()
+    with pytest.raises(PlanAborted):
+        runners["c"].prepare(1)  # stage 1 waits for activations that never come
+    assert time.monotonic() - started < 5  # not the 10 s message timeout
+
+
+def test_messages_of_another_plan_version_are_skipped(data):
+    runners = _runners(data, _plan(version=2))
+    link = runners["c"].link
+    hub = runners["hub"]
+    hub.deliver("c", Message("act", 1, 0, b"old", sender="a", plan_version=1))
+    threading.Timer(0.3, hub.deliver, args=("c", Message("act", 1, 0, b"new", sender="a", plan_version=2))).start()
+    assert bytes(link.recv("a", "act", 1, 0, timeout=5).payload) == b"new"
