@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         threads = [torch.get_num_threads() if t == "all" else int(t) for t in args.threads.split(",")]
     except ValueError:
-        parser.error(f"--threads takes integers or 'all', got {args.threads!r}")
+        threads = []
+    if not threads or min(threads) < 1:
+        parser.error(f"--threads takes positive integers or 'all', got {args.threads!r}")
     codecs = [c for c in args.codecs.split(",") if c]
     for codec in codecs:
         try:

@@ -40,6 +40,8 @@ def probe(address: str, timeout: float = 2.0, *, rounds: int = 3) -> float | Non
     The first ping also opens the connection, so it only proves the port answers; the result is
     the median of `rounds` further pings. None means no answer within `timeout` seconds in total.
     """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     deadline = time.monotonic() + timeout
     with open_dealer(address) as sock:
         if _ping(sock, deadline, b"") is None:

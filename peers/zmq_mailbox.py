@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from peers.transport import Mailbox, Message
+from peers.transport import Mailbox, Message, PeerTimeout
 
 __all__ = ["GatedMailbox"]
 
@@ -44,13 +44,27 @@ class GatedMailbox:
 
     @property
     def version(self) -> int:
+        """The plan version messages must carry to reach the mailbox."""
         return self._version
 
     def set_version(self, version: int) -> None:
-        """Adopt `version`: held messages of it are delivered, older ones dropped as stale."""
+        """Adopt `version`: held messages of it are delivered, older ones dropped as stale.
+
+        Unclaimed messages of an older version leave the mailbox too (counted as stale), so a
+        rerun of the same step under the new plan never takes a leftover of the old one.
+        """
         with self._lock:
             self._version = version
             held, self._held = self._held, []
+            stale = [(key, message) for key, (_, message) in self._sizes.items() if message.plan_version < version]
+            for key, _message in stale:
+                self._bytes -= self._sizes.pop(key)[0]
+                try:
+                    self._mailbox.take(*key, timeout=0)
+                except PeerTimeout:  # an engine thread took it a moment ago
+                    pass
+        for _key, message in stale:
+            self._on_drop("dropped_stale", message.kind)
         for message in held:
             self.deliver(message)
 

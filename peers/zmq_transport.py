@@ -156,6 +156,8 @@ class ZmqTransport:
 
     def disconnect(self, name: str) -> None:
         """Forget peer `name`: its queued messages are dropped, sends to it raise ValueError."""
+        if self._closed:  # close() already dropped every link, and the loop is gone
+            return
         self._call(self._close_link(name))
 
     def peers(self) -> dict[str, str]:
@@ -316,6 +318,8 @@ class ZmqTransport:
             except (asyncio.CancelledError, zmq.ContextTerminated):
                 return
             except zmq.ZMQError as error:
+                if self._router.closed:  # shutting down: no busy loop on a dead socket
+                    return
                 log.warning("data port receive failed: %s", error)
                 continue
             try:

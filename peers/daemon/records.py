@@ -57,8 +57,8 @@ class CoordinatorPin:
     pinned nobody else can feed this reader a plan.
     """
 
-    def __init__(self) -> None:
-        self.owner: bytes | None = None
+    def __init__(self, owner: bytes | None = None) -> None:
+        self.owner = owner  # given: trust exactly this coordinator (it reading its own records)
 
     def plan(self, dht: SwarmDHT) -> PlanRecord | None:
         value = self._pick(dht.get(PLAN_KEY))

@@ -161,6 +161,7 @@ class StageWorker:
             else:
                 self._backward(work, m)
         before = self.averager.bytes_sent, self.averager.values_sent
+        self.averager.plan_version = work.plan_version  # one step's messages all carry its plan version
         self.averager.average(work.step, [p.grad for p in self.stage.parameters()])
         work.stats.add("gradient", self.averager.bytes_sent - before[0], self.averager.values_sent - before[1])
         for group in self.optimizer.param_groups:

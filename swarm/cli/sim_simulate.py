@@ -88,7 +88,8 @@ def _print(console: Console, report: SimulationReport, out: str | None) -> None:
                   f"{summary['mean_step_s']:.3f} s (cost model {summary['mean_predicted_s']:.3f} s); "
                   f"{report.left} left, {report.joined} joined, {report.aborted_steps} steps aborted "
                   f"({report.lost_s:.1f} s lost), {report.replans} re-plans moved {report.moved_peers} "
-                  f"peers ({report.transfer_s:.1f} s loading state); {report.events} events")
+                  f"peers ({report.transfer_s:.1f} s loading state); {report.events} events; "
+                  f"effective {summary['effective_sequences_per_s']:.1f} sequences/s")
     if report.stalled:
         console.print("[bold red]stopped early:[/] peers left faster than steps complete (every "
                       "step aborted, or too few devices for the stages); lower --churn")

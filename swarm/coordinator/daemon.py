@@ -72,9 +72,12 @@ class Coordinator:
 
     def run(self, stop: threading.Event) -> int:
         self.dht = self._start_dht()
-        self.states = ZmqTransport("coordinator", host=self.config.host, port=0)
+        self.states: ZmqTransport | None = None
         try:
+            self.states = ZmqTransport("coordinator", host=self.config.host, port=0)
             addrs = self.dht.multiaddrs()
+            if not self.config.host.startswith("127."):  # volunteers elsewhere need a routable address first
+                addrs.sort(key=lambda addr: addr.startswith("/ip4/127."))
             write_json_atomic(self.dir / "coordinator.json", {"initial_peers": addrs})
             self.on_event(f"DHT node up; peers join with: swarm-peer join --initial-peers {addrs[0]}")
             self.on_event(f"initial peers written to {self.dir / 'coordinator.json'}")
@@ -94,7 +97,8 @@ class Coordinator:
             return 130
         finally:
             self.report.save()
-            self.states.close()
+            if self.states is not None:
+                self.states.close()
             self.dht.close()
 
     def _start_dht(self) -> SwarmDHT:
@@ -132,7 +136,10 @@ class Coordinator:
             old = PlanRecord.from_wire(self.checkpoint.plan)
             if len(ready) < min(len(old.members()), self.config.min_peers):
                 return
-            placement = repair(old, set(ready), {n: "is not back" for n in old.members() if n not in ready})
+            try:
+                placement = repair(old, set(ready), {n: "is not back" for n in old.members() if n not in ready})
+            except RuntimeError:  # a stage has nobody yet: wait for more peers
+                return
             placement.standby = sorted(set(ready) - {n for row in placement.grid for n in row})
             placement.reason = (f"resumed from the checkpoint of step {self.checkpoint.step}: "
                                 f"{placement.reason or 'every peer of its plan is back'}")
@@ -230,7 +237,7 @@ class Coordinator:
             self._publish_plan(grown, records, origin="continue", start_step=step + 1)
         elif newcomers:
             reason = (f"{', '.join(newcomers)} joined: standby until {self.plan.stages} standby peers can fill a "
-                      f"new replica")
+                      "new replica")
             self._publish_plan(Placement([list(r) for r in plan.grid], list(plan.layers), list(plan.standby), reason),
                                records, origin="continue", start_step=step + 1)
 
@@ -244,7 +251,7 @@ class Coordinator:
         sources = assign_sources(placement.grid, previous, live, origin)
         if origin == "continue" and "checkpoint" in sources.values():
             if self.checkpoint is None:
-                self.on_event(f"cannot restart stage(s) without a live replica: no checkpoint yet; waiting for peers")
+                self.on_event("cannot restart a stage without a live replica: no checkpoint yet; waiting for peers")
                 return
             start_step = self.checkpoint.step + 1
             sources = dict.fromkeys(members, "checkpoint")
@@ -279,7 +286,7 @@ class Coordinator:
 
     def _published_version(self) -> int:
         """The newest plan version in the DHT (a resumed coordinator continues after it)."""
-        plan = CoordinatorPin().plan(self.dht)
+        plan = CoordinatorPin(self.dht.owner).plan(self.dht)
         return plan.version if plan is not None else 0
 
     def _fit_batch(self, placement: Placement) -> Placement:

@@ -5,8 +5,8 @@ many join (a copy of a random live peer's profile: same site, GPU and uplink). A
 leaving during a step aborts that step (its work is lost: no half-applied update) and the
 coordinator re-plans at once; every other arrival and departure is applied at the next step
 boundary, where the coordinator re-plans. After each re-plan every moved peer loads its
-stage's state (14 bytes per parameter: fp16 weights, fp32 master copy, two Adam moments) from a
-replica of that stage that stayed, and the swarm waits for the slowest download.
+stage's state (14 bytes per parameter: fp16 weights, fp32 master copy, two Adam moments) from
+replicas of that stage that stayed, and the swarm waits for the slowest download.
 Re-planning is `swarm.scheduler.replan`; above `FRESH_CHECK_LIMIT` devices it skips the
 comparison with a fresh plan (that search alone would dominate the simulated run's wall time).
 """
@@ -27,6 +27,7 @@ __all__ = ["StepRecord", "SimulationReport", "simulate", "FRESH_CHECK_LIMIT"]
 FRESH_CHECK_LIMIT = 1024
 MAX_INTERRUPTIONS = 50  # re-plans in a row without a committed step: churn outpaces training
 STATE_BYTES_PER_PARAMETER = 14
+DONORS = 4  # replicas a moved peer downloads its state from at once
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class SimulationReport:
         data["simulated_s"] = total
         data["mean_step_s"] = committed / len(self.steps) if self.steps else 0.0
         data["mean_predicted_s"] = float(np.mean([s.predicted_s for s in self.steps])) if self.steps else 0.0
+        # committed sequences over the whole simulated time: aborted steps and state loading included
+        sequences = sum(s.sequences_per_s * s.seconds for s in self.steps)
+        data["effective_sequences_per_s"] = sequences / total if total else 0.0
         return data
 
 
@@ -165,8 +169,9 @@ class _Churn:
 def _transfer_seconds(scenario: Scenario, plan: Plan, moved: list[str]) -> float:
     """How long the swarm waits for moved peers to load their stage's state.
 
-    Donors are the stage's replicas that did not move, taken in turn so no one donor serves all
-    newcomers; a stage with no such replica restores from a checkpoint at the peer's own link.
+    Each moved peer downloads equal shards from up to `DONORS` replicas of its stage that did not
+    move, taken in turn so no one donor serves all newcomers; shards travel concurrently, each over
+    its pair's link. A stage with no such replica restores from a checkpoint at the peer's own link.
     """
     if not moved:
         return 0.0
@@ -175,15 +180,17 @@ def _transfer_seconds(scenario: Scenario, plan: Plan, moved: list[str]) -> float
     state = STATE_BYTES_PER_PARAMETER * work.params(np.array(plan.layers))
     stage_of, moving = plan.stage_of(), set(moved)
     donors = {s: [index[d] for d in row if d not in moving] for s, row in enumerate(plan.grid)}
-    served = {s: 0 for s in donors}
+    turn = {s: 0 for s in donors}
     slowest = 0.0
     for device in moved:
         s, peer = stage_of[device], index[device]
-        if donors[s]:
-            donor = donors[s][served[s] % len(donors[s])]
-            served[s] += 1
-            seconds = state[s] / float(net.bandwidth(donor, peer)) + float(net.latency(donor, peer))
-        else:
-            seconds = state[s] / float(net.bandwidth(peer, peer))
-        slowest = max(slowest, seconds)
+        pool = donors[s]
+        if not pool:
+            slowest = max(slowest, state[s] / float(net.bandwidth(peer, peer)))
+            continue
+        count = min(DONORS, len(pool))
+        chosen = np.array([pool[(turn[s] + k) % len(pool)] for k in range(count)])
+        turn[s] += count
+        shard = state[s] / count
+        slowest = max(slowest, float((shard / net.bandwidth(chosen, peer) + net.latency(chosen, peer)).max()))
     return slowest

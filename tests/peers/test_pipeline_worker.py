@@ -26,27 +26,27 @@ def data():
     return models.SequenceDataset(models.read_corpus(models.default_corpus_path()), 32, max_train=64)
 
 
-def _grid(codecs, replicas=2, timeout=30.0):
-    """workers[s][r] of a 2-stage grid, each on its own endpoint named s{s}r{r}."""
+def _grid(codecs, replicas=2, timeout=30.0, wrap=lambda transport: transport):
+    """workers[s][r] of a 2-stage grid, each on its own endpoint named s{s}r{r} (passed through `wrap`)."""
     hub = InProcessHub()
     workers = []
     for s in range(2):
         group = [f"s{s}r{r}" for r in range(replicas)]
         workers.append([StageWorker(models.build_stage(CONFIG, LAYERS, s), stage_index=s, num_stages=2,
-                                    transport=hub.endpoint(f"s{s}r{r}"), prev=f"s0r{r}" if s else None,
+                                    transport=wrap(hub.endpoint(f"s{s}r{r}")), prev=f"s0r{r}" if s else None,
                                     next=None if s else f"s1r{r}", group=group, codecs=codecs,
                                     micro_batches=2, timeout=timeout, delta_capacity=1024) for r in range(replicas)])
     return hub, workers
 
 
-def _step(workers, data, step):
+def _step(workers, data, step, plan_version=0):
     replicas = len(workers[0])
     shares = data.train_batch(step, 4 * replicas, seed=0).chunk(replicas)
     results, errors = {}, []
 
     def work(s, r):
         try:
-            results[s, r] = workers[s][r].run_step(step, shares[r])
+            results[s, r] = workers[s][r].run_step(step, shares[r], plan_version)
         except Exception as error:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(error)
 
@@ -71,6 +71,27 @@ def test_compressed_step_keeps_replicas_identical_and_reports_channels(data):
     assert results[1, 0].stats.bytes["backward"] > 0 and results[1, 0].stats.bytes["forward"] == 0
     assert results[0, 0].stats.bytes["gradient"] > 0
     assert results[0, 0].tokens == 4 * 32
+
+
+def test_every_message_of_a_step_carries_its_plan_version(data):
+    stamps = set()
+
+    class Stamped:
+        """The endpoint, noting the (kind, plan version) of everything sent."""
+
+        def __init__(self, inner):
+            self.inner, self.name = inner, inner.name
+
+        def send(self, to, message):
+            stamps.add((message.kind, message.plan_version))
+            self.inner.send(to, message)
+
+        def recv(self, *args, **kwargs):
+            return self.inner.recv(*args, **kwargs)
+
+    _, workers = _grid(ChannelCodecs("none", "none", "q4"), wrap=Stamped)
+    _step(workers, data, 1, plan_version=7)
+    assert stamps == {("act", 7), ("grad", 7), ("ar-reduce", 7), ("ar-gather", 7)}
 
 
 def test_state_dict_carries_parameters_and_optimizer_state(data):

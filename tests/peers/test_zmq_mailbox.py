@@ -101,3 +101,14 @@ def test_made_up_kinds_cannot_grow_the_counters_without_bound():
     stats.count_received("act", 10)  # the swarm's own kinds keep their row
     received = stats.snapshot()["received"]
     assert len(received) == MAX_KINDS + 2 and received[OTHER_KIND] == 50 and received["act"] == 1
+
+
+def test_adopting_a_plan_drops_what_the_old_plan_left_unclaimed():
+    gate, drops = _gate(version=1)
+    gate.deliver(_message(0, 30, version=1))  # never taken: its step was aborted
+    gate.deliver(_message(1, 10, version=2))  # held for plan 2
+    gate.set_version(2)
+    assert drops == {("dropped_stale", "act"): 1} and gate.unclaimed_bytes() == 10
+    with pytest.raises(PeerTimeout):  # the rerun under plan 2 must not get plan 1's message
+        gate.take("p", "act", 0, 0, timeout=0)
+    assert gate.take("p", "act", 0, 1, timeout=0).plan_version == 2
