@@ -18,7 +18,7 @@ import torch
 
 from compression.noise import combine
 
-__all__ = ["quantize_blocks", "quantize_into", "pack_words", "pack_into", "spread_words", "spread_into", "dequantize_blocks"]
+__all__ = ["quantize_blocks", "quantize_into", "pack_into", "spread_into", "dequantize_blocks", "WORD_DTYPES"]
 
 
 def quantize_blocks(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_noise: torch.Tensor | None,
@@ -54,37 +54,39 @@ def quantize_into(blocks: torch.Tensor, row_noise: torch.Tensor | None, stats: t
     codes.copy_(new_codes)
 
 
+# Bit widths whose group of 8 codes is exactly one machine integer: stored as that integer
+# (same little-endian bytes), which vectorizes far better than k separate byte stores.
+WORD_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+
+
 def pack_into(words: torch.Tensor, packed: torch.Tensor, bits: int) -> None:
-    """`pack_words` writing into a caller-owned [N, bits] uint8 buffer."""
-    packed.copy_(pack_words(words, bits))
-
-
-def pack_words(words: torch.Tensor, bits: int) -> torch.Tensor:
-    """Byte-lane words [N] (8 codes each) -> packed bytes [N, bits]."""
+    """Byte-lane words [N] (8 codes each) -> `packed`, either bytes [N, bits] or, for bit widths
+    in WORD_DTYPES, the same bytes viewed as one integer per group [N]."""
     mask = (1 << bits) - 1
-    packed = words & mask
+    word = words & mask
     for i in range(1, 8):
-        packed = packed | (((words >> (8 * i)) & mask) << (bits * i))
-    shifts = 8 * torch.arange(bits, device=words.device, dtype=torch.int64)
-    return ((packed[:, None] >> shifts) & 0xFF).to(torch.uint8)
+        word = word | (((words >> (8 * i)) & mask) << (bits * i))
+    if packed.ndim == 1:
+        packed.copy_(word.to(packed.dtype))  # keeps the low 8*bits bits
+    else:
+        shifts = 8 * torch.arange(bits, device=words.device, dtype=torch.int64)
+        packed.copy_(((word[:, None] >> shifts) & 0xFF).to(torch.uint8))
 
 
 def spread_into(packed: torch.Tensor, words: torch.Tensor, bits: int) -> None:
-    """`spread_words` writing into a caller-owned int64 buffer."""
-    words.copy_(spread_words(packed, bits))
-
-
-def spread_words(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """Packed bytes [N, bits] -> byte-lane words [N]; the inverse of `pack_words`."""
+    """`packed` as written by `pack_into` -> byte-lane words [N]; its inverse."""
     mask = (1 << bits) - 1
-    groups = packed.to(torch.int64)
-    word = groups[:, 0]
-    for j in range(1, bits):
-        word = word | (groups[:, j] << (8 * j))
+    if packed.ndim == 1:
+        word = packed.to(torch.int64) & ((1 << (8 * bits)) - 1)  # undo sign extension
+    else:
+        groups = packed.to(torch.int64)
+        word = groups[:, 0]
+        for j in range(1, bits):
+            word = word | (groups[:, j] << (8 * j))
     spread = word & mask
     for i in range(1, 8):
         spread = spread | (((word >> (bits * i)) & mask) << (8 * i))
-    return spread
+    words.copy_(spread)
 
 
 def dequantize_blocks(stats: torch.Tensor, codes: torch.Tensor, out: torch.Tensor) -> None:

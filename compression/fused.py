@@ -75,10 +75,13 @@ def _run(variant: tuple, numel: int, varying: int, fn: Callable, *args: torch.Te
         return fn(*args)
     try:
         # All variants of a step share one code object, so lift dynamo's per-code recompile limit
-        # (8) for these calls only; keep the fp16 rounding of offset and scale that inductor
-        # would otherwise optimize away (the codes must match the fp16 values sent). The first
-        # call of a variant compiles under a lock, so two threads never compile it at once.
-        with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=1024), \
+        # (8) for these calls only, and stop it from turning `bits` into a runtime value after
+        # the second variant (automatic dynamic: 3x slower kernels for every bit width). Keep
+        # the fp16 rounding of offset and scale that inductor would otherwise optimize away
+        # (codes must match the fp16 values sent). The first call of a variant compiles under a
+        # lock, so two threads never compile it at once.
+        with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=1024,
+                                        automatic_dynamic_shapes=False), \
                 torch._inductor.config.patch(emulate_precision_casts=True):
             for arg in args[:varying]:
                 # Leading dims count blocks or groups and vary per call; the rest (block size,

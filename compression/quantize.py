@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from compression import fused
+from compression.blockquant import WORD_DTYPES
 from compression.errors import CodecError, nonfinite_error
 from compression.noise import noise_vectors
 from compression.registry import register
@@ -56,8 +57,8 @@ class BlockQuantizer:
             raise nonfinite_error(flat, self.spec, _FP16_MAX)
         packed = codes
         if self.bits != 8:
-            packed = _scratch("packed", blocks.numel() * self.bits // 8, device).view(-1, self.bits)
-            fused.pack(codes.view(-1).view(torch.int64), self.bits, packed)
+            packed = _scratch("packed", blocks.numel() * self.bits // 8, device)
+            fused.pack(codes.view(-1).view(torch.int64), self.bits, _groups(packed, self.bits))
         # The scratch buffers are reused by this thread's next call; `encode` copies them into the
         # frame before returning.
         return [stats.view(torch.uint8).view(-1), packed.view(-1)[: -(-numel * self.bits // 8)]]
@@ -80,7 +81,7 @@ class BlockQuantizer:
         codes = packed
         if self.bits != 8:
             codes = _scratch("codes", nb * self.block, payload.device)
-            fused.spread(packed.view(-1, self.bits), self.bits, codes.view(torch.int64))
+            fused.spread(_groups(packed, self.bits), self.bits, codes.view(torch.int64))
         codes = codes.view(nb, self.block)
         if numel == nb * self.block:
             fused.dequantize(stats, codes, out.view(nb, self.block))
@@ -105,6 +106,13 @@ def _scratch(role: str, numel: int, device: torch.device) -> torch.Tensor:
     if buffer is None or buffer.numel() < numel:
         buffer = buffers[(role, device)] = torch.empty(numel, dtype=torch.uint8, device=device)
     return buffer[:numel]
+
+
+def _groups(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packed bytes as one row per group of 8 codes: [N, bits] bytes, or [N] integers when a
+    group is exactly one (a free reinterpretation; see `blockquant.WORD_DTYPES`)."""
+    word = WORD_DTYPES.get(bits)
+    return packed.view(-1, bits) if word is None else packed.view(word).view(-1)
 
 
 def _as_blocks(flat: torch.Tensor, block: int) -> torch.Tensor:

@@ -30,7 +30,8 @@ from peers.zmq_transport import ZmqTransport
 
 from .checkpoint import Checkpoint, read_latest, write_checkpoint, write_json_atomic
 from .config import CoordinatorConfig
-from .planning import Placement, assign_sources, first_placement, grow, repair, scenario_from_records
+from .planning import (Placement, assign_sources, first_placement, grow, predicted_step_s, repair,
+                       scenario_from_records)
 from .report import RunReport
 
 __all__ = ["Coordinator", "POLL_S"]
@@ -258,6 +259,9 @@ class Coordinator:
             placement.reason += f"; a stage lost every replica: rolled back to checkpoint step {self.checkpoint.step}"
             self.committed_step = self.checkpoint.step
             self.report.rollback(self.checkpoint.step)
+        cost = predicted_step_s(placement, records, self.config.hyper(), self.codecs)
+        if cost is not None and "predicted" not in placement.reason:
+            placement.reason += f" (predicted {cost:.3g} s/step)"
         self.timeouts = self._timeouts(placement, records)
         version = max(self._published_version(), previous.version if previous else 0) + 1
         hyper = {**self.config.hyper(), "timeouts": self.timeouts.to_wire()}

@@ -21,11 +21,11 @@ from typing import Any
 
 from models.config import get_config
 from peers.protocol import PeerRecord, PlanRecord
-from swarm.scheduler import Scenario
+from swarm.scheduler import Plan, Scenario, predict
 from swarm.scheduler import plan as schedule
 
 __all__ = ["Placement", "MIN_STEPS_BETWEEN_CHANGES", "scenario_from_records", "first_placement",
-           "repair", "grow", "assign_sources"]
+           "repair", "grow", "assign_sources", "predicted_step_s"]
 
 MIN_STEPS_BETWEEN_CHANGES = 3
 _DEFAULT_LINK = {"bandwidth_gbps": 1.0, "latency_ms": 1.0}
@@ -71,6 +71,19 @@ def first_placement(records: dict[str, PeerRecord], scenario: Scenario, seed: in
     reason = (f"first plan: {len(grid)} stages x {len(grid[0])} replicas from {len(records)} peers by the scheduler"
               + (f" (predicted {predicted:.3g} s/step)" if predicted is not None else ""))
     return Placement(grid=grid, layers=[int(n) for n in planned.layers], standby=standby, reason=reason)
+
+
+def predicted_step_s(placement: Placement, records: dict[str, PeerRecord], hyper: dict[str, Any],
+                     codecs: dict[str, str]) -> float | None:
+    """The scheduler's cost model's seconds per step for `placement` (None if it cannot price it)."""
+    members = {n: records[n] for row in placement.grid for n in row if n in records}
+    replicas = len(placement.grid[0])
+    try:
+        scenario = scenario_from_records(members, hyper, codecs, None, replicas)
+        priced = Plan("live", tuple(tuple(row) for row in placement.grid), tuple(placement.layers))
+        return predict(scenario, priced, "full").iteration_s
+    except ValueError:  # the scheduler's ScenarioError / PlanError: e.g. a peer without a record
+        return None
 
 
 def repair(plan: PlanRecord, live: set[str], lost: dict[str, str]) -> Placement:

@@ -9,7 +9,10 @@ dtfm (Yuan et al., NeurIPS'22), volumes in fp16 whatever the scenario's compress
     DP(C)     = max_{d in C} sum_{d' in C, d' != d} 2 * (alpha(d,d') + c_DP / (R * beta(d,d')))
     DataPCost = max over stages of DP(stage group)
     edge(s)   = max_r alpha(g[s,r], g[s+1,r]) + c_PP / beta(g[s,r], g[s+1,r])
-                (the grid's columns are the matching; the search makes it the bottleneck one)
+                (a grid's columns are its matching and its rows its stage order; `arrange`
+                turns any grid into DT-FM's arrangement of the same stage groups: each edge the
+                bottleneck perfect matching, the order an open-path TSP (matching.py), so that
+                edge(s) is the bottleneck cost and PipelineCost the TSP path)
     PipelineCost = sum_s edge(s);  iteration = DataPCost + 2 * PipelineCost; no compute
     c_DP = 2 bytes x the stage's parameters; c_PP = 2 bytes x the activations of all M micro-batches
     of one pipeline (M = global / (micro x R)).
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from swarm.scheduler.matching import bottleneck_assignment, open_path_order
 from swarm.scheduler.scenario import Scenario
 from swarm.scheduler.workload import Workload
 
@@ -90,7 +94,16 @@ class CostModel:
         raise NotImplementedError
 
     def score(self, grid: np.ndarray, layers: np.ndarray) -> float:
+        """Seconds per iteration of `grid` exactly as given (>= INFEASIBLE when it cannot fit)."""
         return self.total(grid, layers, self.data_parallel(grid, layers))[0]
+
+    def arrange(self, grid: np.ndarray, layers: np.ndarray) -> np.ndarray:
+        """The grid this model runs for `grid`'s stage groups; `full`: the grid itself."""
+        return grid
+
+    def arranged_score(self, grid: np.ndarray, layers: np.ndarray) -> float:
+        """`score` of `arrange(grid)`: how a placement (baselines included) is priced."""
+        return self.score(self.arrange(grid, layers), layers)
 
     def _pairs(self, grid: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
         group = grid if rows is None else grid[rows]
@@ -111,9 +124,38 @@ class DtfmCost(CostModel):
         pair[:, idx, idx] = 0.0
         return pair.sum(axis=2).max(axis=1)
 
+    def arrange(self, grid, layers):
+        """DT-FM's arrangement of the stage groups (rows) of `grid`; `grid` if that is no cheaper.
+
+        The bottleneck matching of every pair of groups gives a group-to-group cost; the open
+        path over those costs orders the groups; the matchings align the columns. The layer
+        counts stay with the positions (the first and last position hold the embeddings).
+        """
+        stages = len(grid)
+        if stages == 1:
+            return grid
+        pair = self.net.link_cost(grid[:, None, :, None], grid[None, :, None, :], self._c_pp())
+        weight = np.zeros((stages, stages))
+        matches = {}
+        for i in range(stages):
+            for j in range(i + 1, stages):
+                weight[i, j], matches[i, j] = bottleneck_assignment(pair[i, j])
+                weight[j, i] = weight[i, j]
+                matches[j, i] = np.argsort(matches[i, j])
+        order = open_path_order(weight)
+        cols = np.arange(self.replicas)
+        rows = [grid[order[0]]]
+        for a, b in zip(order, order[1:]):
+            cols = matches[a, b][cols]   # the partner in group b of each column's device
+            rows.append(grid[b][cols])
+        arranged = np.array(rows)
+        return arranged if self.score(arranged, layers) < self.score(grid, layers) else grid
+
+    def _c_pp(self) -> float:
+        return 2.0 * self.work.boundary_values * self.work.micro_batches
+
     def _edges(self, grid):
-        c_pp = 2.0 * self.work.boundary_values * self.work.micro_batches
-        return self.net.link_cost(grid[:-1], grid[1:], c_pp)
+        return self.net.link_cost(grid[:-1], grid[1:], self._c_pp())
 
     def total(self, grid, layers, dp):
         edges = self._edges(grid)

@@ -4,12 +4,15 @@ How it searches (and why it is fast at 1,024 devices):
 1. Shapes: the scenario's S x R, or every S (with R = N // S) when `parallelism` is left open.
 2. Starts: both locality plans (construct.py), each with an even and a speed-proportional layer
    split. Every shape is priced from its best start; a shape whose memory does not fit drops out.
-3. Refinement: the three best shapes get an iterated local search (localsearch.py), the time
-   left split between them. Every move is priced by the exact cost model.
+3. Refinement: the three best shapes get an iterated local search (localsearch.py), each with
+   the same work budget (`work_budget`). Every move is priced by the exact cost model.
 Because the starts include both locality plans and the search never accepts a worse plan, the
-result is never worse than either locality plan. The search budget is counted in evaluations
-(it grows with the swarm), so a seed gives the same plan whenever the search finishes within the
-time limit; a limit that cuts it short trades that for speed (a faster machine searches further).
+result is never worse than either locality plan.
+
+Determinism: the work is counted in cost evaluations, never in seconds, and sized so that even
+1,024 devices finish in about half a minute on two busy cores. So one seed gives one plan on any
+machine as long as the time limit is not reached; the limit is only a safety cap, and a search
+that hits it returns what it has, which then depends on the machine's speed and load.
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ from swarm.scheduler.scenario import Scenario
 __all__ = ["plan", "predict", "Candidate", "search", "to_plan"]
 
 REFINED_SHAPES = 3
-CONVERGE = 40  # evaluation cap of the first local search run, in units of its patience
-KICKS = 10  # evaluations of the kicked runs after it, in the same units
+MAX_PATIENCE = 20_000  # proposals without progress that end one local search run
+RUNS = 3  # a shape's budget: about this many converged runs (the first, then kicked ones)
+MAX_EVALS = 45_000  # per shape: ~8 s at 1,024 devices on a loaded core, 3 shapes < 30 s
 KICK_FROM = 32  # devices; below this one local search run is enough
 
 
@@ -51,9 +55,11 @@ class Candidate:
 def plan(scenario: Scenario, cost_model: str = "full", seed: int = 0, time_limit: float = 30.0) -> Plan:
     """The best plan found for `scenario` under `cost_model` ("full" or "dtfm").
 
-    `time_limit` caps the search in seconds; small swarms converge long before it (a 5-peer
-    swarm in milliseconds), 1,024 devices use most of a 60 s limit. Raises `PlanError` when no
-    placement fits the devices' memory. Example:
+    The search does a fixed amount of work for the swarm's size (`work_budget`), so the same
+    `seed` gives the same plan on any machine; `time_limit` (seconds) is only a safety cap: a
+    search that reaches it stops early, and its plan then depends on the machine's speed and
+    load. Small swarms take milliseconds (8 peers: ~0.1 s), 1,024 devices about 20-30 s on two
+    cores. Raises `PlanError` when no placement fits the devices' memory. Example:
         plan(Scenario.preset("dtfm-5"), "dtfm", seed=0, time_limit=10).save("plan.json")
     """
     return to_plan(search(scenario, cost_model, seed, time_limit))
@@ -79,25 +85,37 @@ def search(scenario: Scenario, cost_model: str, seed: int, time_limit: float,
     best = refined[0]
     for k, start in enumerate(refined):
         share = (deadline - time.monotonic()) / (len(refined) - k)
-        result = refine(start, rng, time.monotonic() + share, target)
+        result = _arranged(refine(start, rng, time.monotonic() + share, target))
         if result.score < best.score:
             best = result
     return best
 
 
+def work_budget(devices: int) -> tuple[int, int]:
+    """(patience, evaluations) of one shape's refinement for a swarm of `devices` devices.
+
+    Patience grows with the number of possible swaps (~n^2) up to `MAX_PATIENCE`; the budget is
+    `RUNS` converged runs, capped at `MAX_EVALS`, so 1,024 devices stay well inside a minute.
+    """
+    patience = int(min(max(300, 4 * devices * devices), MAX_PATIENCE))
+    return patience, min(RUNS * patience, MAX_EVALS)
+
+
 def refine(start: Candidate, rng: np.random.Generator, deadline: float, target: float | None = None,
            move_layers: bool = True) -> Candidate:
-    """Iterated local search from `start`, with a budget that grows with the swarm.
+    """Iterated local search from `start` within `work_budget` evaluations.
 
     After each converged run the best grid gets a kick of a few random swaps and is searched
-    again; the best grid seen is kept. Stops at the evaluation budget, the deadline or `target`.
+    again (swarms of `KICK_FROM` devices or more); the best grid seen is kept. Stops at the
+    evaluation budget, at `target`, or at the deadline (the only machine-dependent stop).
     """
     n = len(start.model.scenario.devices)
-    patience = int(min(max(300, 4 * n * n), 30_000))
+    patience, budget = work_budget(n)
     walk = LocalSearch(start.model, start.grid, start.layers, start.spare(), rng, move_layers)
-    walk.run(max_evals=CONVERGE * patience, patience=patience, deadline=deadline, target=target)
+    walk.run(max_evals=budget, patience=patience, deadline=deadline, target=target)
     best = walk.state()
-    budget = walk.evals + (KICKS * patience if n >= KICK_FROM else 0)  # small swarms: one run
+    if n < KICK_FROM:
+        budget = walk.evals  # small swarms: one converged run is enough
     while walk.evals < budget and time.monotonic() < deadline and (target is None or best[4] > target):
         walk.kick(max(2, walk.grid.size // 16))
         walk.run(max_evals=budget, patience=patience, deadline=deadline, target=target)
@@ -127,10 +145,19 @@ def _best_start(model: CostModel) -> Candidate:
         speed = model.flops[grid].min(axis=1)
         for layers in (even_layers(scenario.model.layers, stages),
                        proportional_layers(scenario.model.layers, speed)):
-            score = model.score(grid, layers)
-            if best is None or score < best.score:
-                best = Candidate(model, grid, layers, score)
+            candidate = _arranged(Candidate(model, grid, layers, model.score(grid, layers)))
+            if best is None or candidate.score < best.score:
+                best = candidate
     return best
+
+
+def _arranged(candidate: Candidate) -> Candidate:
+    """The candidate in its cost model's arrangement (dtfm: DT-FM's matching and stage order)."""
+    model = candidate.model
+    grid = model.arrange(candidate.grid, candidate.layers)
+    if grid is candidate.grid:
+        return candidate
+    return Candidate(model, grid, candidate.layers, model.score(grid, candidate.layers))
 
 
 def _memory_hint(candidate: Candidate) -> str:

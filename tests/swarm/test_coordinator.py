@@ -9,8 +9,8 @@ import pytest
 from peers.protocol import PeerRecord, PlanRecord
 from swarm.coordinator.checkpoint import read_latest, write_checkpoint
 from swarm.coordinator.config import add_arguments, from_args
-from swarm.coordinator.planning import (MIN_STEPS_BETWEEN_CHANGES, assign_sources, first_placement, grow, repair,
-                                        scenario_from_records)
+from swarm.coordinator.planning import (MIN_STEPS_BETWEEN_CHANGES, Placement, assign_sources, first_placement, grow,
+                                        predicted_step_s, repair, scenario_from_records)
 
 
 def _plan(grid, standby=()):
@@ -77,6 +77,16 @@ def test_first_placement_uses_the_scheduler_on_measured_records():
     placed = [n for row in placement.grid for n in row]
     assert len(placement.grid) == 2 and len(placement.grid[0]) == 2 and sum(placement.layers) == 4
     assert len(placement.standby) == 1 and set(placed) | set(placement.standby) == set("abcde")
+
+
+def test_plan_changes_are_priced_by_the_cost_model():
+    records = {n: PeerRecord(name=n, address="tcp://127.0.0.1:1", device="cpu", tflops=0.02, memory_gb=4.0)
+               for n in "abcd"}
+    hyper, codecs = {"model": "tiny", "batch": 8, "micro_batches": 2}, {"fwd": "q3", "bwd": "q6", "grad": "q4"}
+    full = predicted_step_s(Placement([["a", "b"], ["c", "d"]], [2, 2], [], ""), records, hyper, codecs)
+    shrunk = predicted_step_s(Placement([["a"], ["c"]], [2, 2], ["b"], ""), records, hyper, codecs)
+    assert 0 < full < shrunk  # half the replicas: each does twice the work
+    assert predicted_step_s(Placement([["a"], ["zz"]], [2, 2], [], ""), records, hyper, codecs) is None
 
 
 def test_checkpoints_are_published_atomically_and_pruned(tmp_path):

@@ -1,7 +1,8 @@
 """Must-show 1 and 5 of the live swarm: real processes on loopback train `tiny` end to end.
 
 One run (a coordinator and 4 peers, 2 stages x 2 replicas, 30 steps) serves several checks: the
-loss falls, the bytes on the wire match the 3/6/4-bit codecs, every step commits exactly once,
+loss falls and equals the in-process reference step for step, the bytes on the wire match the
+3/6/4-bit codecs, every step commits exactly once,
 replicas agree bit for bit, `swarm status --json` keeps its contract, and garbage and
 stale-version frames fired at a peer's data port are rejected and counted while it trains on.
 """
@@ -18,6 +19,7 @@ import zmq
 from peers.dht import SwarmDHT
 from swarm.cli.status import collect
 from swarm.launcher import LocalSwarm
+from swarm.local import LocalConfig, run_local
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +68,16 @@ def test_loss_falls(run):
     losses = [entry["loss"] for entry in run["report"]["steps"]]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.5, losses
+
+
+def test_losses_match_the_in_process_reference(run):
+    """The same grid in one process (swarm-sim local, InProcessHub) gives the same numbers: the
+    network, processes and step protocol change nothing about the training itself."""
+    layers = run["report"]["plans"][0]["layers"]
+    reference = run_local(LocalConfig(stages=2, replicas=2, micro_batches=2, batch=4, steps=STEPS, layers=layers,
+                                      eval_samples=8))
+    live = [entry["loss"] for entry in run["report"]["steps"]]
+    assert live == pytest.approx([entry["loss"] for entry in reference["steps"]], rel=1e-4)
 
 
 def test_wire_bits_match_the_3_6_4_recipe(run):
