@@ -99,6 +99,15 @@ class PeerRecord:
         record = _build(cls, value, "peer record")
         if record.state not in PEER_STATES:
             raise RecordError(f"peer record field 'state' must be one of {PEER_STATES}, got {record.state!r}")
+        for peer, link in record.links.items():
+            if not (isinstance(peer, str) and isinstance(link, dict) and all(
+                    _number(link.get(key)) for key in ("bandwidth_gbps", "latency_ms"))):
+                raise RecordError("peer record field 'links' must map names to {bandwidth_gbps, latency_ms} numbers")
+        for name in ("bytes_sent", "values_sent"):
+            if not all(isinstance(k, str) and isinstance(v, int) for k, v in getattr(record, name).items()):
+                raise RecordError(f"peer record field {name!r} must map channel names to integers")
+        if not all(isinstance(addr, str) for addr in record.dht_addrs):
+            raise RecordError("peer record field 'dht_addrs' must be a list of multiaddr strings")
         return record
 
 
@@ -222,6 +231,10 @@ def _build(cls: type, value: Any, what: str) -> Any:
         item = value[spec.name]
         kwargs[spec.name] = _check(item, str(spec.type), f"{what} field {spec.name!r}")
     return cls(**kwargs)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check(item: Any, annotation: str, where: str) -> Any:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from swarm.cli.sim_plan import add_scenario_arguments, load_scenario
+from swarm.cli.sim_plan import add_scenario_arguments, load_scenario, number_arg
 from swarm.scheduler import Plan, PlanError, ScenarioError
 from swarm.simulator import SimulationReport, simulate
 
@@ -35,15 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scenario_arguments(parser)
     parser.add_argument("--plan", required=True, metavar="PLAN.json", help="plan file from `swarm-sim plan --out`")
-    parser.add_argument("--steps", type=_count, required=True, metavar="N", help="committed steps to simulate")
-    parser.add_argument("--churn", type=_rate, default=0.0, metavar="PEERS_PER_HOUR",
+    parser.add_argument("--steps", type=number_arg(int, 1), required=True, metavar="N", help="committed steps to simulate")
+    parser.add_argument("--churn", type=number_arg(), default=0.0, metavar="PEERS_PER_HOUR",
                         help="peers leaving per hour, and as many joining (default 0)")
     parser.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
-    parser.add_argument("--jitter", type=_rate, default=0.05, metavar="SIGMA",
+    parser.add_argument("--jitter", type=number_arg(), default=0.05, metavar="SIGMA",
                         help="log-normal sigma of compute times (default 0.05)")
-    parser.add_argument("--stragglers", type=_probability, default=0.01, metavar="P",
+    parser.add_argument("--stragglers", type=number_arg(high=1.0), default=0.01, metavar="P",
                         help="chance per step that a device runs at half speed (default 0.01)")
-    parser.add_argument("--replan-time-limit", type=_rate, default=2.0, metavar="S",
+    parser.add_argument("--replan-time-limit", type=number_arg(), default=2.0, metavar="S",
                         help="seconds each re-planning may search (default 2)")
     parser.add_argument("--out", metavar="REPORT.json", help="write the full report as JSON")
     parser.set_defaults(func=run)
@@ -95,30 +95,3 @@ def _print(console: Console, report: SimulationReport, out: str | None) -> None:
                       "step aborted, or too few devices for the stages); lower --churn")
     if out:
         console.print(f"report written to {out}")
-
-
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value!r}")
-    return number
-
-
-def _rate(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not 0 <= number < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be non-negative and finite, got {value!r}")
-    return number
-
-
-def _probability(value: str) -> float:
-    number = _rate(value)
-    if number > 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value!r}")
-    return number

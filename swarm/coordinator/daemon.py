@@ -149,9 +149,16 @@ class Coordinator:
             return
         if len(ready) < self.config.min_peers:
             return
-        scenario = scenario_from_records(ready, self.config.hyper(), self.codecs, self.config.stages,
-                                         self.config.replicas)
-        placement = self._fit_batch(first_placement(ready, scenario, self.config.seed))
+        try:
+            scenario = scenario_from_records(ready, self.config.hyper(), self.codecs, self.config.stages,
+                                             self.config.replicas)
+            placement = self._fit_batch(first_placement(ready, scenario, self.config.seed))
+        except ValueError as error:  # the scheduler's ScenarioError / PlanError, e.g. not enough memory
+            if self.report.events and self.report.events[-1].get("why") == str(error):
+                return  # said so already; keep waiting quietly
+            self.report.event("cannot_plan", why=str(error))
+            self.on_event(f"cannot plan with the {len(ready)} peers announced yet: {error}; waiting for more")
+            return
         self._publish_plan(placement, ready, origin="init", start_step=1)
 
     def _lost(self, records: dict[str, PeerRecord]) -> dict[str, str]:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from swarm.scheduler.scenario import Scenario, ScenarioError
+from swarm.scheduler.cost import COST_MODELS
+from swarm.scheduler.scenario import Scenario, ScenarioError, load_json
 
 __all__ = ["Plan", "PlanError"]
 
@@ -66,6 +67,14 @@ class Plan:
         for key in ("scenario", "stages", "replicas", "grid", "layers"):
             if key not in data:
                 raise PlanError(f"plan.{key}: required field is missing")
+        if not isinstance(data["scenario"], str) or not data["scenario"]:
+            raise PlanError(f"plan.scenario: expected the scenario's name, got {data['scenario']!r}")
+        for key in ("stages", "replicas"):
+            if isinstance(data[key], bool) or not isinstance(data[key], int) or data[key] < 1:
+                raise PlanError(f"plan.{key}: expected a positive integer, got {data[key]!r}")
+        model = data.get("cost_model")
+        if model is not None and model not in COST_MODELS:
+            raise PlanError(f"plan.cost_model: unknown model {model!r}; one of {', '.join(COST_MODELS)}")
         grid = data["grid"]
         if not (isinstance(grid, list) and grid and all(isinstance(row, list) and row for row in grid)):
             raise PlanError("plan.grid: expected a non-empty list of non-empty lists of device ids")
@@ -84,21 +93,16 @@ class Plan:
         predicted = data.get("predicted", {})
         if not isinstance(predicted, dict) or any(k not in _PREDICTED for k in predicted):
             raise PlanError(f"plan.predicted: expected an object with fields {', '.join(_PREDICTED)}")
-        return cls(str(data["scenario"]), tuple(tuple(row) for row in grid), tuple(layers),
-                   {k: float(v) for k, v in predicted.items()}, data.get("cost_model"))
+        for key, value in predicted.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise PlanError(f"plan.predicted.{key}: expected seconds (a number), got {value!r}")
+        return cls(data["scenario"], tuple(tuple(row) for row in grid), tuple(layers),
+                   {k: float(v) for k, v in predicted.items()}, model)
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as error:
-            raise PlanError(f"cannot read plan file {path}: {error.strerror}") from None
-        except json.JSONDecodeError as error:
-            raise PlanError(f"{path}: not valid JSON ({error})") from None
-        try:
-            return cls.from_dict(data)
-        except PlanError as error:
-            raise PlanError(f"{path}: {error}") from None
+        """Read a plan JSON file; errors name the file and the field."""
+        return load_json(path, "plan", cls.from_dict, PlanError)
 
     def to_dict(self) -> dict:
         data = {"scenario": self.scenario, "stages": self.stages, "replicas": self.replicas,
@@ -112,7 +116,7 @@ class Plan:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
     def validate(self, scenario: Scenario) -> "Plan":
-        """Check the plan against `scenario`: known, distinct devices and all layers placed."""
+        """Check the plan against `scenario`: its name, known and distinct devices, all layers placed."""
         index = scenario.index
         seen: set[str] = set()
         for s, row in enumerate(self.grid):
@@ -130,4 +134,7 @@ class Plan:
         if sum(self.layers) != scenario.model.layers:
             raise PlanError(f"plan.layers: sum is {sum(self.layers)}, the model has "
                             f"{scenario.model.layers} layers")
+        if self.scenario != scenario.name:
+            raise PlanError(f"plan.scenario: the plan is for scenario {self.scenario!r}, not "
+                            f"{scenario.name!r}; plan this scenario with `swarm-sim plan`")
         return self

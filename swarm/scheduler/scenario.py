@@ -15,16 +15,17 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from swarm.scheduler.network import Network
 
 __all__ = [
     "ScenarioError", "Device", "Site", "Link", "ModelSpec", "Batch", "Compression", "Parallelism",
-    "Scenario", "preset_names",
+    "Scenario", "preset_names", "load_json",
 ]
 
 _BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
+T = TypeVar("T")
 
 
 class ScenarioError(ValueError):
@@ -106,6 +107,8 @@ class Scenario:
         sites = {key: _site(value, f"sites.{key}") for key, value in root.mapping("sites").items()}
         devices = tuple(_device(item, f"devices[{i}]", sites)
                         for i, item in enumerate(root.sequence("devices")))
+        if not devices:
+            raise ScenarioError("scenario.devices: expected at least one device")
         seen: set[str] = set()
         for i, device in enumerate(devices):
             if device.id in seen:
@@ -124,16 +127,7 @@ class Scenario:
     @classmethod
     def load(cls, path: str | Path) -> "Scenario":
         """Read a scenario JSON file; errors name the file and the field."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as error:
-            raise ScenarioError(f"cannot read scenario file {path}: {error.strerror}") from None
-        except json.JSONDecodeError as error:
-            raise ScenarioError(f"{path}: not valid JSON ({error})") from None
-        try:
-            return cls.from_dict(data)
-        except ScenarioError as error:
-            raise ScenarioError(f"{path}: {error}") from None
+        return load_json(path, "scenario", cls.from_dict, ScenarioError)
 
     @classmethod
     def preset(cls, name: str) -> "Scenario":
@@ -221,6 +215,20 @@ def preset_names() -> list[str]:
     """Names of the packaged scenarios (`swarm/presets/*.json`)."""
     folder = resources.files("swarm").joinpath("presets")
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_json(path: str | Path, what: str, parse: Callable[[Any], T], error: type[ScenarioError]) -> T:
+    """`parse` of the JSON in `path`; any problem raises `error` naming the file (shared with plans)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as problem:
+        raise error(f"cannot read {what} file {path}: {problem.strerror}") from None
+    except json.JSONDecodeError as problem:
+        raise error(f"{path}: not valid JSON ({problem})") from None
+    try:
+        return parse(data)
+    except ScenarioError as problem:
+        raise error(f"{path}: {problem}") from None
 
 
 class _Fields:

@@ -33,7 +33,7 @@ __all__ = ["plan", "predict", "Candidate", "search", "to_plan"]
 REFINED_SHAPES = 3
 MAX_PATIENCE = 20_000  # proposals without progress that end one local search run
 RUNS = 3  # a shape's budget: about this many converged runs (the first, then kicked ones)
-MAX_EVALS = 45_000  # per shape: ~8 s at 1,024 devices on a loaded core, 3 shapes < 30 s
+MAX_EVALS = 36_000  # per shape: 1,024 devices take ~10-25 s for all 3 shapes on 2 busy cores
 KICK_FROM = 32  # devices; below this one local search run is enough
 
 
@@ -161,9 +161,14 @@ def _arranged(candidate: Candidate) -> Candidate:
 
 
 def _memory_hint(candidate: Candidate) -> str:
-    model = candidate.model
-    need = model.work.memory_bytes(candidate.layers).min() / 1e9
-    have = model.memory.max() / 1e9
-    return (f"no placement fits device memory: the smallest stage needs {need:.1f} GB and the "
-            f"largest device has {have:.1f} GB; add devices or leave `parallelism` open so more "
-            f"stages are used")
+    """Why the least-bad placement does not fit: its worst device, and what takes the memory."""
+    model, grid = candidate.model, candidate.grid
+    work = model.work
+    need = work.memory_bytes(candidate.layers)[:, None] + np.zeros(grid.shape)
+    s, r = np.unravel_index(int(np.argmax(need - model.memory[grid])), grid.shape)
+    stash = work.micro_batches * work.boundary_values * 2 / 1e9
+    return (f"no placement fits device memory: in the best shape ({model.stages} stages x "
+            f"{model.replicas} replicas) stage {s} needs {need[s, r] / 1e9:.3g} GB ({stash:.3g} GB "
+            f"of it the stashed inputs of {work.micro_batches} micro-batches) but device "
+            f"{model.scenario.devices[grid[s, r]].id!r} has {model.memory[grid[s, r]] / 1e9:.3g} GB; "
+            f"add devices or devices with more memory, or lower batch.global_sequences")

@@ -34,6 +34,9 @@ def test_peer_record_round_trips_through_the_wire():
     ("step", True, "'step' must be int, got a bool"),
     ("state", "dancing", "'state' must be one of"),
     ("links", [1], "'links' must be a dict"),
+    ("links", {"p2": {"bandwidth_gbps": "fast", "latency_ms": 1}}, "'links' must map names"),
+    ("bytes_sent", {"forward": 1.5}, "'bytes_sent' must map channel names to integers"),
+    ("dht_addrs", [3], "'dht_addrs' must be a list of multiaddr strings"),
 ])
 def test_peer_record_rejects_mistyped_fields_by_name(field, value, message):
     wire = PeerRecord(name="p1", address="tcp://x:1", device="cpu", tflops=1.0, memory_gb=1.0).to_wire()

@@ -12,6 +12,7 @@ import pytest
 
 from swarm.scheduler import Scenario
 from swarm.scheduler.cost import DtfmCost, FullCost, INFEASIBLE
+from swarm.scheduler.matching import bottleneck_assignment, open_path_order
 from swarm.scheduler.network import GBPS
 from swarm.scheduler.workload import Workload, wire_bytes
 
@@ -119,3 +120,63 @@ def test_full_marks_a_plan_that_does_not_fit_memory():
     assert not model.breakdown(GRID, LAYERS).fits
     assert model.score(GRID, LAYERS) >= INFEASIBLE
     assert FullCost(tiny(), 2, 2).score(GRID, LAYERS) < INFEASIBLE
+
+
+def test_all_reduce_sums_every_peer_of_the_group():
+    # one stage of 2 layers on all four devices: 2 * 192 + 2 * 32 = 448 parameters
+    model_full = FullCost(tiny(parallelism={"stages": 1, "replicas": 4}), 1, 4)
+    grid, layers = np.array([[0, 1, 2, 3]]), np.array([2])
+    # full: fp16 gradient 896 B, chunk 224 B; a0 sends to a1 (1e9 B/s) and b0, b1 (1e8 B/s),
+    # and waits for the slowest latency (10 ms) once per phase
+    a0 = 224 / 1e9 + 2 * 224 / 1e8 + 0.010
+    assert model_full.data_parallel(grid, layers) == pytest.approx([2 * a0], rel=1e-12)
+    # dtfm: c_DP = 896 B; every peer costs 2 * (alpha + 896 / (4 * beta)), latency included each time
+    model_dtfm = DtfmCost(tiny(parallelism={"stages": 1, "replicas": 4}), 1, 4)
+    a0 = 2 * (0.001 + 224 / 1e9) + 2 * 2 * (0.010 + 224 / 1e8)
+    assert model_dtfm.data_parallel(grid, layers) == pytest.approx([a0], rel=1e-12)
+
+
+def test_bottleneck_assignment_minimises_the_slowest_pair():
+    value, perm = bottleneck_assignment(np.array([[1.0, 9.0], [2.0, 3.0]]))
+    assert value == 3.0 and list(perm) == [0, 1]            # 1 + 3 beats 9 + 2 on the max
+    # every row is cheapest in column 0, so two rows must pay 5 (or 3): the bottleneck is 5,
+    # above the lower bound max(row minima 1, column minima 1, 3, 3) = 3
+    cost = np.array([[1.0, 5.0, 5.0], [1.0, 5.0, 5.0], [1.0, 3.0, 3.0]])
+    value, perm = bottleneck_assignment(cost)
+    assert value == 5.0 and sorted(perm) == [0, 1, 2] and cost[[0, 1, 2], perm].max() == 5.0
+
+
+def test_open_path_order_is_the_shortest_open_path():
+    # a line 0 - 2 - 1 - 3: the open path visits it end to end (cost 3), not in index order (7)
+    position = np.array([0.0, 2.0, 1.0, 3.0])
+    weight = np.abs(position[:, None] - position[None, :])
+    order = open_path_order(weight)
+    assert order in ([0, 2, 1, 3], [3, 1, 2, 0])
+
+
+def test_dtfm_arrangement_rematches_pipelines_and_keeps_the_stage_groups():
+    model = DtfmCost(tiny(), 2, 2)
+    crossed = np.array([[0, 2], [3, 1]])   # groups {a0, b0}, {b1, a1}: pipelines a0->b1, b0->a1
+    arranged = model.arrange(crossed, LAYERS)
+    assert arranged.tolist() == GRID.tolist()              # a0->a1 and b0->b1, inside the sites
+    dp, edge = 2 * (0.010 + 448 / 2e8), 0.001 + 32 / 1e9
+    assert model.arranged_score(crossed, LAYERS) == pytest.approx(dp + 2 * edge, rel=1e-12)
+    assert model.score(crossed, LAYERS) == pytest.approx(dp + 2 * (0.010 + 32 / 1e8), rel=1e-12)
+    assert FullCost(tiny(), 2, 2).arrange(crossed, LAYERS) is crossed   # full prices the grid as given
+
+
+def test_dtfm_arrangement_orders_stages_along_the_shortest_path():
+    data = copy.deepcopy(TINY)
+    data["devices"] = [{"id": s, "site": s, "tflops": 1.0, "memory_gb": 1.0} for s in "ABC"]
+    data["sites"]["C"] = {"bandwidth_gbps": 8.0, "latency_ms": 1.0}
+    data["links"] = [{"between": ["A", "B"], "bandwidth_gbps": 8.0, "latency_ms": 1.0},
+                     {"between": ["B", "C"], "bandwidth_gbps": 8.0, "latency_ms": 1.0},
+                     {"between": ["A", "C"], "bandwidth_gbps": 0.8, "latency_ms": 50.0}]
+    data["model"]["layers"] = 3
+    data["parallelism"] = {"stages": 3, "replicas": 1}
+    model = DtfmCost(Scenario.from_dict(data), 3, 1)
+    # M = 4 micro-batches of 8 fp16 values: c_PP = 64 B; A -> C -> B pays the slow A-C link
+    layers = np.array([1, 1, 1])
+    arranged = model.arrange(np.array([[0], [2], [1]]), layers)
+    assert arranged.ravel().tolist() in ([0, 1, 2], [2, 1, 0])  # A -> B -> C
+    assert model.breakdown(arranged, layers).pipeline_s == pytest.approx(2 * 2 * (0.001 + 64 / 1e9))

@@ -2,9 +2,9 @@
 
 One run (a coordinator and 4 peers, 2 stages x 2 replicas, 30 steps) serves several checks: the
 loss falls and equals the in-process reference step for step, the bytes on the wire match the
-3/6/4-bit codecs, every step commits exactly once,
-replicas agree bit for bit, `swarm status --json` keeps its contract, and garbage and
-stale-version frames fired at a peer's data port are rejected and counted while it trains on.
+3/6/4-bit codecs, every step commits exactly once, replicas agree bit for bit, `swarm status
+--json` keeps its contract, and garbage and stale-version frames fired at a peer's data port are
+rejected and counted while it trains on.
 """
 from __future__ import annotations
 

@@ -29,6 +29,10 @@ def broken(**changes):
     ({"devices": [dict(TINY["devices"][0], tflops="fast")]}, "devices[0].tflops: expected a number"),
     ({"extra": 1}, "scenario: unknown field 'extra'"),
     ({"devices": [dict(TINY["devices"][0], gpu="v100")]}, "devices[0]: unknown field 'gpu'"),
+    ({"devices": [], "parallelism": None}, "scenario.devices: expected at least one device"),
+    ({"devices": [dict(TINY["devices"][0], id=5)]}, "devices[0].id: expected a non-empty string"),
+    ({"devices": [dict(TINY["devices"][0], memory_gb=float("inf"))]}, "devices[0].memory_gb: must be positive and finite"),
+    ({"links": TINY["links"] * 2}, "links[1]: a second link between 'A' and 'B'"),
 ])
 def test_bad_scenarios_name_the_field(change, message):
     with pytest.raises(ScenarioError) as error:
@@ -100,6 +104,7 @@ def plan_dict(**changes):
     ({"grid": [["a0", "zz"], ["a1", "b1"]]}, "plan.grid[0][1]: unknown device id 'zz'"),
     ({"grid": [["a0", "b0"], ["a0", "b1"]]}, "plan.grid[1][0]: device 'a0' appears twice"),
     ({"layers": [2, 1]}, "plan.layers: sum is 3, the model has 2 layers"),
+    ({"scenario": "other"}, "plan.scenario: the plan is for scenario 'other', not 'tiny'"),
 ])
 def test_plan_validation_against_scenario(change, message):
     with pytest.raises(PlanError) as error:
@@ -112,6 +117,11 @@ def test_plan_validation_against_scenario(change, message):
     ({"grid": [["a0"], ["a1", "b1"]]}, "plan.grid[0]: 1 devices but replicas is 2"),
     ({"layers": [0, 2]}, "plan.layers: need one count >= 1 per stage"),
     ({"colour": "red"}, "plan: unknown field 'colour'"),
+    ({"stages": "2"}, "plan.stages: expected a positive integer, got '2'"),
+    ({"replicas": True}, "plan.replicas: expected a positive integer, got True"),
+    ({"scenario": 3}, "plan.scenario: expected the scenario's name"),
+    ({"cost_model": "megatron"}, "plan.cost_model: unknown model 'megatron'"),
+    ({"predicted": {"iteration_s": "fast"}}, "plan.predicted.iteration_s: expected seconds"),
 ])
 def test_malformed_plans(change, message):
     with pytest.raises(PlanError) as error:
