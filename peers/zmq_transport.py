@@ -8,7 +8,7 @@ own zmq frame without copies (see `peers.wire`).
 
     transport = ZmqTransport("p1", host="0.0.0.0", port=7000, advertise_host="10.0.0.5")
     transport.connect("p2", "tcp://10.0.0.6:7000")       # as the plan changes
-    transport.plan_version = 3                           # older versions dropped, newer held
+    transport.set_plan_version(3)                        # older versions purged, newer held
     transport.send("p2", Message("act", step=17, index=0, payload=frame))
     reply = transport.recv("p2", "grad", step=17, index=0, timeout=30.0)
     transport.serve_state(stage=1, blob=state_bytes)     # for newcomers' `fetch_state`
@@ -170,15 +170,18 @@ class ZmqTransport:
         """The plan version data messages must carry to be delivered (and the default on sends)."""
         return self._mailbox.version
 
-    @plan_version.setter
-    def plan_version(self, version: int) -> None:
+    def set_plan_version(self, version: int) -> None:
+        """Adopt plan `version`: the one call a peer makes when it switches plans.
+
+        Unclaimed messages of older versions are purged (counted as "dropped_stale"), so a step
+        rerun under the new plan never takes a leftover of the old one; messages of `version`
+        held back so far are delivered. Plans only move forward: an older version is an error.
+        """
         if type(version) is not int or version < 0:
             raise ValueError(f"plan_version must be an int >= 0, got {version!r}")
+        if version < self.plan_version:
+            raise ValueError(f"plan version {version} is older than the adopted {self.plan_version}")
         self._mailbox.set_version(version)
-
-    def discard_before(self, step: int) -> int:
-        """Drop delivered-but-unclaimed messages of steps before `step` (after an abort); how many."""
-        return self._mailbox.discard_before(step)
 
     def serve_state(self, stage: int, blob: bytes | None) -> None:
         """Serve `blob` (this peer's state of `stage`) to `fetch_state` callers; None stops serving."""

@@ -18,6 +18,7 @@ import torch
 
 import models
 from peers.pipeline import ChannelCodecs, ChannelStats, OptimizerSettings, StageWorker, get_schedule
+from peers.profiling import check_device
 from peers.transport import InProcessHub
 
 __all__ = ["LocalConfig", "LocalGrid", "run_local", "worker_name"]
@@ -31,7 +32,8 @@ class LocalConfig:
     cut into micro_batches. layers: layers per stage (default: as even as possible).
     train_samples / eval_samples: keep only the first sequences of each split (a fine-tuning-
     sized subset where samples repeat, as AQ-SGD needs). eval_every: steps between evaluations
-    (0: only at the end).
+    (0: only at the end). device: where every stage computes ("cpu" or "cuda:N"); the messages
+    between stages still cross the codecs, decoded straight onto that device.
     """
 
     model: str = "tiny"
@@ -54,6 +56,7 @@ class LocalConfig:
     train_samples: int | None = None
     eval_samples: int | None = 128
     seq_len: int | None = None
+    device: str = "cpu"
 
     def check(self) -> tuple[models.GPTConfig, list[int]]:
         """Validate every field before any work; each error names the flag to fix."""
@@ -95,6 +98,7 @@ class LocalConfig:
                 raise ValueError(f"{flag} must be positive, got {value}")
         get_schedule(self.schedule)
         self.codecs().check()
+        check_device(self.device)
         return config, layers
 
     def codecs(self) -> ChannelCodecs:
@@ -125,7 +129,7 @@ class LocalGrid:
             group = [worker_name(s, r) for r in range(replicas)]
             row = []
             for r in range(replicas):
-                module = models.build_stage(self.model_config, self.layers, s, seed=config.seed)
+                module = models.build_stage(self.model_config, self.layers, s, seed=config.seed, device=config.device)
                 row.append(StageWorker(
                     module, stage_index=s, num_stages=stages, transport=self.hub.endpoint(worker_name(s, r)),
                     prev=worker_name(s - 1, r) if s > 0 else None,
@@ -165,10 +169,10 @@ class LocalGrid:
         stages = [worker.stage for worker in (row[0] for row in self.workers)]
         total, count = 0.0, 0
         for batch in self.dataset.eval_batches(max(1, self.config.batch)):
-            hidden = batch.inputs
+            hidden = batch.inputs.to(self.config.device)
             for stage in stages:
                 hidden = stage(hidden)
-            total += stages[-1].loss(hidden, batch.targets).item() * len(batch)
+            total += stages[-1].loss(hidden, batch.targets.to(self.config.device)).item() * len(batch)
             count += len(batch)
         return total / count
 

@@ -191,8 +191,7 @@ class PeerDaemon:
             old.discard()
         if old is not None and any(source == f"peer:{self.options.name}" for source in plan.sources.values()):
             self.transport.serve_state(old.stage, old.blob())
-        self.transport.discard_before(1 << 62)
-        self.transport.plan_version = plan.version
+        self.transport.set_plan_version(plan.version)  # purges what the old plan left unclaimed
         abort = threading.Event()
         self._current = (plan, abort)
         position = plan.position(self.options.name)

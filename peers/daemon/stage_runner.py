@@ -2,9 +2,8 @@
 
 The step protocol needs a step to be *prepared* (forward, backward, gradients averaged with the
 replicas) on every peer before any peer *applies* it, so that a step lost to churn is dropped
-everywhere. `StageWorker.run_step` applies AdamW at its end; the runner hands the worker an
-optimizer whose `step()` only marks the update pending, and `apply()` / `discard()` settle it
-when the coordinator commits or aborts. The gradients stay in `.grad` meanwhile.
+everywhere: the runner prepares with `StageWorker.run_step(..., apply=False)` and settles with
+`apply_update()` / `discard_update()` when the coordinator commits or aborts.
 
 A new plan always gets a new runner (new neighbours, a new all-reduce group, fresh AQ-SGD memories
 on both sides of every link); the state moves over as the plan's source for this peer says.
@@ -15,8 +14,6 @@ import threading
 import time
 from dataclasses import replace
 from typing import Any
-
-import torch
 
 from models import SequenceDataset, build_stage, get_config
 from peers.pipeline import ChannelCodecs, OptimizerSettings, StageWorker, StepResult
@@ -63,8 +60,6 @@ class StageRunner:
             micro_batches=int(plan.hyper["micro_batches"]), optimizer=OptimizerSettings(lr=float(plan.hyper["lr"])),
             timeout=self.timeouts.message_s, seed=int(plan.hyper["seed"]),
             delta_capacity=min(dataset.train_ids.numel(), int(plan.hyper["batch"]) * int(plan.hyper["steps"])))
-        self._deferred = _DeferredStep(self.worker.optimizer)
-        self.worker.optimizer = self._deferred  # type: ignore[assignment]
         self._load(plan.sources[name], previous)
 
     @property
@@ -78,14 +73,18 @@ class StageRunner:
         if self.stage in (0, self.plan.stages - 1):
             batch = self.dataset.train_batch(step, int(self.hyper["batch"]), int(self.hyper["seed"]))
             batch = batch.chunk(self.plan.replicas)[self.replica]
-        return self.worker.run_step(step, batch, self.plan.version)
+        return self.worker.run_step(step, batch, self.plan.version, apply=False)
 
     def apply(self, step: int) -> None:
-        self._deferred.commit()
+        """Apply the prepared `step`: the coordinator committed it."""
+        if self.worker.pending_step != step:
+            raise RuntimeError(f"told to apply step {step}, but the prepared step is {self.worker.pending_step}")
+        self.worker.apply_update()
         self._applied = step
 
     def discard(self) -> None:
-        self._deferred.discard()
+        """Drop a prepared step: the coordinator aborted it (or the plan moved on)."""
+        self.worker.discard_update()
 
     def checksum(self) -> str:
         return self.worker.param_checksum()
@@ -125,35 +124,12 @@ class StageRunner:
         raise PeerTimeout(f"could not load stage {self.stage} at step {self._applied} from {source}: {last}")
 
 
-class _DeferredStep:
-    """The worker's optimizer, except that `step()` waits for the coordinator's commit."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
-        self._optimizer = optimizer
-        self._pending = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._optimizer, name)
-
-    def step(self) -> None:
-        self._pending = True
-
-    def commit(self) -> None:
-        if not self._pending:
-            raise RuntimeError("commit without a prepared step")
-        self._optimizer.step()
-        self._pending = False
-
-    def discard(self) -> None:
-        self._pending = False
-
-
 class _PlanLink:
     """The transport as the worker of one plan sees it: only that plan's messages, abortable.
 
     Receives wait in short slices so a plan change (or shutdown) interrupts a step at once
-    instead of after the message timeout; a message left over from an aborted plan version is
-    skipped (the transport drops later ones itself).
+    instead of after the message timeout. Messages of other plan versions never get here: the
+    daemon adopts each plan with `ZmqTransport.set_plan_version`, which purges the old ones.
     """
 
     def __init__(self, transport: Transport, version: int, abort: threading.Event, timeout: float) -> None:
@@ -180,8 +156,6 @@ class _PlanLink:
                 raise PeerTimeout(f"no {kind!r} from {sender!r} for step {step} (index {index}) within "
                                   f"{self._timeout:.0f} s")
             try:
-                message = self._transport.recv(sender, kind, step, index, timeout=min(_SLICE_S, remaining))
+                return self._transport.recv(sender, kind, step, index, timeout=min(_SLICE_S, remaining))
             except PeerTimeout:
                 continue
-            if message.plan_version == self._version:
-                return message

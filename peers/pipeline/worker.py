@@ -6,6 +6,10 @@ one-process grid of `swarm-sim local` and in a live peer over zmq. A step either
 (forward and backward over every micro-batch, gradients averaged with the replicas, optimizer
 applied) or raises - `PeerTimeout` from a silent neighbour, `TransportClosed` on abort - before
 the optimizer touches a parameter: no half-applied update.
+
+A live peer must not apply a step before the coordinator knows every replica of every stage
+finished it, so a step can also stop after the all-reduce (`run_step(..., apply=False)`) and be
+settled later by `apply_update()` or `discard_update()`.
 """
 from __future__ import annotations
 
@@ -106,6 +110,7 @@ class StageWorker:
         self._incoming = ActivationChannel(codecs.fwd, delta=codecs.fwd_delta, capacity=delta_capacity)
         reference = list(stage.parameters())[0]  # (`next` is shadowed by a parameter here)
         self._dtype, self._device = reference.dtype, reference.device
+        self._pending: int | None = None  # the step run with apply=False, until it is settled
 
     @property
     def first(self) -> bool:
@@ -117,14 +122,25 @@ class StageWorker:
         """Whether this worker holds the last stage (head and loss; reads targets)."""
         return self.stage_index == self.num_stages - 1
 
-    def run_step(self, step: int, batch: Batch | None = None, plan_version: int = 0) -> StepResult:
+    @property
+    def pending_step(self) -> int | None:
+        """The step prepared by `run_step(..., apply=False)` and not yet applied or discarded."""
+        return self._pending
+
+    def run_step(self, step: int, batch: Batch | None = None, plan_version: int = 0, *,
+                 apply: bool = True) -> StepResult:
         """Forward and backward over the micro-batches, average gradients, apply AdamW.
 
         `batch` (a `models.Batch`, this replica's share of the global batch) is required on the
-        first and the last stage (token ids in, targets out) and ignored elsewhere.
+        first and the last stage (token ids in, targets out) and ignored elsewhere. With
+        `apply=False` the step stops after the all-reduce: the averaged gradients wait in `.grad`
+        until `apply_update()` or `discard_update()` (the live swarm's two-phase commit).
         """
         if (self.first or self.last) and batch is None:
             raise ValueError(f"stage {self.stage_index} is first or last and needs this replica's batch")
+        if self._pending is not None:
+            raise RuntimeError(f"step {self._pending} is prepared but neither applied nor discarded; "
+                               f"settle it before running step {step}")
         started = time.perf_counter()
         micro = batch.chunk(self.micro_batches) if self.first or self.last else None
         work = _Step(step, plan_version, micro)
@@ -133,8 +149,30 @@ class StageWorker:
         except BaseException:
             self._outgoing.forget(work.sent)  # the receiver may not have applied these deltas
             raise
+        self._pending = step
+        if apply:
+            self.apply_update()
         loss = sum(work.losses) / len(work.losses) if work.losses else None
         return StepResult(step, loss, work.stats, work.tokens, time.perf_counter() - started)
+
+    def apply_update(self) -> None:
+        """Apply AdamW to the prepared step's averaged gradients, at that step's learning rate."""
+        if self._pending is None:
+            raise RuntimeError("apply_update without a prepared step: call run_step(..., apply=False) first")
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.settings.lr_at(self._pending)
+        self.optimizer.step()
+        self._pending = None
+
+    def discard_update(self) -> None:
+        """Drop the prepared step, if any: parameters and Adam state stay as they were.
+
+        The all-reduce's error-feedback residuals go too: they hold what compression dropped from
+        gradients that will never be applied (every replica discards alike, as on an abort).
+        """
+        if self._pending is not None:
+            self.averager.reset()
+        self._pending = None
 
     def state_dict(self) -> dict:
         """Parameters and optimizer state (copies): what a newcomer fetches and a checkpoint stores.
@@ -164,9 +202,6 @@ class StageWorker:
         self.averager.plan_version = work.plan_version  # one step's messages all carry its plan version
         self.averager.average(work.step, [p.grad for p in self.stage.parameters()])
         work.stats.add("gradient", self.averager.bytes_sent - before[0], self.averager.values_sent - before[1])
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.settings.lr_at(work.step)
-        self.optimizer.step()  # only reached when every message and the all-reduce succeeded
 
     def _forward(self, work: "_Step", m: int) -> None:
         if self.first:

@@ -59,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples,
                         help="held-out sequences to evaluate on (default 128)")
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the model context)")
+    parser.add_argument("--device", default=defaults.device, metavar="cpu|cuda:N",
+                        help="where every stage computes (default cpu); CUDA must be visible to torch")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.set_defaults(func=run)
 
@@ -112,4 +114,5 @@ def _config(args: argparse.Namespace) -> LocalConfig:
                        batch=args.batch, steps=args.steps, fwd=args.fwd, bwd=args.bwd, grad=args.grad,
                        fwd_delta=args.fwd_delta, schedule=args.schedule, seed=args.seed, data=args.data,
                        layers=layers, lr=args.lr, warmup_steps=args.warmup_steps, eval_every=args.eval_every,
-                       train_samples=args.train_samples, eval_samples=args.eval_samples, seq_len=args.seq_len)
+                       train_samples=args.train_samples, eval_samples=args.eval_samples, seq_len=args.seq_len,
+                       device=args.device)

@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stragglers", type=number_arg(high=1.0), default=0.01, metavar="P",
                         help="chance per step that a device runs at half speed (default 0.01)")
     parser.add_argument("--replan-time-limit", type=number_arg(), default=2.0, metavar="S",
-                        help="seconds each re-planning may search (default 2)")
+                        help="safety cap in seconds on each re-plan (default 2). Re-plans of more "
+                             "than ~30 devices usually reach it, and a run with churn then depends "
+                             "on the machine's speed; raise it (e.g. 60) for a reproducible run")
     parser.add_argument("--out", metavar="REPORT.json", help="write the full report as JSON")
     parser.set_defaults(func=run)
 

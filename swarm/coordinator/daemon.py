@@ -30,7 +30,7 @@ from peers.zmq_transport import ZmqTransport
 
 from .checkpoint import Checkpoint, read_latest, write_checkpoint, write_json_atomic
 from .config import CoordinatorConfig
-from .planning import (Placement, assign_sources, first_placement, grow, predicted_step_s, repair,
+from .planning import (Placement, assign_sources, first_placement, grow, predicted_step_s, refill,
                        scenario_from_records)
 from .report import RunReport
 
@@ -137,15 +137,17 @@ class Coordinator:
             old = PlanRecord.from_wire(self.checkpoint.plan)
             if len(ready) < min(len(old.members()), self.config.min_peers):
                 return
+            missing = {n: "is not back" for n in old.members() if n not in ready}
             try:
-                placement = repair(old, set(ready), {n: "is not back" for n in old.members() if n not in ready})
-            except RuntimeError:  # a stage has nobody yet: wait for more peers
+                placement = (refill(old, ready, missing, self.config.hyper(), self.codecs, self.config.seed) if missing
+                             else Placement([list(r) for r in old.grid], list(old.layers),
+                                            sorted(set(ready) - set(old.members())), "every peer of its plan is back"))
+            except (RuntimeError, ValueError):  # a stage has nobody yet: wait for more peers
                 return
-            placement.standby = sorted(set(ready) - {n for row in placement.grid for n in row})
-            placement.reason = (f"resumed from the checkpoint of step {self.checkpoint.step}: "
-                                f"{placement.reason or 'every peer of its plan is back'}")
+            placement.reason = f"resumed from the checkpoint of step {self.checkpoint.step}: {placement.reason}"
             self.report.rollback(self.checkpoint.step)
-            self._publish_plan(placement, ready, origin="checkpoint", start_step=self.checkpoint.step + 1)
+            self._publish_plan(self._fit_batch(placement), ready, origin="checkpoint",
+                               start_step=self.checkpoint.step + 1)
             return
         if len(ready) < self.config.min_peers:
             return
@@ -184,13 +186,13 @@ class Coordinator:
     def _replan(self, records: dict[str, PeerRecord], lost: dict[str, str]) -> None:
         assert self.plan is not None
         reported = {n for n, why in lost.items() if why.startswith("reported")}
-        live = {n for n, r in records.items() if r.state in _READY_STATES and n not in self.evicted}
+        live = self._live(records)
         dead = {n: why for n, why in lost.items() if n not in reported or n not in live}
         try:
-            placement = repair(self.plan, live, dead) if dead else Placement(
-                [list(row) for row in self.plan.grid], list(self.plan.layers), list(self.plan.standby),
-                "; ".join(f"{n} {why}" for n, why in sorted(lost.items())))
-        except RuntimeError as error:
+            placement = refill(self.plan, live, dead, self.config.hyper(), self.codecs, self.config.seed) if dead \
+                else Placement([list(row) for row in self.plan.grid], list(self.plan.layers), list(self.plan.standby),
+                               "; ".join(f"{n} {why}" for n, why in sorted(lost.items())))
+        except (RuntimeError, ValueError) as error:  # ValueError: the scheduler's ScenarioError / PlanError
             self.on_event(f"cannot repair the plan yet: {error}")
             return
         step = self.committed_step + 1
@@ -232,22 +234,28 @@ class Coordinator:
         """Between steps: name newcomers standby, grow by a whole replica when hysteresis allows."""
         assert self.plan is not None
         placed = set(self.plan.members()) | set(self.plan.standby)
-        live = {n for n, r in records.items() if r.state in _READY_STATES and n not in self.evicted}
-        newcomers = sorted(live - placed)
-        since = step - self.last_change_step
+        live = self._live(records)
+        newcomers = sorted(set(live) - placed)
+        plan = self.plan
         if newcomers:
             plan = PlanRecord.from_wire({**self.plan.to_wire(), "standby": [*self.plan.standby, *newcomers]})
-        else:
-            plan = self.plan
-        target = self.config.replicas or 1 << 30
-        grown = grow(plan, live, target, since)
-        if grown is not None and self.config.batch % ((len(grown.grid[0])) * self.config.micro_batches) == 0:
+        try:
+            grown = grow(plan, live, self.config.replicas or 1 << 30, step - self.last_change_step,
+                         self.config.hyper(), self.codecs, self.config.seed)
+        except ValueError as error:  # the scheduler's ScenarioError / PlanError: keep the grid
+            self.on_event(f"cannot grow the grid: {error}")
+            grown = None
+        if grown is not None:
             self._publish_plan(grown, records, origin="continue", start_step=step + 1)
         elif newcomers:
             reason = (f"{', '.join(newcomers)} joined: standby until {self.plan.stages} standby peers can fill a "
                       "new replica")
             self._publish_plan(Placement([list(r) for r in plan.grid], list(plan.layers), list(plan.standby), reason),
                                records, origin="continue", start_step=step + 1)
+
+    def _live(self, records: dict[str, PeerRecord]) -> dict[str, PeerRecord]:
+        """Peers that can take a cell now: announced ready, training or standby, and not evicted."""
+        return {n: r for n, r in records.items() if r.state in _READY_STATES and n not in self.evicted}
 
     # ---- publishing --------------------------------------------------------------------------
 

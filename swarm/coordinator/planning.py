@@ -1,17 +1,20 @@
-"""From live peer records to plans: the first placement, repairs after churn, growth on joins.
+"""From live peer records to plans: the scheduler places the swarm, first and after every change.
 
 The first plan comes from the scheduler (`swarm.scheduler.plan`) on a scenario built from the
-peers' measured TFLOPS, memory and links. After that the layer split is fixed (a stage's state
-must keep its shape to move between peers) and changes are incremental, each with a reason:
+peers' measured TFLOPS, memory and links. Every later plan comes from the scheduler's incremental
+`replan` on the live records, which keeps the running plan and moves as few peers as it can:
 
-- repair: members that left or died are replaced by standby peers where possible; a stage with
-  no survivor and no standby shrinks the grid to the replicas every stage can still fill.
+- refill: members that left or died are replaced by the spare peers that cost least; too few
+  peers drop whole pipeline replicas (the patch path, `tolerance=None`).
 - growth (hysteresis): standby peers are brought in only when they fill a whole new pipeline
   replica, and not sooner than `MIN_STEPS_BETWEEN_CHANGES` after the last change, so a peer that
   flaps never makes the swarm thrash.
 
-Each cell gets a state source: "keep", "peer:NAME" (donors spread round-robin over the stage's
-live holders), "checkpoint" (no live holder) or "init" (first plan of a fresh run).
+The live state transfer moves a stage's state between peers but cannot re-split layers, so every
+re-plan keeps the current layer split. Each plan carries its reason (who joined or left, the grid
+change, the peers that move; the coordinator adds the predicted cost). Each cell gets a state
+source: "keep", "peer:NAME" (donors spread round-robin over the stage's live holders),
+"checkpoint" (no live holder) or "init" (first plan of a fresh run).
 """
 from __future__ import annotations
 
@@ -21,11 +24,11 @@ from typing import Any
 
 from models.config import get_config
 from peers.protocol import PeerRecord, PlanRecord
-from swarm.scheduler import Plan, Scenario, predict
+from swarm.scheduler import Plan, Scenario, moved_peers, predict, replan
 from swarm.scheduler import plan as schedule
 
 __all__ = ["Placement", "MIN_STEPS_BETWEEN_CHANGES", "scenario_from_records", "first_placement",
-           "repair", "grow", "assign_sources", "predicted_step_s"]
+           "refill", "grow", "to_scheduler_plan", "assign_sources", "predicted_step_s"]
 
 MIN_STEPS_BETWEEN_CHANGES = 3
 _DEFAULT_LINK = {"bandwidth_gbps": 1.0, "latency_ms": 1.0}
@@ -86,42 +89,55 @@ def predicted_step_s(placement: Placement, records: dict[str, PeerRecord], hyper
         return None
 
 
-def repair(plan: PlanRecord, live: set[str], lost: dict[str, str]) -> Placement:
-    """Replace `lost` members (name -> why) by standby peers, shrinking replicas if a stage runs dry."""
-    standby = [name for name in plan.standby if name in live]
-    grid = [[name if name not in lost else "" for name in row] for row in plan.grid]
-    filled = []
-    for row in grid:
-        for r, name in enumerate(row):
-            if not name and standby:
-                row[r] = standby.pop(0)
-                filled.append(row[r])
+def refill(plan: PlanRecord, live: dict[str, PeerRecord], lost: dict[str, str], hyper: dict[str, Any],
+           codecs: dict[str, str], seed: int = 0) -> Placement:
+    """The scheduler's `replan` after `lost` members (name -> why) left: holes refilled, layers kept.
+
+    `live`: the records of every peer that can take a cell (survivors and standby). The patch
+    path (`tolerance=None`) keeps the grid's shape and layer split, refills each hole with the
+    spare peer that costs least, and drops whole pipeline replicas when too few peers are left.
+    """
     why = "; ".join(f"{name} {cause}" for name, cause in sorted(lost.items()))
-    if all(all(row) for row in grid):
-        reason = f"{why}: replaced by standby {', '.join(filled)}" if filled else why
-        return Placement(grid=grid, layers=list(plan.layers), standby=standby, reason=reason)
-    survivors = [[name for name in row if name] for row in grid]
-    width = min(len(row) for row in survivors)
-    if width == 0:
-        raise RuntimeError(f"{why}: a stage has no live peer and no standby is left; waiting for peers to join")
-    new_grid = [row[:width] for row in survivors]
-    standby += [name for row in survivors for name in row[width:]]
-    reason = f"{why}: grid shrinks to {len(grid)} x {width}" + (f", standby {', '.join(standby)}" if standby else "")
-    return Placement(grid=new_grid, layers=list(plan.layers), standby=standby, reason=reason)
+    survivors = {name: record for name, record in live.items() if name not in lost}
+    if len(survivors) < plan.stages:
+        raise RuntimeError(f"{why}: {len(survivors)} live peers cannot fill {plan.stages} stages; "
+                           "waiting for peers to join")
+    scenario = scenario_from_records(survivors, hyper, codecs, None, plan.replicas)
+    new, _ = replan(scenario, to_scheduler_plan(plan), seed=seed, time_limit=1.0, tolerance=None)
+    if list(new.layers) != list(plan.layers):
+        raise RuntimeError(f"{why}: the scheduler could not keep the layer split {plan.layers}; "
+                           "waiting for peers to join")
+    return _placement(plan, new, survivors, why)
 
 
-def grow(plan: PlanRecord, live: set[str], target_replicas: int, steps_since_change: int) -> Placement | None:
-    """A plan with one more pipeline replica from standby peers, or None (hysteresis says wait)."""
-    standby = [name for name in plan.standby if name in live]
+def grow(plan: PlanRecord, live: dict[str, PeerRecord], target_replicas: int, steps_since_change: int,
+         hyper: dict[str, Any], codecs: dict[str, str], seed: int = 0) -> Placement | None:
+    """More pipeline replicas from standby peers, placed by the scheduler's `replan`, or None.
+
+    Hysteresis: nothing sooner than `MIN_STEPS_BETWEEN_CHANGES` after the last change, and only
+    when the standby peers fill at least one whole new replica that --batch splits evenly over.
+    The live swarm cannot re-split layers yet, so the new plan keeps the current layer split.
+    """
     if steps_since_change < MIN_STEPS_BETWEEN_CHANGES or plan.replicas >= target_replicas:
         return None
-    if len(standby) < plan.stages:
+    most = min(target_replicas, len(live) // plan.stages)
+    fits = [r for r in range(most, plan.replicas, -1)
+            if hyper["batch"] % (r * hyper["micro_batches"]) == 0]
+    if not fits:
         return None
-    added, rest = standby[:plan.stages], standby[plan.stages:]
-    grid = [row + [added[s]] for s, row in enumerate(plan.grid)]
-    reason = (f"{', '.join(added)} fill replica {plan.replicas}: grid grows to {plan.stages} x {plan.replicas + 1} "
-              f"(throughput x{(plan.replicas + 1) / plan.replicas:.2f})")
-    return Placement(grid=grid, layers=list(plan.layers), standby=rest, reason=reason)
+    scenario = scenario_from_records(live, hyper, codecs, plan.stages, fits[0])
+    new, _ = replan(scenario, to_scheduler_plan(plan), seed=seed, time_limit=1.0)
+    if new.stages != plan.stages or new.replicas <= plan.replicas:
+        return None  # the scheduler finds the current grid good enough
+    if list(new.layers) != list(plan.layers):
+        new = Plan(new.scenario, new.grid, tuple(plan.layers))  # pin the split the peers' state has
+    added = sorted(set(new.devices) - set(plan.members()))
+    return _placement(plan, new, live, f"{', '.join(added)} join the grid")
+
+
+def to_scheduler_plan(plan: PlanRecord) -> Plan:
+    """The scheduler's view of a published plan (grid and layers; device ids are peer names)."""
+    return Plan("live", tuple(tuple(row) for row in plan.grid), tuple(plan.layers))
 
 
 def assign_sources(grid: list[list[str]], previous: PlanRecord | None, live: set[str], origin: str) -> dict[str, str]:
@@ -145,6 +161,18 @@ def assign_sources(grid: list[list[str]], previous: PlanRecord | None, live: set
             else:
                 sources[name] = "checkpoint"
     return sources
+
+
+def _placement(old: PlanRecord, new: Plan, live: dict[str, PeerRecord], why: str) -> Placement:
+    """`new` as a placement, its reason naming the cause, the grid change and the peers it moves."""
+    moved = moved_peers(to_scheduler_plan(old), new)
+    grid = [list(row) for row in new.grid]
+    standby = sorted(set(live) - set(new.devices))
+    shape = (f"grid {old.stages} x {old.replicas} -> {new.stages} x {new.replicas}"
+             if new.replicas != old.replicas else f"grid stays {new.stages} x {new.replicas}")
+    reason = f"{why}: {shape}, {len(moved)} peers move" + (f" ({', '.join(moved)})" if moved else "")
+    return Placement(grid=grid, layers=list(new.layers), standby=standby,
+                     reason=reason + (f", standby {', '.join(standby)}" if standby else ""))
 
 
 def _bits(codec: str) -> int:

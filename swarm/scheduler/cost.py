@@ -62,6 +62,7 @@ class Breakdown:
     fits: bool = True
 
     def to_dict(self) -> dict:
+        """The plan file's `predicted` object (DESIGN.md section 3); `fits` is not part of it."""
         return {"iteration_s": self.iteration_s, "compute_s": self.compute_s,
                 "pipeline_s": self.pipeline_s, "data_parallel_s": self.data_parallel_s}
 
@@ -82,7 +83,7 @@ class CostModel:
         self.flops = np.array([d.tflops * 1e12 for d in scenario.devices])
         self.memory = np.array([d.memory_gb * 1e9 for d in scenario.devices])
 
-    def data_parallel(self, grid: np.ndarray, layers: np.ndarray, rows=None) -> np.ndarray:
+    def data_parallel(self, grid: np.ndarray, layers: np.ndarray, rows: list[int] | None = None) -> np.ndarray:
         """All-reduce seconds of the stages in `rows` (all stages when None)."""
         raise NotImplementedError
 
@@ -91,6 +92,7 @@ class CostModel:
         raise NotImplementedError
 
     def breakdown(self, grid: np.ndarray, layers: np.ndarray) -> Breakdown:
+        """The iteration time of `grid` split into compute, pipeline and data-parallel parts."""
         raise NotImplementedError
 
     def score(self, grid: np.ndarray, layers: np.ndarray) -> float:
@@ -105,7 +107,7 @@ class CostModel:
         """`score` of `arrange(grid)`: how a placement (baselines included) is priced."""
         return self.score(self.arrange(grid, layers), layers)
 
-    def _pairs(self, grid: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
+    def _pairs(self, grid: np.ndarray, rows: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
         group = grid if rows is None else grid[rows]
         return group[:, :, None], group[:, None, :]
 

@@ -43,6 +43,7 @@ class LocalSearch:
 
     def run(self, max_evals: int, patience: int, deadline: float = float("inf"),
             target: float | None = None) -> "LocalSearch":
+        """Propose moves until `patience` in a row fail, `max_evals` in all, `target` or `deadline`."""
         if not self.weights.sum():
             return self
         idle = 0
@@ -65,9 +66,11 @@ class LocalSearch:
         self.score, self.soft = self.model.total(self.grid, self.layers, self.dp)
 
     def state(self) -> tuple:
+        """A copy of (grid, layers, spare, dp, score, soft) for `restore`."""
         return self.grid.copy(), self.layers.copy(), self.spare.copy(), self.dp.copy(), self.score, self.soft
 
     def restore(self, state: tuple) -> None:
+        """Go back to a `state()`."""
         grid, layers, spare, dp, self.score, self.soft = state
         self.grid, self.layers, self.spare, self.dp = grid.copy(), layers.copy(), spare.copy(), dp.copy()
 

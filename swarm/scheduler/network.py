@@ -8,7 +8,7 @@ Units inside: bytes per second and seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -19,13 +19,16 @@ GBPS = 1e9 / 8  # bytes per second in one Gbit/s
 
 @dataclass(frozen=True)
 class Network:
+    """Bandwidth and latency between any two devices, from site links and device uplinks."""
+
     site_of: np.ndarray     # (N,) site index of each device
     uplink: np.ndarray      # (N,) bytes/s, inf when the device has no own cap
     site_bw: np.ndarray     # (K, K) bytes/s; the diagonal is the site's own link
     site_lat: np.ndarray    # (K, K) seconds
 
     @classmethod
-    def build(cls, names: list[str], sites: Mapping, links: Mapping, devices) -> "Network":
+    def build(cls, names: list[str], sites: Mapping, links: Mapping, devices: Sequence) -> "Network":
+        """The matrices for sites `names` (Site objects), links keyed by site pair, and devices."""
         k = len(names)
         position = {name: i for i, name in enumerate(names)}
         bw = np.full((k, k), np.nan)

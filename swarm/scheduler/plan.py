@@ -28,6 +28,12 @@ class PlanError(ScenarioError):
 
 @dataclass(frozen=True)
 class Plan:
+    """A placement: `grid[s][r]` holds stage s of pipeline r, with `layers[s]` layers.
+
+    Build it with `swarm.scheduler.plan`, `Plan.load` or `Plan.from_dict`; check it against a
+    scenario with `validate` before running it (the simulator and `predict` do).
+    """
+
     scenario: str
     grid: tuple[tuple[str, ...], ...]
     layers: tuple[int, ...]
@@ -58,6 +64,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Any) -> "Plan":
+        """Parse and check the plan JSON's shape (the scenario is checked by `validate`)."""
         if not isinstance(data, dict):
             raise PlanError("plan: expected an object")
         allowed = {"scenario", "stages", "replicas", "grid", "layers", "predicted", "cost_model"}
@@ -105,6 +112,7 @@ class Plan:
         return load_json(path, "plan", cls.from_dict, PlanError)
 
     def to_dict(self) -> dict:
+        """The plan file's JSON object; `from_dict(to_dict())` gives an equal plan."""
         data = {"scenario": self.scenario, "stages": self.stages, "replicas": self.replicas,
                 "grid": [list(row) for row in self.grid], "layers": list(self.layers),
                 "predicted": dict(self.predicted)}
@@ -113,6 +121,7 @@ class Plan:
         return data
 
     def save(self, path: str | Path) -> None:
+        """Write the plan file (JSON) to `path`."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
     def validate(self, scenario: Scenario) -> "Plan":

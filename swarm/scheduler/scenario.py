@@ -34,6 +34,8 @@ class ScenarioError(ValueError):
 
 @dataclass(frozen=True)
 class Device:
+    """One GPU: sustained TFLOPS, memory, and its own uplink cap (None: only the site's link)."""
+
     id: str
     site: str
     tflops: float
@@ -182,6 +184,7 @@ class Scenario:
         return data
 
     def save(self, path: str | Path) -> None:
+        """Write the scenario file (JSON) to `path`."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
     def with_devices(self, devices: list[Device] | tuple[Device, ...]) -> "Scenario":

@@ -47,6 +47,7 @@ class Candidate:
     score: float
 
     def spare(self) -> np.ndarray:
+        """Positions of the scenario's devices the grid leaves out."""
         used = np.zeros(len(self.model.scenario.devices), dtype=bool)
         used[self.grid.ravel()] = True
         return np.flatnonzero(~used)
@@ -58,7 +59,7 @@ def plan(scenario: Scenario, cost_model: str = "full", seed: int = 0, time_limit
     The search does a fixed amount of work for the swarm's size (`work_budget`), so the same
     `seed` gives the same plan on any machine; `time_limit` (seconds) is only a safety cap: a
     search that reaches it stops early, and its plan then depends on the machine's speed and
-    load. Small swarms take milliseconds (8 peers: ~0.1 s), 1,024 devices about 20-30 s on two
+    load. Small swarms take well under a second (8 peers: 0.1-0.5 s), 1,024 devices 15-30 s on two
     cores. Raises `PlanError` when no placement fits the devices' memory. Example:
         plan(Scenario.preset("dtfm-5"), "dtfm", seed=0, time_limit=10).save("plan.json")
     """

@@ -26,6 +26,8 @@ __all__ = ["IterationResult", "simulate_iteration", "allreduce_finish"]
 
 @dataclass(frozen=True)
 class IterationResult:
+    """The outcome of one simulated iteration."""
+
     seconds: float             # from the first forward pass to the end of the last all-reduce
     stage_finish: np.ndarray   # (S,) when each stage's all-reduce ended
     events: int                # discrete events processed

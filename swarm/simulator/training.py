@@ -32,6 +32,8 @@ DONORS = 4  # replicas a moved peer downloads its state from at once
 
 @dataclass(frozen=True)
 class StepRecord:
+    """One committed training step of a simulated run."""
+
     step: int              # committed steps so far, this one included
     end_s: float           # simulated clock when the step committed
     seconds: float         # the step's own duration
@@ -42,6 +44,8 @@ class StepRecord:
 
 @dataclass
 class SimulationReport:
+    """What a simulated run did: its committed steps, churn, re-plans and the time they cost."""
+
     steps: list[StepRecord] = field(default_factory=list)
     aborted_steps: int = 0
     left: int = 0
@@ -55,9 +59,11 @@ class SimulationReport:
 
     @property
     def throughput(self) -> list[float]:
+        """Sequences per second of each committed step, in order."""
         return [s.sequences_per_s for s in self.steps]
 
     def to_dict(self) -> dict:
+        """JSON-ready report with totals (`effective_sequences_per_s` counts aborts and waits)."""
         data = {k: v for k, v in dataclasses.asdict(self).items() if k != "steps"}
         data["steps"] = [dataclasses.asdict(s) for s in self.steps]
         total = self.steps[-1].end_s if self.steps else 0.0

@@ -1,5 +1,6 @@
 """The stage executor over a real Transport: state transfer, checksums, and aborts that never
 half-apply a step."""
+import copy
 import threading
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 import compression
 import models
-from peers.pipeline import ChannelCodecs, StageWorker
+from peers.pipeline import ChannelCodecs, OptimizerSettings, StageWorker
 from peers.transport import InProcessHub, PeerTimeout
 
 CONFIG = models.get_config("tiny")
@@ -26,7 +27,7 @@ def data():
     return models.SequenceDataset(models.read_corpus(models.default_corpus_path()), 32, max_train=64)
 
 
-def _grid(codecs, replicas=2, timeout=30.0, wrap=lambda transport: transport):
+def _grid(codecs, replicas=2, timeout=30.0, wrap=lambda transport: transport, optimizer=OptimizerSettings()):
     """workers[s][r] of a 2-stage grid, each on its own endpoint named s{s}r{r} (passed through `wrap`)."""
     hub = InProcessHub()
     workers = []
@@ -35,18 +36,19 @@ def _grid(codecs, replicas=2, timeout=30.0, wrap=lambda transport: transport):
         workers.append([StageWorker(models.build_stage(CONFIG, LAYERS, s), stage_index=s, num_stages=2,
                                     transport=wrap(hub.endpoint(f"s{s}r{r}")), prev=f"s0r{r}" if s else None,
                                     next=None if s else f"s1r{r}", group=group, codecs=codecs,
-                                    micro_batches=2, timeout=timeout, delta_capacity=1024) for r in range(replicas)])
+                                    micro_batches=2, timeout=timeout, delta_capacity=1024, optimizer=optimizer)
+                    for r in range(replicas)])
     return hub, workers
 
 
-def _step(workers, data, step, plan_version=0):
+def _step(workers, data, step, plan_version=0, apply=True):
     replicas = len(workers[0])
     shares = data.train_batch(step, 4 * replicas, seed=0).chunk(replicas)
     results, errors = {}, []
 
     def work(s, r):
         try:
-            results[s, r] = workers[s][r].run_step(step, shares[r], plan_version)
+            results[s, r] = workers[s][r].run_step(step, shares[r], plan_version, apply=apply)
         except Exception as error:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(error)
 
@@ -107,6 +109,64 @@ def test_state_dict_carries_parameters_and_optimizer_state(data):
     _step(fresh, data, 3)
     for s in range(2):  # the same update: Adam moments came along, not just the weights
         assert fresh[s][0].param_checksum() == workers[s][0].param_checksum()
+
+
+def _snapshot(workers):
+    """Every worker's parameters and Adam moments, as plain copies."""
+    return [[copy.deepcopy(worker.state_dict()) for worker in row] for row in workers]
+
+
+def _same_state(a, b):
+    flat_a, flat_b = _tensors(a), _tensors(b)
+    return len(flat_a) == len(flat_b) and all(torch.equal(x, y) for x, y in zip(flat_a, flat_b))
+
+
+def _tensors(tree):
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree, key=str) for t in _tensors(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in _tensors(item)]
+    return []
+
+
+def test_a_discarded_update_leaves_parameters_and_adam_state_untouched(data):
+    _, workers = _grid(ChannelCodecs("q3", "q6", "q4"))
+    _step(workers, data, 1)
+    before = _snapshot(workers)
+    results = _step(workers, data, 2, apply=False)
+    assert results[1, 0].loss is not None and all(w.pending_step == 2 for row in workers for w in row)
+    assert _same_state(_snapshot(workers), before), "a prepared step must not touch parameters or moments"
+    with pytest.raises(RuntimeError, match="step 2 is prepared"):
+        workers[0][0].run_step(3, data.train_batch(3, 4, seed=0))
+    for row in workers:
+        for worker in row:
+            worker.discard_update()
+            assert worker.pending_step is None
+    assert _same_state(_snapshot(workers), before)
+    with pytest.raises(RuntimeError, match="without a prepared step"):
+        workers[0][0].apply_update()
+
+
+def test_prepare_then_apply_equals_run_step_even_after_a_discard(data):
+    """Two-phase steps change no number: same parameters, moments and losses as plain run_step,
+    with the warm-up learning rate of the prepared step (not of the call to apply)."""
+    codecs, settings = ChannelCodecs("q3", "q6", "q4"), OptimizerSettings(warmup_steps=4)
+    _, plain = _grid(codecs, optimizer=settings)
+    _, two_phase = _grid(codecs, optimizer=settings)
+    _step(two_phase, data, 1, apply=False)
+    for row in two_phase:
+        for worker in row:
+            worker.discard_update()  # an aborted step 1 is rerun below
+    for step in (1, 2, 3):
+        expected = _step(plain, data, step)
+        got = _step(two_phase, data, step, apply=False)
+        for row in two_phase:
+            for worker in row:
+                worker.apply_update()
+        assert got[1, 0].loss == expected[1, 0].loss
+    assert _same_state(_snapshot(two_phase), _snapshot(plain))
 
 
 def test_missing_neighbour_times_out_without_touching_parameters(data):

@@ -87,7 +87,8 @@ def test_stats_count_messages_and_bytes_per_kind(pair):
 
 def test_stale_plan_version_is_dropped_and_counted_newer_is_held(pair):
     a, b = pair
-    a.plan_version = b.plan_version = 2
+    a.set_plan_version(2)
+    b.set_plan_version(2)
     a.send("b", Message("act", 0, 0, b"old", plan_version=1))
     a.send("b", Message("act", 0, 1, b"next", plan_version=3))
     a.send("b", Message("act", 0, 2, b"current"))
@@ -98,8 +99,27 @@ def test_stale_plan_version_is_dropped_and_counted_newer_is_held(pair):
         b.recv("a", "act", 0, 0, timeout=0.2)
     with pytest.raises(PeerTimeout):
         b.recv("a", "act", 0, 1, timeout=0.2)
-    b.plan_version = 3
+    b.set_plan_version(3)
     assert bytes(b.recv("a", "act", 0, 1, timeout=1).payload) == b"next"
+
+
+def test_adopting_a_plan_purges_what_the_old_plan_left_unclaimed(pair):
+    """A step rerun under the new plan must never take a leftover of the aborted one."""
+    a, b = pair
+    a.set_plan_version(2)
+    b.set_plan_version(2)
+    a.send("b", Message("act", 5, 0, b"old plan"))
+    _wait_for(lambda: b.stats()["received"].get("act") == 1)
+    a.set_plan_version(3)
+    a.send("b", Message("act", 5, 0, b"new plan"))  # held: b has not adopted plan 3 yet
+    _wait_for(lambda: b.stats()["held_future"] == 1)
+    b.set_plan_version(3)
+    assert b.stats()["dropped_stale"] == {"act": 1}
+    assert bytes(b.recv("a", "act", 5, 0, timeout=5).payload) == b"new plan"
+    with pytest.raises(PeerTimeout):
+        b.recv("a", "act", 5, 0, timeout=0.2)
+    with pytest.raises(ValueError, match="older than the adopted 3"):
+        b.set_plan_version(2)
 
 
 def test_garbage_from_a_raw_zmq_socket_is_rejected_while_training_goes_on(pair):

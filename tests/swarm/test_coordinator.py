@@ -1,4 +1,4 @@
-"""The coordinator's decisions without processes: repairs, growth, state sources, checkpoints, flags."""
+"""The coordinator's decisions without processes: refills and growth by the scheduler, state sources, checkpoints, flags."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from peers.protocol import PeerRecord, PlanRecord
 from swarm.coordinator.checkpoint import read_latest, write_checkpoint
 from swarm.coordinator.config import add_arguments, from_args
 from swarm.coordinator.planning import (MIN_STEPS_BETWEEN_CHANGES, Placement, assign_sources, first_placement, grow,
-                                        predicted_step_s, repair, scenario_from_records)
+                                        predicted_step_s, refill, scenario_from_records)
 
 
 def _plan(grid, standby=()):
@@ -20,34 +20,54 @@ def _plan(grid, standby=()):
                       codecs={"fwd": "q3", "bwd": "q6", "grad": "q4"}, hyper={}, standby=list(standby))
 
 
-def test_a_lost_member_is_replaced_by_a_standby_peer():
+HYPER, CODECS = {"model": "tiny", "batch": 8, "micro_batches": 2}, {"fwd": "q3", "bwd": "q6", "grad": "q4"}
+
+
+def _records(names, slow=()):
+    """Records of peers on one fast LAN; the `slow` ones compute 10x slower."""
+    return {n: PeerRecord(name=n, address="tcp://127.0.0.1:1", device="cpu", tflops=0.01 if n in slow else 0.1,
+                          memory_gb=4.0, links={m: {"bandwidth_gbps": 1.0, "latency_ms": 0.1} for m in names if m != n})
+            for n in names}
+
+
+def test_a_lost_member_is_replaced_by_a_standby_peer_through_the_scheduler():
     plan = _plan([["a", "b"], ["c", "d"]], standby=["e"])
-    placement = repair(plan, live={"a", "c", "d", "e"}, lost={"b": "left"})
-    assert placement.grid == [["a", "e"], ["c", "d"]]
-    assert placement.standby == [] and "b left: replaced by standby e" in placement.reason
+    placement = refill(plan, _records("acde"), {"b": "left"}, HYPER, CODECS)
+    assert placement.grid == [["a", "e"], ["c", "d"]] and placement.layers == [2, 2]
+    assert placement.standby == []
+    assert placement.reason == "b left: grid stays 2 x 2, 1 peers move (e)"
+
+
+def test_the_cheapest_spare_fills_the_hole():
+    plan = _plan([["a", "b"], ["c", "d"]], standby=["e", "f"])
+    placement = refill(plan, _records("acdef", slow="e"), {"b": "stopped heartbeating"}, HYPER, CODECS)
+    assert placement.grid == [["a", "f"], ["c", "d"]] and placement.standby == ["e"]
 
 
 def test_without_standby_the_grid_shrinks_to_the_replicas_every_stage_can_fill():
     plan = _plan([["a", "b"], ["c", "d"]])
-    placement = repair(plan, live={"a", "c", "d"}, lost={"b": "stopped heartbeating"})
-    assert placement.grid == [["a"], ["c"]]
-    assert placement.standby == ["d"] and "shrinks to 2 x 1" in placement.reason
+    placement = refill(plan, _records("acd"), {"b": "stopped heartbeating"}, HYPER, CODECS)
+    assert placement.grid == [["a"], ["c"]] and placement.layers == [2, 2]
+    assert placement.standby == ["d"] and "grid 2 x 2 -> 2 x 1, 0 peers move" in placement.reason
 
 
-def test_a_stage_without_survivors_cannot_be_repaired():
-    with pytest.raises(RuntimeError, match="no live peer"):
-        repair(_plan([["a"], ["b"]]), live={"a"}, lost={"b": "left"})
+def test_too_few_peers_for_the_stages_cannot_be_refilled():
+    with pytest.raises(RuntimeError, match="cannot fill 2 stages"):
+        refill(_plan([["a"], ["b"]]), _records("a"), {"b": "left"}, HYPER, CODECS)
 
 
-def test_growth_waits_for_hysteresis_and_a_whole_replica():
+def test_growth_waits_for_hysteresis_and_a_whole_replica_and_keeps_the_layers():
     plan = _plan([["a"], ["b"]], standby=["c"])
-    assert grow(plan, {"a", "b", "c"}, target_replicas=2, steps_since_change=10) is None  # one peer short
+    assert grow(plan, _records("abc"), 2, 10, HYPER, CODECS) is None  # one peer short
     plan.standby.append("d")
-    live = {"a", "b", "c", "d"}
-    assert grow(plan, live, target_replicas=2, steps_since_change=MIN_STEPS_BETWEEN_CHANGES - 1) is None
-    assert grow(plan, live, target_replicas=1, steps_since_change=10) is None  # already at the target
-    grown = grow(plan, live, target_replicas=2, steps_since_change=MIN_STEPS_BETWEEN_CHANGES)
-    assert grown.grid == [["a", "c"], ["b", "d"]] and grown.standby == []
+    live = _records("abcd")
+    assert grow(plan, live, 2, MIN_STEPS_BETWEEN_CHANGES - 1, HYPER, CODECS) is None
+    assert grow(plan, live, 1, 10, HYPER, CODECS) is None  # already at the target
+    assert grow(plan, live, 2, 10, {**HYPER, "batch": 6}, CODECS) is None  # 6 sequences never split 2 x 2
+    grown = grow(plan, live, 2, MIN_STEPS_BETWEEN_CHANGES, HYPER, CODECS)
+    assert len(grown.grid) == 2 and sorted(n for row in grown.grid for n in row) == ["a", "b", "c", "d"]
+    assert grown.layers == [2, 2] and grown.standby == []
+    assert grown.reason.startswith("c, d join the grid: grid 2 x 1 -> 2 x 2, ")
 
 
 def test_sources_keep_holders_and_spread_newcomers_over_live_donors():

@@ -180,3 +180,15 @@ def test_dtfm_arrangement_orders_stages_along_the_shortest_path():
     arranged = model.arrange(np.array([[0], [2], [1]]), layers)
     assert arranged.ravel().tolist() in ([0, 1, 2], [2, 1, 0])  # A -> B -> C
     assert model.breakdown(arranged, layers).pipeline_s == pytest.approx(2 * 2 * (0.001 + 64 / 1e9))
+
+
+def test_full_pipeline_uses_the_forward_and_backward_bit_widths():
+    def iteration(**bits) -> float:
+        scenario = tiny(compression={"forward_bits": 16, "backward_bits": 16, "gradient_bits": 16, **bits})
+        return FullCost(scenario, 2, 2).breakdown(GRID, LAYERS).iteration_s
+
+    # 8 values: 16 B in fp16; 3 bits: 3 B + one 2-byte scale = 5 B; 6 bits: 6 B + 2 B = 8 B.
+    # Each hop is sent once per micro-batch on the critical path at 1e9 B/s (compute dominates
+    # the (M - 1) x slowest term), so the iteration shrinks by exactly the saved bytes / 1e9.
+    assert iteration() - iteration(forward_bits=3) == pytest.approx((16 - 5) / 1e9, abs=1e-13)
+    assert iteration() - iteration(backward_bits=6) == pytest.approx((16 - 8) / 1e9, abs=1e-13)

@@ -118,6 +118,7 @@ def test_a_failing_worker_aborts_the_step_instead_of_hanging():
     (["--data", "/nonexistent/corpus.txt"], "--data"),
     (["--model", "gpt5"], "--model"),
     (["--steps", "0"], "--steps"),
+    (["--device", "tpu"], "--device"),
 ])
 def test_bad_input_names_the_flag(argv, flag, capsys, tmp_path):
     assert main(["local", "--quiet", "--steps", "1", *argv]) == 2
@@ -136,6 +137,16 @@ def test_user_data_file_trains(tmp_path, capsys):
     (tmp_path / "broken.jsonl").write_text('{"title": "no text field"}\n')
     assert main(["local", "--quiet", "--data", str(tmp_path / "broken.jsonl")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_device_cpu_trains_and_a_missing_gpu_is_named(capsys, monkeypatch):
+    config = LocalConfig(stages=2, replicas=1, batch=2, steps=1, seq_len=16, eval_samples=4, device="cpu")
+    report = run_local(config)
+    assert report["config"]["device"] == "cpu" and report["final"]["eval_loss"] > 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["local", "--quiet", "--steps", "1", "--device", "cuda:0"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda:0" in err and "no CUDA GPU" in err and "--device cpu" in err
 
 
 def test_help_lists_the_contract_flags(capsys):

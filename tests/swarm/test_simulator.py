@@ -69,7 +69,8 @@ def test_training_without_churn_runs_at_the_predicted_speed():
 
 def test_churn_aborts_steps_and_replans():
     scenario = volunteer_scenario(24, 4, seed=4, model={"layers": 8, "d_model": 512, "heads": 8,
-                                                         "seq_len": 256, "vocab": 8000}, global_sequences=64)
+                                                         "seq_len": 256, "vocab": 8000}, global_sequences=64,
+                                  parallelism={"stages": 4, "replicas": 5})
     planned = plan(scenario, "full", seed=0, time_limit=120)
     step_s = planned.predicted["iteration_s"]
     report = simulate(scenario, planned, steps=6, churn_per_hour=3600 / (2 * step_s), seed=7,
