@@ -39,6 +39,13 @@ def test_world_wide_plan_beats_random_placement_as_much_as_dtfm_did():
     assert 1.8 * result.predicted["iteration_s"] <= best_random(cost_model("dtfm", scenario, 8, 8), 1000)
 
 
+def test_world_wide_plan_costs_at_most_half_the_best_random_placement_under_the_full_model():
+    # the bar, under our default cost model (compute, memory, compressed channels)
+    scenario = Scenario.preset("dtfm-5")
+    result = plan(scenario, "full", seed=0, time_limit=120)
+    assert 2.0 * result.predicted["iteration_s"] <= best_random(cost_model("full", scenario, 8, 8), 1000)
+
+
 def test_same_seed_same_plan():
     scenario = volunteers(devices=8, sites=3)
     first, second = (plan(scenario, "full", seed=5, time_limit=30) for _ in range(2))
