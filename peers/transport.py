@@ -81,14 +81,6 @@ class Mailbox:
                 self._cond.wait(remaining)
             return self._messages.pop(key)
 
-    def discard_before(self, step: int) -> int:
-        """Drop messages of steps before `step` (an aborted or finished step); returns how many."""
-        with self._cond:
-            stale = [key for key in self._messages if key[2] < step]
-            for key in stale:
-                del self._messages[key]
-            return len(stale)
-
     def close(self, reason: str = "transport closed") -> None:
         """Wake every waiter with `TransportClosed`; later takes fail the same way."""
         with self._cond:

@@ -104,14 +104,6 @@ class GatedMailbox:
                 self._bytes -= entry[0]
         return message
 
-    def discard_before(self, step: int) -> int:
-        """Drop unclaimed messages of steps before `step`, freeing their budget; returns how many."""
-        with self._lock:
-            count = self._mailbox.discard_before(step)
-            for key in [key for key in self._sizes if key[2] < step]:
-                self._bytes -= self._sizes.pop(key)[0]
-        return count
-
     def close(self, reason: str) -> None:
         """Wake every waiting `take` with TransportClosed(reason)."""
         self._mailbox.close(reason)

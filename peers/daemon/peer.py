@@ -167,8 +167,7 @@ class PeerDaemon:
                 self.on_event(f"{self.options.name}: step {step} failed: {error}")
                 self._update(error=f"step {step}: {error}")
                 self._announce()
-            runner.discard()
-            return None
+            return None  # a failed step never reached the optimizer: nothing to discard
         stats = result.stats
         with self._lock:
             for channel, nbytes in stats.bytes.items():

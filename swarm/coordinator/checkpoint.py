@@ -9,15 +9,24 @@ replaced atomically), so a crash at any instant leaves the previous checkpoint i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Checkpoint", "write_checkpoint", "read_latest", "write_json_atomic", "KEEP"]
+from peers.daemon.stage_state import unpack_state
+from peers.state_transfer import StateTransferError, fetch_state
+
+__all__ = ["Checkpoint", "fetch_stage", "write_checkpoint", "read_latest", "write_json_atomic", "KEEP"]
+
+log = logging.getLogger(__name__)
 
 KEEP = 2
+_RETRY_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,29 @@ class Checkpoint:
     path: Path
     plan: dict[str, Any]
     stages: dict[int, bytes]
+
+
+def fetch_stage(donors: Sequence[str], stage: int, step: int, patience: float) -> bytes | None:
+    """The blob of `stage` after `step` from any replica (data addresses), or None after `patience` s.
+
+    Replicas are tried in turn, starting at one picked by `stage` to spread the load. Each try
+    gets a share of the patience, so a replica that is just leaving (and never answers) cannot
+    hold the coordinator's loop - and so its view of that leave - for all of it.
+    """
+    deadline = time.monotonic() + patience
+    share = patience / (2 * len(donors))
+    attempt = 0
+    while time.monotonic() < deadline:
+        donor = donors[(stage + attempt) % len(donors)]
+        attempt += 1
+        try:
+            blob = fetch_state(donor, stage, timeout=max(0.5, min(share, deadline - time.monotonic())))
+            if unpack_state(blob).step == step:
+                return blob
+        except (StateTransferError, ValueError) as error:
+            log.debug("checkpoint fetch of stage %d from %s: %s", stage, donor, error)
+        time.sleep(_RETRY_S)
+    return None
 
 
 def write_checkpoint(directory: Path, step: int, plan: dict[str, Any], stages: dict[int, bytes]) -> Path:

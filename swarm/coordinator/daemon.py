@@ -13,7 +13,6 @@ The control record tells peers what was committed and which plan governs the nex
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,22 +20,19 @@ from pathlib import Path
 
 from models.config import get_config
 from peers.daemon.records import CoordinatorPin, publish_coordinator, read_peers
-from peers.daemon.stage_state import unpack_state
 from peers.daemon.timeouts import Timeouts, derive_timeouts
 from peers.dht import SwarmDHT
 from peers.protocol import CONTROL_KEY, PLAN_KEY, ControlRecord, PeerRecord, PlanRecord
-from peers.state_transfer import StateTransferError, fetch_state
 from peers.zmq_transport import ZmqTransport
 
-from .checkpoint import Checkpoint, read_latest, write_checkpoint, write_json_atomic
+from .checkpoint import Checkpoint, fetch_stage, read_latest, write_checkpoint, write_json_atomic
 from .config import CoordinatorConfig
-from .planning import (Placement, assign_sources, first_placement, grow, predicted_step_s, refill,
+from .planning import (Placement, assign_sources, first_placement, grow, growth_target, predicted_step_s, refill,
                        scenario_from_records)
 from .report import RunReport
 
 __all__ = ["Coordinator", "POLL_S"]
 
-log = logging.getLogger(__name__)
 
 POLL_S = 0.05
 _PEERS_FILE = "known_peers.json"
@@ -69,6 +65,7 @@ class Coordinator:
         self.last_change_step = 0
         self.step_clock = time.monotonic()
         self.evicted: set[str] = set()
+        self._growth_declined: tuple[frozenset[str], int] | None = None  # (live peers, replicas)
         self.tokens_per_step = config.batch * get_config(config.model).context
 
     def run(self, stop: threading.Event) -> int:
@@ -239,12 +236,16 @@ class Coordinator:
         plan = self.plan
         if newcomers:
             plan = PlanRecord.from_wire({**self.plan.to_wire(), "standby": [*self.plan.standby, *newcomers]})
-        try:
-            grown = grow(plan, live, self.config.replicas or 1 << 30, step - self.last_change_step,
-                         self.config.hyper(), self.codecs, self.config.seed)
-        except ValueError as error:  # the scheduler's ScenarioError / PlanError: keep the grid
-            self.on_event(f"cannot grow the grid: {error}")
-            grown = None
+        target = growth_target(plan, live, self.config.replicas or 1 << 30, step - self.last_change_step,
+                               self.config.hyper())
+        grown = None
+        if target is not None and (frozenset(live), target) != self._growth_declined:
+            try:
+                grown = grow(plan, live, target, self.config.hyper(), self.codecs, self.config.seed)
+            except ValueError as error:  # the scheduler's ScenarioError / PlanError: keep the grid
+                self.on_event(f"cannot grow the grid: {error}")
+            if grown is None:  # ask the scheduler again only when the live peers change
+                self._growth_declined = (frozenset(live), target)
         if grown is not None:
             self._publish_plan(grown, records, origin="continue", start_step=step + 1)
         elif newcomers:
@@ -342,7 +343,7 @@ class Coordinator:
         assert self.timeouts is not None
         blobs: dict[int, bytes] = {}
         for stage, row in enumerate(plan.grid):
-            blob = self._fetch_stage(stage, row, plan, step, self.timeouts.message_s)
+            blob = fetch_stage([plan.addresses[n] for n in row], stage, step, self.timeouts.message_s)
             if blob is None:
                 self.on_event(f"checkpoint of step {step} skipped: no replica of stage {stage} served it")
                 self.report.event("checkpoint_skipped", step=step, stage=stage)
@@ -354,21 +355,6 @@ class Coordinator:
             self.states.serve_state(stage, blob)
         self.report.checkpoint = str(path)
         self.on_event(f"checkpoint of step {step} written to {path}")
-
-    def _fetch_stage(self, stage: int, row: list[str], plan: PlanRecord, step: int, patience: float) -> bytes | None:
-        deadline = time.monotonic() + patience
-        attempt = 0
-        while time.monotonic() < deadline:
-            donor = row[(stage + attempt) % len(row)]
-            attempt += 1
-            try:
-                blob = fetch_state(plan.addresses[donor], stage, timeout=max(0.5, deadline - time.monotonic()))
-                if unpack_state(blob).step == step:
-                    return blob
-            except (StateTransferError, ValueError) as error:
-                log.debug("checkpoint fetch of stage %d from %s: %s", stage, donor, error)
-            time.sleep(POLL_S)
-        return None
 
 
 def _read_json(path: Path) -> dict | None:

@@ -28,7 +28,7 @@ from swarm.scheduler import Plan, Scenario, moved_peers, predict, replan
 from swarm.scheduler import plan as schedule
 
 __all__ = ["Placement", "MIN_STEPS_BETWEEN_CHANGES", "scenario_from_records", "first_placement",
-           "refill", "grow", "to_scheduler_plan", "assign_sources", "predicted_step_s"]
+           "refill", "growth_target", "grow", "to_scheduler_plan", "assign_sources", "predicted_step_s"]
 
 MIN_STEPS_BETWEEN_CHANGES = 3
 _DEFAULT_LINK = {"bandwidth_gbps": 1.0, "latency_ms": 1.0}
@@ -83,8 +83,7 @@ def predicted_step_s(placement: Placement, records: dict[str, PeerRecord], hyper
     replicas = len(placement.grid[0])
     try:
         scenario = scenario_from_records(members, hyper, codecs, None, replicas)
-        priced = Plan("live", tuple(tuple(row) for row in placement.grid), tuple(placement.layers))
-        return predict(scenario, priced, "full").iteration_s
+        return predict(scenario, to_scheduler_plan(placement), "full").iteration_s
     except ValueError:  # the scheduler's ScenarioError / PlanError: e.g. a peer without a record
         return None
 
@@ -110,33 +109,38 @@ def refill(plan: PlanRecord, live: dict[str, PeerRecord], lost: dict[str, str], 
     return _placement(plan, new, survivors, why)
 
 
-def grow(plan: PlanRecord, live: dict[str, PeerRecord], target_replicas: int, steps_since_change: int,
-         hyper: dict[str, Any], codecs: dict[str, str], seed: int = 0) -> Placement | None:
-    """More pipeline replicas from standby peers, placed by the scheduler's `replan`, or None.
+def growth_target(plan: PlanRecord, live: dict[str, PeerRecord], target_replicas: int, steps_since_change: int,
+                  hyper: dict[str, Any]) -> int | None:
+    """The replica count to try growing to, or None; cheap, so the coordinator asks every step.
 
     Hysteresis: nothing sooner than `MIN_STEPS_BETWEEN_CHANGES` after the last change, and only
-    when the standby peers fill at least one whole new replica that --batch splits evenly over.
-    The live swarm cannot re-split layers yet, so the new plan keeps the current layer split.
+    when the live peers fill at least one whole new replica that --batch splits evenly over.
     """
     if steps_since_change < MIN_STEPS_BETWEEN_CHANGES or plan.replicas >= target_replicas:
         return None
     most = min(target_replicas, len(live) // plan.stages)
-    fits = [r for r in range(most, plan.replicas, -1)
-            if hyper["batch"] % (r * hyper["micro_batches"]) == 0]
-    if not fits:
-        return None
-    scenario = scenario_from_records(live, hyper, codecs, plan.stages, fits[0])
+    fits = [r for r in range(most, plan.replicas, -1) if hyper["batch"] % (r * hyper["micro_batches"]) == 0]
+    return fits[0] if fits else None
+
+
+def grow(plan: PlanRecord, live: dict[str, PeerRecord], replicas: int, hyper: dict[str, Any],
+         codecs: dict[str, str], seed: int = 0) -> Placement | None:
+    """The scheduler's `replan` for `replicas` pipeline replicas of the live peers, or None if it
+    finds the current grid good enough. The new plan keeps the current layer split: the live
+    swarm moves a stage's state between peers but cannot re-split it.
+    """
+    scenario = scenario_from_records(live, hyper, codecs, plan.stages, replicas)
     new, _ = replan(scenario, to_scheduler_plan(plan), seed=seed, time_limit=1.0)
     if new.stages != plan.stages or new.replicas <= plan.replicas:
-        return None  # the scheduler finds the current grid good enough
+        return None
     if list(new.layers) != list(plan.layers):
         new = Plan(new.scenario, new.grid, tuple(plan.layers))  # pin the split the peers' state has
     added = sorted(set(new.devices) - set(plan.members()))
     return _placement(plan, new, live, f"{', '.join(added)} join the grid")
 
 
-def to_scheduler_plan(plan: PlanRecord) -> Plan:
-    """The scheduler's view of a published plan (grid and layers; device ids are peer names)."""
+def to_scheduler_plan(plan: PlanRecord | Placement) -> Plan:
+    """The scheduler's view of a plan or placement (grid and layers; device ids are peer names)."""
     return Plan("live", tuple(tuple(row) for row in plan.grid), tuple(plan.layers))
 
 

@@ -34,7 +34,7 @@ def test_versions_older_dropped_newer_held_until_adopted():
     assert drops[("dropped_stale", "act")] == 2 and gate.held() == 0
 
 
-def test_byte_budget_drops_overflow_and_frees_on_take_and_discard():
+def test_byte_budget_drops_overflow_and_frees_on_take_and_on_a_new_plan():
     gate, drops = _gate(max_bytes=100)
     for index in range(3):
         gate.deliver(_message(index, 40))
@@ -44,8 +44,9 @@ def test_byte_budget_drops_overflow_and_frees_on_take_and_discard():
     gate.take("p", "act", 0, 0, timeout=0)
     gate.deliver(_message(2, 40, step=1))
     assert gate.unclaimed_bytes() == 80
-    assert gate.discard_before(1) == 1 and gate.unclaimed_bytes() == 40
-    gate.deliver(_message(9, 60, step=1))
+    gate.set_version(2)  # the old plan's unclaimed messages go, and their budget with them
+    assert gate.unclaimed_bytes() == 0 and drops[("dropped_stale", "act")] == 2
+    gate.deliver(_message(9, 100, version=2, step=1))
     assert gate.unclaimed_bytes() == 100 and drops[("dropped_overflow", "act")] == 1
 
 

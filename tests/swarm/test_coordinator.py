@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import time
 
 import pytest
 
 from peers.protocol import PeerRecord, PlanRecord
-from swarm.coordinator.checkpoint import read_latest, write_checkpoint
+from peers.daemon.stage_state import pack_state
+from peers.zmq_transport import ZmqTransport
+from swarm.coordinator.checkpoint import fetch_stage, read_latest, write_checkpoint
 from swarm.coordinator.config import add_arguments, from_args
 from swarm.coordinator.planning import (MIN_STEPS_BETWEEN_CHANGES, Placement, assign_sources, first_placement, grow,
-                                        predicted_step_s, refill, scenario_from_records)
+                                        growth_target, predicted_step_s, refill, scenario_from_records)
 
 
 def _plan(grid, standby=()):
@@ -56,18 +60,29 @@ def test_too_few_peers_for_the_stages_cannot_be_refilled():
         refill(_plan([["a"], ["b"]]), _records("a"), {"b": "left"}, HYPER, CODECS)
 
 
-def test_growth_waits_for_hysteresis_and_a_whole_replica_and_keeps_the_layers():
+def test_growth_waits_for_hysteresis_and_a_whole_replica_that_the_batch_splits_over():
     plan = _plan([["a"], ["b"]], standby=["c"])
-    assert grow(plan, _records("abc"), 2, 10, HYPER, CODECS) is None  # one peer short
-    plan.standby.append("d")
-    live = _records("abcd")
-    assert grow(plan, live, 2, MIN_STEPS_BETWEEN_CHANGES - 1, HYPER, CODECS) is None
-    assert grow(plan, live, 1, 10, HYPER, CODECS) is None  # already at the target
-    assert grow(plan, live, 2, 10, {**HYPER, "batch": 6}, CODECS) is None  # 6 sequences never split 2 x 2
-    grown = grow(plan, live, 2, MIN_STEPS_BETWEEN_CHANGES, HYPER, CODECS)
+    assert growth_target(plan, _records("abc"), 2, 10, HYPER) is None  # one peer short
+    live = _records("abcdef")
+    assert growth_target(plan, live, 2, MIN_STEPS_BETWEEN_CHANGES - 1, HYPER) is None
+    assert growth_target(plan, live, 1, 10, HYPER) is None  # already at the target
+    assert growth_target(plan, live, 8, MIN_STEPS_BETWEEN_CHANGES, HYPER) == 2  # 8 sequences never split 3 x 2
+    assert growth_target(plan, live, 8, 10, {**HYPER, "batch": 6}) == 3
+
+
+def test_growth_is_placed_by_the_scheduler_and_keeps_the_layers():
+    plan = _plan([["a"], ["b"]], standby=["c", "d"])
+    grown = grow(plan, _records("abcd"), 2, HYPER, CODECS)
     assert len(grown.grid) == 2 and sorted(n for row in grown.grid for n in row) == ["a", "b", "c", "d"]
     assert grown.layers == [2, 2] and grown.standby == []
     assert grown.reason.startswith("c, d join the grid: grid 2 x 1 -> 2 x 2, ")
+
+
+def test_growth_pins_the_layer_split_the_peers_hold():
+    """The scheduler would rebalance [3, 1] to [2, 2]; live state cannot be re-split, so it stays."""
+    plan = PlanRecord.from_wire({**_plan([["a"], ["b"]], standby=["c", "d"]).to_wire(), "layers": [3, 1]})
+    grown = grow(plan, _records("abcd"), 2, HYPER, CODECS)
+    assert grown.layers == [3, 1] and len(grown.grid[0]) == 2
 
 
 def test_sources_keep_holders_and_spread_newcomers_over_live_donors():
@@ -107,6 +122,18 @@ def test_plan_changes_are_priced_by_the_cost_model():
     shrunk = predicted_step_s(Placement([["a"], ["c"]], [2, 2], ["b"], ""), records, hyper, codecs)
     assert 0 < full < shrunk  # half the replicas: each does twice the work
     assert predicted_step_s(Placement([["a"], ["zz"]], [2, 2], [], ""), records, hyper, codecs) is None
+
+
+def test_a_silent_replica_holds_a_checkpoint_fetch_only_for_its_share_of_the_patience():
+    with socket.socket() as probe:  # a port nobody answers on: a replica that is just leaving
+        probe.bind(("127.0.0.1", 0))
+        silent = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    with ZmqTransport("donor") as donor:
+        donor.serve_state(0, pack_state(0, [2, 2], 5, {"model": {}, "optimizer": {}}))
+        started = time.monotonic()
+        blob = fetch_stage([silent, donor.address], 0, step=5, patience=8.0)
+        assert blob is not None and time.monotonic() - started < 4.0
+        assert fetch_stage([donor.address], 0, step=6, patience=1.0) is None  # only an older step is served
 
 
 def test_checkpoints_are_published_atomically_and_pruned(tmp_path):
