@@ -117,7 +117,13 @@ def _hivemind_contenders(x: torch.Tensor) -> dict[str, Callable[[], object]]:
         return {}
     codec = Uniform8BitQuantization()
     info = CompressionInfo.from_tensor(x)
-    serialized = codec.compress(x, info)
+    try:  # hivemind 1.1.12's 8-bit extract raises with numpy >= 2.4 (DESIGN.md section 2)
+        serialized = codec.compress(x, info)
+        codec.extract(serialized)
+    except Exception as error:
+        print(f"hivemind's 8-bit codec fails here ({type(error).__name__}: {error}); skipping its baseline",
+              file=sys.stderr)
+        return {}
     return {"hivemind.compress": lambda: codec.compress(x, info),
             "hivemind.extract": lambda: codec.extract(serialized)}
 

@@ -16,6 +16,7 @@ smaller than fp32): 0.1 mask bits + 2.5% of values at 4 bits + their scales.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ __all__ = ["Cocktail"]
 _VALUES = BlockQuantizer(4, 128)
 _PARAMS = re.compile(r"@(\d{1,6}),(0?\.\d{1,6}|1(?:\.0*)?)")
 _DEFAULT = (10, 0.25)
+# The mask costs 1 bit per sampled value, so a frame of P bytes decodes to at most 8 * stride * P
+# values: capping the stride keeps a 64 KB frame from making decode allocate more than 128 MB.
+_MAX_STRIDE = 64
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,9 @@ class Cocktail:
 
     @property
     def spec(self) -> str:
-        return "cocktail" if (self.stride, self.keep) == _DEFAULT else f"cocktail@{self.stride},{self.keep:g}"
+        # Fixed-point, not `:g`: `1e-05` would not parse back, so the frame could not be decoded.
+        keep = f"{self.keep:.6f}".rstrip("0").rstrip(".")
+        return "cocktail" if (self.stride, self.keep) == _DEFAULT else f"cocktail@{self.stride},{keep}"
 
     def payload_size(self, numel: int, dtype: torch.dtype) -> int:
         sampled, kept = self._counts(numel)
@@ -55,9 +61,12 @@ class Cocktail:
             return [torch.zeros(4, dtype=torch.uint8, device=flat.device)]
         offset = int(noise_vectors(seed, 1, 1, torch.device("cpu"))[0].item() * self.stride) % min(self.stride, numel)
         positions = self._positions(offset, sampled, numel, flat.device)
-        sample = flat[positions].to(torch.float32)
-        if not bool(torch.isfinite(sample).all()):
+        # Check every value, not just the sample: a NaN left unsent would sit in ErrorFeedback's
+        # residual and poison later steps. min/max propagate NaN in one pass.
+        low, high = torch.aminmax(flat)
+        if not math.isfinite(float(low)) or not math.isfinite(float(high)):
             raise nonfinite_error(flat, self.spec, float("inf"))
+        sample = flat[positions].to(torch.float32)
         chosen = torch.zeros(sampled, dtype=torch.bool, device=flat.device)
         chosen[sample.abs().topk(kept, sorted=False).indices] = True
         values = _VALUES.encode(sample[chosen], seed)
@@ -111,8 +120,8 @@ def _factory(params: str) -> Cocktail:
         raise CodecError(f"malformed parameters {params!r} for codec 'cocktail'; expected e.g. 'cocktail' or "
                          "'cocktail@10,0.25' (stride, fraction of the sample kept)")
     stride, keep = int(match.group(1)), float(match.group(2))
-    if not 1 <= stride <= 1 << 16 or not 0 < keep <= 1:
-        raise CodecError(f"cocktail stride must be 1..65536 and keep in (0, 1], got {stride}, {keep}")
+    if not 1 <= stride <= _MAX_STRIDE or not 0 < keep <= 1:
+        raise CodecError(f"cocktail stride must be 1..{_MAX_STRIDE} and keep in (0, 1], got {stride}, {keep}")
     return Cocktail(stride, keep)
 
 

@@ -9,8 +9,10 @@ it degenerates to sending the first visit in full.
 Memory: `capacity` samples x one activation row each, in `memory_dtype` (default: the
 activations' dtype; float16 halves it). Past capacity the least recently used sample is evicted
 on both sides alike (both see the same calls in the same order); its next visit is sent in full
-again. The frame names every row's sample id and whether it is full or delta, so a receiver
-that fell out of step raises CodecError instead of computing on a wrong m.
+again. The frame names every row's sample id, whether it is full or delta, and for a delta how
+many updates the sender's m has seen, so a receiver that fell out of step (a lost or aborted
+frame, a missed `forget`) raises CodecError instead of computing on a wrong m; `forget` those
+samples on the sender (their next visit goes in full, which resets m on both sides).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from compression.registry import resolve
 __all__ = ["ActivationDelta"]
 
 _MAGIC = b"SWAD"
-_VERSION = 1
+_VERSION = 2
 _HEAD = struct.Struct("<4sBxxxI")
 _LEN = struct.Struct("<Q")
 
@@ -53,14 +55,19 @@ class ActivationDelta:
         self.capacity = capacity
         self.memory_dtype = memory_dtype
         self._generator = generator
-        self._memory: OrderedDict[int, torch.Tensor] = OrderedDict()
+        # None marks a forgotten sample: it keeps its LRU slot, so a side that forgets (the sender,
+        # after an aborted step) evicts exactly what the other side evicts.
+        self._memory: OrderedDict[int, torch.Tensor | None] = OrderedDict()
+        self._updates: dict[int, int] = {}  # how many frames have updated each m (mod 2**32)
 
     def encode(self, sample_ids: Iterable[int], activations: torch.Tensor, *, seed: int | None = None) -> bytes:
         """The frame for one micro-batch; updates m of every row exactly as `decode` will."""
+        if not isinstance(activations, torch.Tensor):
+            raise CodecError(f"activations must be a torch.Tensor [batch, ...], got {type(activations).__name__}")
         ids = self._check_ids(sample_ids, activations.shape[0] if activations.ndim else -1)
         acts = activations.detach()
         dtype = self.memory_dtype or acts.dtype
-        fresh = [i not in self._memory or self._memory[i].shape != acts.shape[1:] for i in ids]
+        fresh = [self._memory.get(i) is None or self._memory[i].shape != acts.shape[1:] for i in ids]
         full_rows, delta_rows = _split(fresh)
         full_frame = encode(acts[full_rows], "none") if full_rows else b""
         delta_frame = b""
@@ -70,21 +77,27 @@ class ActivationDelta:
             diff = acts[delta_rows].to(torch.float32) - memory
             delta_frame = encode(diff.to(acts.dtype), self.codec, seed=seed, generator=self._generator)
             updates.update({ids[r]: m for r, m in zip(delta_rows, _add_delta(memory, delta_frame, dtype))})
-        self._commit(updates, ids)
-        return _pack(ids, fresh, full_frame, delta_frame)
+        counts = [0 if f else self._updates[i] for i, f in zip(ids, fresh)]
+        self._commit(updates, ids, {ids[r] for r in full_rows})
+        return _pack(ids, fresh, counts, full_frame, delta_frame)
 
     def decode(self, sample_ids: Iterable[int], frame: bytes | memoryview, *,
                device: torch.device | str | None = None) -> torch.Tensor:
         """m for each row of the micro-batch the frame carries, in the sender's dtype."""
         ids = self._check_ids(sample_ids, None)
-        sent_ids, fresh, full_frame, delta_frame = _unpack(frame)
+        sent_ids, fresh, counts, full_frame, delta_frame = _unpack(frame)
         if sent_ids != ids:
             raise CodecError(f"frame carries sample ids {sent_ids[:8]} but the receiver expected "
                              f"{ids[:8]}; the link delivered another micro-batch's frame")
-        missing = [i for i, f in zip(ids, fresh) if not f and i not in self._memory]
+        missing = [i for i, f in zip(ids, fresh) if not f and self._memory.get(i) is None]
         if missing:
             raise CodecError(f"delta frame for samples {missing[:8]} this receiver holds no m for; sender and "
                              "receiver are out of step (they need the same codec, capacity and call order)")
+        stale = [i for i, f, c in zip(ids, fresh, counts) if not f and self._updates[i] != c]
+        if stale:
+            raise CodecError(f"delta frame for samples {stale[:8]} was computed on another m than this receiver "
+                             "holds (a frame was lost or aborted); sender and receiver are out of step: "
+                             "forget() these samples on the sender so their next visit goes in full")
         out_dtype = describe(full_frame if full_frame is not None else delta_frame).dtype
         dtype = self.memory_dtype or out_dtype
         full_rows, delta_rows = _split(fresh)
@@ -107,36 +120,47 @@ class ActivationDelta:
                 updates[ids[r]] = m
         if len({row.shape for row in rows}) != 1:
             raise CodecError("activation frame mixes rows of different shapes; the sender's rows all share one")
-        self._commit(updates, ids)
+        self._commit(updates, ids, {ids[r] for r in full_rows})
         return torch.stack(rows)
 
     def forget(self, sample_ids: Iterable[int]) -> None:
-        """Drop m for these samples (do it on both sides); their next visit is sent in full."""
+        """Drop m for these samples; their next visit is sent in full, which resets m on both sides.
+
+        Enough on the sender alone (e.g. after an aborted step whose frame the receiver may or may
+        not have applied). A forgotten sample keeps its place in the eviction order, so the two
+        sides keep evicting the same samples.
+        """
         for i in sample_ids:
-            self._memory.pop(int(i), None)
+            if int(i) in self._memory:
+                self._memory[int(i)] = None
+            self._updates.pop(int(i), None)
 
     def clear(self) -> None:
         """Drop every m (both sides), e.g. when the sending stage's parameters were replaced."""
         self._memory.clear()
+        self._updates.clear()
 
     def __len__(self) -> int:
-        return len(self._memory)
+        return sum(m is not None for m in self._memory.values())
 
     def __contains__(self, sample_id: int) -> bool:
-        return int(sample_id) in self._memory
+        return self._memory.get(int(sample_id)) is not None
 
-    def _commit(self, updates: dict[int, torch.Tensor], ids: list[int]) -> None:
+    def _commit(self, updates: dict[int, torch.Tensor], ids: list[int], full_ids: set[int]) -> None:
         """Store new m rows, then mark the micro-batch used in row order (both sides do the same,
         so their LRU orders stay equal) and evict the least recently used beyond capacity."""
         if updates and not bool(torch.isfinite(torch.stack(list(updates.values()))).all()):
             raise CodecError(f"activations overflow the {self.memory_dtype} memory of m (|a| too large); "
                              "use memory_dtype=torch.bfloat16 or None")
+        for i in updates:  # a full row restarts its count
+            self._updates[i] = 1 if i in full_ids else (self._updates[i] + 1) & 0xFFFFFFFF
         self._memory.update(updates)
         for i in ids:
             if i in self._memory:
                 self._memory.move_to_end(i)
         while len(self._memory) > self.capacity:
-            self._memory.popitem(last=False)
+            evicted, _ = self._memory.popitem(last=False)
+            self._updates.pop(evicted, None)
 
     def _check_ids(self, sample_ids: Iterable[int], batch: int | None) -> list[int]:
         if isinstance(sample_ids, torch.Tensor):
@@ -148,6 +172,8 @@ class ActivationDelta:
         if batch is not None and len(ids) != batch:
             raise CodecError(f"got {len(ids)} sample_ids for {batch} activation rows; activations must be "
                              "shaped [batch, ...] with one sample id per row")
+        if not ids:
+            raise CodecError("empty micro-batch: an activation frame carries at least one row")
         if len(set(ids)) != len(ids):
             raise CodecError("sample_ids repeat within one micro-batch; each row needs its own sample")
         if len(ids) > self.capacity:
@@ -168,13 +194,16 @@ def _split(fresh: list[bool]) -> tuple[list[int], list[int]]:
     return [r for r, f in enumerate(fresh) if f], [r for r, f in enumerate(fresh) if not f]
 
 
-def _pack(ids: list[int], fresh: list[bool], full_frame: bytes, delta_frame: bytes) -> bytes:
-    head = _HEAD.pack(_MAGIC, _VERSION, len(ids)) + struct.pack(f"<{len(ids)}q", *ids)
+def _pack(ids: list[int], fresh: list[bool], counts: list[int], full_frame: bytes, delta_frame: bytes) -> bytes:
+    # header, ids (i64), update counts of the sender's m before this frame (u32), flags, padding,
+    # length of the full-precision part, then the two plain codec frames
+    head = _HEAD.pack(_MAGIC, _VERSION, len(ids)) + struct.pack(f"<{len(ids)}q{len(ids)}I", *ids, *counts)
     head += bytes(fresh) + bytes(-(len(head) + len(ids)) % 8) + _LEN.pack(len(full_frame))
     return b"".join((head, full_frame, delta_frame))
 
 
-def _unpack(frame: bytes | memoryview) -> tuple[list[int], list[bool], memoryview | None, memoryview | None]:
+def _unpack(frame: bytes | memoryview) -> tuple[list[int], list[bool], list[int], memoryview | None,
+                                               memoryview | None]:
     try:
         view = memoryview(frame).cast("B")
     except TypeError:
@@ -184,11 +213,12 @@ def _unpack(frame: bytes | memoryview) -> tuple[list[int], list[bool], memoryvie
     magic, version, batch = _HEAD.unpack_from(view)
     if magic != _MAGIC or version != _VERSION:
         raise CodecError(f"not an activation-delta frame (magic {bytes(magic)!r}, version {version})")
-    flags_at = _HEAD.size + 8 * batch
+    flags_at = _HEAD.size + 12 * batch
     len_at = flags_at + batch + (-(flags_at + batch) % 8)
     if len(view) < len_at + _LEN.size:
         raise CodecError("activation frame truncated inside its sample list")
     ids = list(struct.unpack_from(f"<{batch}q", view, _HEAD.size))
+    counts = list(struct.unpack_from(f"<{batch}I", view, _HEAD.size + 8 * batch))
     flags = bytes(view[flags_at:flags_at + batch])
     if any(f > 1 for f in flags):
         raise CodecError("activation frame has corrupted row flags")
@@ -201,4 +231,4 @@ def _unpack(frame: bytes | memoryview) -> tuple[list[int], list[bool], memoryvie
     delta = view[body + full_len:] if not all(fresh) else None
     if (full_len == 0) == any(fresh) or (delta is not None and len(delta) == 0) or (delta is None and len(view) > body + full_len):
         raise CodecError("activation frame's parts do not match its row flags (corrupted frame)")
-    return ids, fresh, full, delta
+    return ids, fresh, counts, full, delta

@@ -38,7 +38,12 @@ class ErrorFeedback:
 
         On error (NaN input, shape change) nothing is stored, so the caller can skip the step.
         """
-        residual = self._residuals.get(key)
+        if not isinstance(tensor, torch.Tensor):
+            raise CodecError(f"error feedback encodes a torch.Tensor, got {type(tensor).__name__}")
+        try:
+            residual = self._residuals.get(key)
+        except TypeError:
+            raise CodecError(f"error feedback key must be hashable (e.g. a tuple), got {type(key).__name__}") from None
         target = tensor.detach().to(torch.float32)
         if residual is not None:
             if residual.shape != tensor.shape:

@@ -10,9 +10,10 @@ their frames are interchangeable.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -26,6 +27,9 @@ _settings = {"enabled": True, "min_numel": 1 << 16}
 _compiled: dict[tuple, Callable] = {}
 _failed: set[tuple] = set()
 _lock = threading.Lock()
+_settings_lock = threading.Lock()
+_users = 0  # threads inside `_compile_settings`
+_patch: contextlib.ExitStack | None = None
 
 
 def set_fused(enabled: bool, min_numel: int | None = None) -> None:
@@ -65,6 +69,37 @@ def dequantize(stats: torch.Tensor, codes: torch.Tensor, out: torch.Tensor) -> N
     _run(("dequantize", out.dtype), codes.numel(), 3, blockquant.dequantize_blocks, stats, codes, out)
 
 
+@contextlib.contextmanager
+def _compile_settings() -> Iterator[None]:
+    """Dynamo/inductor settings for our compiled calls, shared by every thread inside one.
+
+    All variants of a step share one code object, so lift dynamo's per-code recompile limit (8),
+    and stop it from turning `bits` into a runtime value after the second variant (automatic
+    dynamic: 3x slower kernels for every bit width). Keep the fp16 rounding of offset and scale
+    that inductor would otherwise optimize away (codes must match the fp16 values sent).
+    These are process-global configs: a `config.patch` per call would race between threads (one
+    thread's exit restores the settings another is compiling under, or leaves them patched for
+    good), so the first thread in applies them and the last one out restores them.
+    """
+    global _users, _patch
+    with _settings_lock:
+        if _users == 0:
+            stack = contextlib.ExitStack()
+            stack.enter_context(torch._dynamo.config.patch(
+                recompile_limit=64, accumulated_recompile_limit=1024, automatic_dynamic_shapes=False))
+            stack.enter_context(torch._inductor.config.patch(emulate_precision_casts=True))
+            _patch = stack
+        _users += 1
+    try:
+        yield
+    finally:
+        with _settings_lock:
+            _users -= 1
+            if _users == 0 and _patch is not None:
+                _patch.close()
+                _patch = None
+
+
 def _run(variant: tuple, numel: int, varying: int, fn: Callable, *args: torch.Tensor):
     """`fn(*args)`, compiled when enabled and `numel` is large enough, else eager.
 
@@ -74,15 +109,8 @@ def _run(variant: tuple, numel: int, varying: int, fn: Callable, *args: torch.Te
     if not _settings["enabled"] or numel < max(_settings["min_numel"], 2) or variant in _failed:
         return fn(*args)
     try:
-        # All variants of a step share one code object, so lift dynamo's per-code recompile limit
-        # (8) for these calls only, and stop it from turning `bits` into a runtime value after
-        # the second variant (automatic dynamic: 3x slower kernels for every bit width). Keep
-        # the fp16 rounding of offset and scale that inductor would otherwise optimize away
-        # (codes must match the fp16 values sent). The first call of a variant compiles under a
-        # lock, so two threads never compile it at once.
-        with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=1024,
-                                        automatic_dynamic_shapes=False), \
-                torch._inductor.config.patch(emulate_precision_casts=True):
+        # The first call of a variant compiles under a lock, so two threads never compile it at once.
+        with _compile_settings():
             for arg in args[:varying]:
                 # Leading dims count blocks or groups and vary per call; the rest (block size,
                 # bits) stay compile-time constants. Not dynamic=True: that would also turn

@@ -71,11 +71,15 @@ def available() -> list[str]:
     return sorted(_FACTORIES)
 
 
-@functools.lru_cache(maxsize=256)
 def resolve(spec: str) -> Codec:
     """The codec for a spec string; cached, so per-call cost is a dict lookup."""
-    if not isinstance(spec, str):
+    if not isinstance(spec, str):  # checked before the cache, which would choke on a list
         raise CodecError(f"codec must be a string such as 'q4', got {type(spec).__name__}")
+    return _resolve(spec)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve(spec: str) -> Codec:
     _load_builtin()
     match = _NAME.match(spec)
     if match is None or len(spec) > MAX_SPEC_LEN:

@@ -49,3 +49,22 @@ def test_corrupted_mask_or_length_raises(mutate):
     frame = encode(torch.randn(999), "cocktail", seed=1)
     with pytest.raises(CodecError):
         decode(mutate(frame))
+
+
+def test_small_keep_fractions_make_decodable_frames():
+    frame = encode(torch.randn(1000), "cocktail@8,0.00001", seed=0)
+    assert decode(frame).shape == (1000,)
+
+
+def test_nan_outside_the_sample_is_rejected_too():
+    x = torch.randn(1000)
+    offset = int(decode(encode(x, "cocktail", seed=3)).nonzero()[0]) % 10  # where seed 3 samples
+    x[(offset + 1) % 10::10] = float("nan")  # none of these positions is in the sample
+    with pytest.raises(CodecError, match="NaN"):
+        encode(x, "cocktail", seed=3)
+
+
+def test_a_small_frame_cannot_claim_a_huge_tensor():
+    # The mask is 1 bit per sampled value: the largest stride bounds the decoded size per byte.
+    with pytest.raises(CodecError, match="stride"):
+        encode(torch.randn(10), "cocktail@65536,0.5")

@@ -126,3 +126,37 @@ def test_activations_beyond_fp16_memory_raise_instead_of_storing_inf():
     with pytest.raises(CodecError, match="overflow"):
         sender.encode([0], torch.full((1, 4), 1e6))
     assert len(sender) == 0
+
+
+def test_a_lost_frame_is_detected_and_forget_resynchronizes():
+    sender, receiver = _pair()
+    x = torch.randn(2, 30)
+    receiver.decode([0, 1], sender.encode([0, 1], x))
+    sender.encode([0, 1], x + 0.1)  # this delta never reaches the receiver (aborted step)
+    frame = sender.encode([0, 1], x + 0.2)
+    with pytest.raises(CodecError, match="out of step"):
+        receiver.decode([0, 1], frame)  # would otherwise compute on a stale m, silently
+    sender.forget([0, 1])
+    receiver.decode([0, 1], sender.encode([0, 1], x))  # next visit goes in full on both sides
+    receiver.decode([0, 1], sender.encode([0, 1], x + 0.3))
+    assert _same_memory(sender, receiver)
+
+
+def test_empty_micro_batches_and_non_tensors_raise():
+    with pytest.raises(CodecError, match="empty"):
+        ActivationDelta("q3").encode([], torch.randn(0, 4))
+    with pytest.raises(CodecError, match="Tensor"):
+        ActivationDelta("q3").encode([0], [[1.0]])
+
+
+def test_forgetting_on_the_sender_alone_keeps_evictions_in_step():
+    sender, receiver = _pair(capacity=3)
+    x = torch.randn(1, 8)
+    for i in [0, 1, 2]:
+        receiver.decode([i], sender.encode([i], x))
+    sender.forget([2])  # aborted step: only the sender forgets
+    # [3] makes both sides evict 0 (were 2 dropped outright, the sender would keep 0 and send
+    # [0] as a delta the receiver holds no m for)
+    for ids in ([3], [0], [2], [1], [3]):
+        receiver.decode(ids, sender.encode(ids, x + 0.1))
+    assert 2 in sender and _same_memory(sender, receiver)

@@ -61,3 +61,12 @@ def test_half_precision_frames_keep_the_input_dtype():
 def test_unknown_codec_fails_at_construction():
     with pytest.raises(CodecError):
         ErrorFeedback("q11")
+
+
+def test_unhashable_keys_and_non_tensors_raise_codec_error():
+    feedback = ErrorFeedback("q4")
+    with pytest.raises(CodecError, match="hashable"):
+        feedback.encode(["peer", 0], torch.randn(10))
+    with pytest.raises(CodecError, match="Tensor"):
+        feedback.encode("k", [1.0, 2.0])
+    assert len(feedback) == 0

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from compression import decode, encode, set_fused
+from compression import CodecError, decode, encode, set_fused
 
 
 @pytest.mark.slow
@@ -22,3 +22,29 @@ def test_compiled_and_eager_frames_decode_each_other(codec):
     # Same noise and math, so codes agree except where float rounding sits on a boundary.
     assert (a != b).float().mean() < 1e-3
     assert float((x - b).norm() / x.norm()) < 0.40
+
+
+@pytest.mark.slow
+def test_compiled_calls_from_threads_agree_and_restore_global_settings():
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = (torch._dynamo.config.automatic_dynamic_shapes, torch._inductor.config.emulate_precision_casts)
+    tensors = [torch.randn((1 << 17) + 256 * i, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    set_fused(True, min_numel=1 << 16)
+    expected = [encode(t, "q3", seed=i) for i, t in enumerate(tensors)]
+    with ThreadPoolExecutor(3) as pool:
+        frames = list(pool.map(lambda it: encode(it[1], "q3", seed=it[0]), enumerate(tensors)))
+    set_fused(False)
+    assert frames == expected
+    # dynamo/inductor settings are process-global: our compiled calls must not leave them changed
+    assert (torch._dynamo.config.automatic_dynamic_shapes, torch._inductor.config.emulate_precision_casts) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e6])
+def test_compiled_path_rejects_nonfinite_and_out_of_range_values(value):
+    x = torch.randn(1 << 17)
+    x[70001] = value
+    set_fused(True, min_numel=1 << 16)
+    with pytest.raises(CodecError):
+        encode(x, "q3", seed=1)

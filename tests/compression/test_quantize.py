@@ -83,6 +83,13 @@ def test_half_inputs_quantize_like_fp32(dtype):
     assert _nerr(x.float(), decode(encode(x, "q4", seed=1)).float()) <= 0.18
 
 
+@pytest.mark.xfail(strict=True, reason="offset and scale are fp16 (the wire format): below ~1e-7 they fall "
+                   "into fp16's subnormal grid and decoded values are mostly offset error; needs a format change")
+def test_tiny_magnitudes_keep_their_relative_accuracy():
+    x = 1e-8 * torch.randn(65536, generator=torch.Generator().manual_seed(0))
+    assert _nerr(x, decode(encode(x, "q4", seed=1))) <= 0.18
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("codec", ["fp16", "q3", "q4", "q6~", "cocktail"])
 def test_cuda_tensors_round_trip_and_match_the_cpu(codec):

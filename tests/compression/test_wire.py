@@ -70,6 +70,12 @@ def test_unknown_or_malformed_codec_is_rejected(bad):
         encode(torch.randn(10), bad)
 
 
+def test_non_string_codecs_are_rejected():
+    for bad in [4, ["q4"], None]:
+        with pytest.raises(CodecError, match="string"):
+            encode(torch.randn(10), bad)
+
+
 @pytest.mark.parametrize("tensor", [torch.arange(5), torch.ones(3, dtype=torch.float64),
                                     torch.ones(2, dtype=torch.bool), [1.0, 2.0]])
 def test_unsupported_input_is_rejected(tensor):
