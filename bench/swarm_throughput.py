@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -36,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must exceed --warmup >= 0, and --batch must be positive")
     console = Console(stderr=True)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="swarm-bench-") as tmp:
-        for name, (fwd, bwd, grad) in VARIANTS.items():
-            console.print(f"[bold]{name}[/]: live run of {args.steps} steps ...")
-            results[name] = _run(Path(tmp) / name, args, fwd, bwd, grad)
+    tmp = Path(tempfile.mkdtemp(prefix="swarm-bench-"))  # kept when a run fails: its logs say why
+    for name, (fwd, bwd, grad) in VARIANTS.items():
+        console.print(f"[bold]{name}[/]: live run of {args.steps} steps ...")
+        results[name] = _run(tmp / name, args, fwd, bwd, grad)
+    shutil.rmtree(tmp, ignore_errors=True)
     q364, none = results["q3_q6_q4"]["tokens_per_s_median"], results["none"]["tokens_per_s_median"]
     print(json.dumps({"benchmark": "swarm_throughput", "model": "tiny", "grid": "2x2", "peers": 4,
                       "batch": args.batch, "steps": args.steps, "warmup_steps": args.warmup, "variants": results,

@@ -7,7 +7,8 @@ purpose: fused into one graph, the compiler recomputes a code (and its noise) fo
 byte that touches it, and loads strided bytes one at a time.
 
 Layout per block of B values (B a multiple of 8): one fp16 offset (the block minimum) and one
-fp16 scale, then B k-bit codes packed densely: each group of 8 codes is one 8k-bit little-endian
+fp16 scale, both multiplied by the frame's power-of-two `factor` (see `quantize.py`: it keeps
+the stats of tiny or huge tensors inside fp16's normal range), then B k-bit codes packed densely: each group of 8 codes is one 8k-bit little-endian
 integer written as k bytes (code i in bits k*i .. k*i+k-1), so k = 3 puts 8 values in 3 bytes.
 Codes travel between the steps as int64 "byte-lane words": 8 one-byte codes viewed as one int64,
 which turns packing into contiguous shifts and masks on whole words.
@@ -22,8 +23,11 @@ __all__ = ["quantize_blocks", "quantize_into", "pack_into", "spread_into", "dequ
 
 
 def quantize_blocks(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_noise: torch.Tensor | None,
-                    bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 `blocks` [nb, B] -> (stats fp16 [nb, 2] = offset, scale; codes uint8 [nb, B]).
+                    bits: int, factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 `blocks` [nb, B] -> (stats fp16 [nb, 2] = offset, scale, times `factor`; codes uint8 [nb, B]).
+
+    `factor` is a 0-d fp32 power of two (a tensor, so a new value never recompiles), which makes
+    the divisions below exact.
 
     Stochastic rounding with noise vectors from `noise.noise_vectors` ([nb] and [B]), or
     round-to-nearest when they are None.
@@ -32,11 +36,11 @@ def quantize_blocks(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_no
     instead of another pass over the data).
     """
     levels = (1 << bits) - 1
-    offset16 = blocks.amin(dim=1).to(torch.float16)
-    offset = offset16.to(torch.float32)
+    offset16 = (blocks.amin(dim=1) * factor).to(torch.float16)
+    offset = offset16.to(torch.float32) / factor
     # offset16 may round above the minimum: clamp so the scale never goes negative.
-    scale16 = ((blocks.amax(dim=1) - offset).clamp_min(0.0) * (1.0 / levels)).to(torch.float16)
-    scale = scale16.to(torch.float32)
+    scale16 = ((blocks.amax(dim=1) - offset).clamp_min(0.0) * (factor / levels)).to(torch.float16)
+    scale = scale16.to(torch.float32) / factor
     inverse = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
     noise = 0.5 if row_noise is None else combine(row_noise, col_noise)
     scaled = (blocks - offset[:, None]) * inverse[:, None] + noise
@@ -46,10 +50,10 @@ def quantize_blocks(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_no
 
 
 def quantize_into(blocks: torch.Tensor, row_noise: torch.Tensor | None, stats: torch.Tensor, codes: torch.Tensor,
-                  col_noise: torch.Tensor | None, bits: int) -> None:
+                  col_noise: torch.Tensor | None, bits: int, factor: torch.Tensor) -> None:
     """`quantize_blocks` writing into caller-owned `stats` and `codes` (reused buffers: a fresh
     allocation per call costs page faults comparable to the quantization itself)."""
-    new_stats, new_codes = quantize_blocks(blocks, row_noise, col_noise, bits)
+    new_stats, new_codes = quantize_blocks(blocks, row_noise, col_noise, bits, factor)
     stats.copy_(new_stats)
     codes.copy_(new_codes)
 
@@ -89,8 +93,9 @@ def spread_into(packed: torch.Tensor, words: torch.Tensor, bits: int) -> None:
     words.copy_(spread)
 
 
-def dequantize_blocks(stats: torch.Tensor, codes: torch.Tensor, out: torch.Tensor) -> None:
-    """Write offset + scale * code for uint8 codes [nb, B] into `out` [nb, B] (any float dtype)."""
-    offset = stats[:, 0].to(torch.float32)[:, None]
-    scale = stats[:, 1].to(torch.float32)[:, None]
+def dequantize_blocks(stats: torch.Tensor, codes: torch.Tensor, out: torch.Tensor, factor: torch.Tensor) -> None:
+    """Write offset + scale * code for uint8 codes [nb, B] into `out` [nb, B] (any float dtype),
+    with the stats divided by the frame's power-of-two `factor` (0-d fp32)."""
+    offset = (stats[:, 0].to(torch.float32) / factor)[:, None]
+    scale = (stats[:, 1].to(torch.float32) / factor)[:, None]
     out.copy_(offset + scale * codes.to(torch.float32))

@@ -58,7 +58,7 @@ class Cocktail:
         numel = flat.numel()
         sampled, kept = self._counts(numel)
         if numel == 0:
-            return [torch.zeros(4, dtype=torch.uint8, device=flat.device)]
+            return [torch.zeros(4, dtype=torch.uint8, device=flat.device)] + _VALUES.encode(flat.float(), seed)
         offset = int(noise_vectors(seed, 1, 1, torch.device("cpu"))[0].item() * self.stride) % min(self.stride, numel)
         positions = self._positions(offset, sampled, numel, flat.device)
         # Check every value, not just the sample: a NaN left unsent would sit in ErrorFeedback's

@@ -29,7 +29,12 @@ _failed: set[tuple] = set()
 _lock = threading.Lock()
 _settings_lock = threading.Lock()
 _users = 0  # threads inside `_compile_settings`
-_patch: contextlib.ExitStack | None = None
+_prior: list[tuple[object, str, object]] = []  # the settings to restore when the last one leaves
+_SETTINGS = (
+    (torch._dynamo.config, {"recompile_limit": 64, "accumulated_recompile_limit": 1024,
+                            "automatic_dynamic_shapes": False}),
+    (torch._inductor.config, {"emulate_precision_casts": True}),
+)
 
 
 def set_fused(enabled: bool, min_numel: int | None = None) -> None:
@@ -46,15 +51,15 @@ def set_fused(enabled: bool, min_numel: int | None = None) -> None:
 
 
 def quantize(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_noise: torch.Tensor | None,
-             bits: int, stats: torch.Tensor, codes: torch.Tensor) -> None:
+             bits: int, stats: torch.Tensor, codes: torch.Tensor, factor: torch.Tensor) -> None:
     """Quantize `blocks` into `stats` and `codes` (see `blockquant.quantize_into`)."""
     if row_noise is None:
         _run(("quantize~", bits), blocks.numel(), 3,
-             lambda b, s, c: blockquant.quantize_into(b, None, s, c, None, bits), blocks, stats, codes)
+             lambda b, s, c, f: blockquant.quantize_into(b, None, s, c, None, bits, f), blocks, stats, codes, factor)
     else:
         _run(("quantize", bits), blocks.numel(), 4,
-             lambda b, r, s, c, n: blockquant.quantize_into(b, r, s, c, n, bits), blocks, row_noise, stats, codes,
-             col_noise)
+             lambda b, r, s, c, n, f: blockquant.quantize_into(b, r, s, c, n, bits, f), blocks, row_noise, stats,
+             codes, col_noise, factor)
 
 
 def pack(words: torch.Tensor, bits: int, packed: torch.Tensor) -> None:
@@ -65,8 +70,8 @@ def spread(packed: torch.Tensor, bits: int, words: torch.Tensor) -> None:
     _run(("spread", bits), packed.shape[0] * 8, 2, lambda p, w: blockquant.spread_into(p, w, bits), packed, words)
 
 
-def dequantize(stats: torch.Tensor, codes: torch.Tensor, out: torch.Tensor) -> None:
-    _run(("dequantize", out.dtype), codes.numel(), 3, blockquant.dequantize_blocks, stats, codes, out)
+def dequantize(stats: torch.Tensor, codes: torch.Tensor, out: torch.Tensor, factor: torch.Tensor) -> None:
+    _run(("dequantize", out.dtype), codes.numel(), 3, blockquant.dequantize_blocks, stats, codes, out, factor)
 
 
 @contextlib.contextmanager
@@ -81,23 +86,25 @@ def _compile_settings() -> Iterator[None]:
     thread's exit restores the settings another is compiling under, or leaves them patched for
     good), so the first thread in applies them and the last one out restores them.
     """
-    global _users, _patch
+    global _users, _prior
     with _settings_lock:
         if _users == 0:
-            stack = contextlib.ExitStack()
-            stack.enter_context(torch._dynamo.config.patch(
-                recompile_limit=64, accumulated_recompile_limit=1024, automatic_dynamic_shapes=False))
-            stack.enter_context(torch._inductor.config.patch(emulate_precision_casts=True))
-            _patch = stack
+            # Set and restore by hand: torch's `config.patch` keeps its prior values in a
+            # ContextVar, so one thread cannot exit a patch another thread entered.
+            _prior = [(config, key, getattr(config, key)) for config, changes in _SETTINGS for key in changes]
+            for config, changes in _SETTINGS:
+                for key, value in changes.items():
+                    setattr(config, key, value)
         _users += 1
     try:
         yield
     finally:
         with _settings_lock:
             _users -= 1
-            if _users == 0 and _patch is not None:
-                _patch.close()
-                _patch = None
+            if _users == 0:
+                for config, key, value in _prior:
+                    setattr(config, key, value)
+                _prior = []
 
 
 def _run(variant: tuple, numel: int, varying: int, fn: Callable, *args: torch.Tensor):

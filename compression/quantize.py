@@ -2,11 +2,18 @@
 
 Spec: `q<k>[~][@<block>]`, e.g. `q4`, `q4@128`, `q3~`. Each block of `block` values (default
 256, a multiple of 8) sends an fp16 offset and scale (4 bytes) and k bits per value, so n values
-take ceil(n*k/8) + 4*ceil(n/block) payload bytes. Stochastic rounding keeps the decoded value
+take 4 + ceil(n*k/8) + 4*ceil(n/block) payload bytes. Stochastic rounding keeps the decoded value
 unbiased, which error feedback and AQ-SGD's theory assume; `~` rounds to nearest (error ~0.71x).
+
+The leading 4 bytes are the frame's exponent e (int32): every offset and scale travels multiplied
+by 2^e. fp16 alone cannot hold the stats of small tensors (activation gradients of a large model
+are ~1e-6, whose block scales fall into fp16's subnormal grid or to zero) nor of huge ones; e puts
+the tensor's peak near 2^10, chosen from a strided sample (no extra pass over the data) and
+recomputed from the exact peak in the rare case a missed outlier overflows fp16.
 """
 from __future__ import annotations
 
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -24,7 +31,10 @@ __all__ = ["BlockQuantizer", "DEFAULT_BLOCK"]
 DEFAULT_BLOCK = 256
 _MAX_BLOCK = 1 << 16
 _PARAMS = re.compile(r"(~)?(?:@(\d{1,6}))?(~)?")
-_FP16_MAX = float(torch.finfo(torch.float16).max)
+_EXPONENT_BYTES = 4
+_MAX_EXPONENT = 120  # 2^±120 keeps every fp32 peak's stats finite and the division exact
+_PEAK_EXPONENT = 10  # peak * 2^e lands in [2^9, 2^10): 64x headroom below fp16's max for outliers
+_SAMPLE = 4096  # values sampled to estimate the peak
 
 
 @dataclass(frozen=True)
@@ -41,27 +51,34 @@ class BlockQuantizer:
             "" if self.block == DEFAULT_BLOCK else f"@{self.block}")
 
     def payload_size(self, numel: int, dtype: torch.dtype) -> int:
-        return 4 * -(-numel // self.block) + -(-numel * self.bits // 8)
+        return _EXPONENT_BYTES + 4 * -(-numel // self.block) + -(-numel * self.bits // 8)
 
     def encode(self, flat: torch.Tensor, seed: int) -> list[torch.Tensor]:
         numel = flat.numel()
         if numel == 0:
-            return []
+            return [torch.zeros(_EXPONENT_BYTES, dtype=torch.uint8, device=flat.device)]
         blocks = _as_blocks(flat, self.block)
         nb, device = blocks.shape[0], blocks.device
         noise = noise_vectors(seed, *blocks.shape, device) if self.stochastic else (None, None)
         stats = torch.empty(nb, 2, dtype=torch.float16, device=device)
         codes = _scratch("codes", blocks.numel(), device).view(nb, self.block)
-        fused.quantize(blocks, *noise, self.bits, stats, codes)
+        exponent = _exponent(_sampled_peak(flat))
+        fused.quantize(blocks, *noise, self.bits, stats, codes, _factor(exponent, device))
         if not bool(torch.isfinite(stats).all()):
-            raise nonfinite_error(flat, self.spec, _FP16_MAX)
+            # NaN/inf input, or an outlier the sample missed overflowed fp16: retry once exactly.
+            peak = float(flat.abs().amax())
+            if not math.isfinite(peak):
+                raise nonfinite_error(flat, self.spec, math.inf)
+            exponent = _exponent(peak)
+            fused.quantize(blocks, *noise, self.bits, stats, codes, _factor(exponent, device))
         packed = codes
         if self.bits != 8:
             packed = _scratch("packed", blocks.numel() * self.bits // 8, device)
             fused.pack(codes.view(-1).view(torch.int64), self.bits, _groups(packed, self.bits))
         # The scratch buffers are reused by this thread's next call; `encode` copies them into the
         # frame before returning.
-        return [stats.view(torch.uint8).view(-1), packed.view(-1)[: -(-numel * self.bits // 8)]]
+        head = torch.tensor([exponent], dtype=torch.int32).view(torch.uint8).to(device)
+        return [head, stats.view(torch.uint8).view(-1), packed.view(-1)[: -(-numel * self.bits // 8)]]
 
     def decode(self, payload: torch.Tensor, numel: int, dtype: torch.dtype,
                out: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,6 +87,11 @@ class BlockQuantizer:
         if numel == 0:
             return out
         nb = -(-numel // self.block)
+        exponent = int(payload[:_EXPONENT_BYTES].cpu().view(torch.int32).item())
+        if abs(exponent) > _MAX_EXPONENT:
+            raise CodecError(f"codec {self.spec!r}: scale exponent {exponent} out of range (corrupted frame)")
+        payload = payload[_EXPONENT_BYTES:]
+        factor = _factor(exponent, payload.device)
         stats = payload[: 4 * nb].view(torch.float16).view(nb, 2)
         if not bool(torch.isfinite(stats).all()) or bool((stats[:, 1] < 0).any()):
             raise CodecError(f"codec {self.spec!r}: frame carries a NaN/inf or negative block scale "
@@ -84,15 +106,32 @@ class BlockQuantizer:
             fused.spread(_groups(packed, self.bits), self.bits, codes.view(torch.int64))
         codes = codes.view(nb, self.block)
         if numel == nb * self.block:
-            fused.dequantize(stats, codes, out.view(nb, self.block))
+            fused.dequantize(stats, codes, out.view(nb, self.block), factor)
         else:
             whole = torch.empty(nb, self.block, dtype=dtype, device=out.device)
-            fused.dequantize(stats, codes, whole)
+            fused.dequantize(stats, codes, whole, factor)
             out.copy_(whole.view(-1)[:numel])
         return out
 
 
 _local = threading.local()
+
+
+def _sampled_peak(flat: torch.Tensor) -> float:
+    """max |x| over an evenly strided sample of `flat` (an estimate: see the module docstring)."""
+    step = max(1, flat.numel() // _SAMPLE)
+    return float(flat[::step].abs().amax())
+
+
+def _exponent(peak: float) -> int:
+    """e with peak * 2^e in [2^9, 2^10), clamped; 0 for a zero or non-finite peak."""
+    if peak == 0 or not math.isfinite(peak):
+        return 0
+    return max(-_MAX_EXPONENT, min(_MAX_EXPONENT, _PEAK_EXPONENT - math.frexp(peak)[1]))
+
+
+def _factor(exponent: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor(2.0 ** exponent, dtype=torch.float32, device=device)
 
 
 def _scratch(role: str, numel: int, device: torch.device) -> torch.Tensor:

@@ -60,7 +60,8 @@ def measure_device(device: str = "cpu", size: int = 512, seconds: float = 0.3) -
             if elapsed >= seconds:
                 break
     tflops = 2 * size**3 * runs / elapsed / 1e12
-    return DeviceProfile(device=device, tflops=round(tflops, 4), memory_gb=round(_memory_gb(device), 2))
+    # never 0.0 after rounding: peer records must announce a positive speed (see PeerRecord.from_wire)
+    return DeviceProfile(device=device, tflops=max(round(tflops, 4), 1e-4), memory_gb=round(_memory_gb(device), 2))
 
 
 def _sync(device: str) -> None:

@@ -15,6 +15,7 @@ mistyped field raises `RecordError` naming the field, and readers skip such reco
 """
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping
 
@@ -99,10 +100,18 @@ class PeerRecord:
         record = _build(cls, value, "peer record")
         if record.state not in PEER_STATES:
             raise RecordError(f"peer record field 'state' must be one of {PEER_STATES}, got {record.state!r}")
+        # The scheduler and the timeout hierarchy divide by these: one bad value must not stop the swarm.
+        if not (_finite(record.tflops) and record.tflops > 0):
+            raise RecordError(f"peer record field 'tflops' must be a positive number, got {record.tflops!r}")
+        if not (_finite(record.memory_gb) and record.memory_gb >= 0):
+            raise RecordError(f"peer record field 'memory_gb' must be a non-negative number, got {record.memory_gb!r}")
+        if not _finite(record.heartbeat):
+            raise RecordError(f"peer record field 'heartbeat' must be a finite number, got {record.heartbeat!r}")
         for peer, link in record.links.items():
-            if not (isinstance(peer, str) and isinstance(link, dict) and all(
-                    _number(link.get(key)) for key in ("bandwidth_gbps", "latency_ms"))):
-                raise RecordError("peer record field 'links' must map names to {bandwidth_gbps, latency_ms} numbers")
+            if not (isinstance(peer, str) and isinstance(link, dict)
+                    and _finite(link.get("bandwidth_gbps")) and link["bandwidth_gbps"] > 0
+                    and _finite(link.get("latency_ms")) and link["latency_ms"] >= 0):
+                raise RecordError("peer record field 'links' must map names to {bandwidth_gbps > 0, latency_ms >= 0}")
         for name in ("bytes_sent", "values_sent"):
             if not all(isinstance(k, str) and isinstance(v, int) for k, v in getattr(record, name).items()):
                 raise RecordError(f"peer record field {name!r} must map channel names to integers")
@@ -233,8 +242,9 @@ def _build(cls: type, value: Any, what: str) -> Any:
     return cls(**kwargs)
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _finite(value: Any) -> bool:
+    """A real number (not a bool, NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check(item: Any, annotation: str, where: str) -> Any:

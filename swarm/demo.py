@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError as error:
         console.print(f"[red]the demo stalled:[/] {error}")
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not orphan what close() reaps
+            signal.signal(signum, signal.SIG_IGN)
         swarm.close()
     report = swarm.report()
     console.print()
@@ -87,7 +89,7 @@ def _table(report: dict[str, Any]) -> Table:
     if steps:
         last = steps[-1]
         table.add_row("step", f"{last['step']} (plan version {last['plan_version']})")
-        table.add_row("loss", f"{last['loss']:.4f}  (first step: {steps[0]['loss']:.4f})")
+        table.add_row("loss", f"{_loss(last['loss'])}  (first step: {_loss(steps[0]['loss'])})")
         recent = steps[-5:]
         table.add_row("tokens/s", f"{sum(s['tokens_per_s'] for s in recent) / len(recent):,.0f}")
     if plans:
@@ -99,6 +101,11 @@ def _table(report: dict[str, Any]) -> Table:
     for channel, nbytes in sorted(report.get("bytes_per_channel", {}).items()):
         table.add_row(f"{channel} bytes", f"{nbytes:,}  ({bits.get(channel, 0):.2f} bits per value)")
     return table
+
+
+def _loss(value: float | None) -> str:
+    """A step's loss; None when no last-stage replica reported one."""
+    return "-" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":

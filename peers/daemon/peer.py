@@ -58,6 +58,17 @@ class PeerOptions:
     fused: bool = True
 
 
+def _join_dht(options: PeerOptions) -> SwarmDHT:
+    """This peer's DHT node; ValueError saying which flag to fix when it cannot join."""
+    try:
+        return SwarmDHT(options.initial_peers, host=options.host)
+    except Exception as error:  # hivemind raises its own types (P2PDaemonError, TimeoutError) for bad addresses
+        raise ValueError(f"cannot join the DHT via --initial-peers {' '.join(options.initial_peers)} "
+                         f"(listening on --host {options.host}): {error}. Pass the full multiaddr the coordinator "
+                         "printed (/ip4/HOST/tcp/PORT/p2p/ID, also in its DIR/coordinator.json) and check that "
+                         "its port is reachable from here") from None
+
+
 class PeerDaemon:
     """One volunteer; `run(stop)` returns 0 when the run finished or the peer left on `stop`
     (SIGTERM/SIGINT: a volunteer leaving is normal operation), 130 if stopped before joining."""
@@ -85,7 +96,7 @@ class PeerDaemon:
         profile = measure_device(options.device)
         watcher = threading.Thread(target=self._watch, args=(stop,), name="heartbeat", daemon=True)
         try:
-            self.dht = SwarmDHT(options.initial_peers, host=options.host)
+            self.dht = _join_dht(options)
             self.transport = ZmqTransport(options.name, host=options.host, port=options.port,
                                           advertise_host=options.advertise_host)
             self.record = PeerRecord(name=options.name, address=self.transport.address, device=profile.device,

@@ -61,19 +61,19 @@ class CoordinatorPin:
         self.owner = owner  # given: trust exactly this coordinator (it reading its own records)
 
     def plan(self, dht: SwarmDHT) -> PlanRecord | None:
-        value = self._pick(dht.get(PLAN_KEY))
-        try:
-            return None if value is None else PlanRecord.from_wire(value)
-        except RecordError as error:
-            log.warning("ignoring an invalid plan record: %s", error)
-            return None
+        """The pinned coordinator's plan record, or None (none yet, or invalid: logged)."""
+        return self._read(dht, PLAN_KEY, PlanRecord)
 
     def control(self, dht: SwarmDHT) -> ControlRecord | None:
-        value = self._pick(dht.get(CONTROL_KEY))
+        """The pinned coordinator's control record, or None (none yet, or invalid: logged)."""
+        return self._read(dht, CONTROL_KEY, ControlRecord)
+
+    def _read(self, dht: SwarmDHT, key: str, kind: Any) -> Any:
+        value = self._pick(dht.get(key))
         try:
-            return None if value is None else ControlRecord.from_wire(value)
+            return None if value is None else kind.from_wire(value)
         except RecordError as error:
-            log.warning("ignoring an invalid control record: %s", error)
+            log.warning("ignoring an invalid %s record: %s", key, error)
             return None
 
     def _pick(self, found: Any) -> Any:

@@ -77,7 +77,9 @@ def write_checkpoint(directory: Path, step: int, plan: dict[str, Any], stages: d
     tmp.rename(final)
     _fsync_dir(directory)
     write_json_atomic(directory / "latest.json", {"step": step, "path": final.name})
-    for old in sorted(directory.glob("step-*"))[:-KEEP]:
+    # prune by age relative to this one: a newer directory left by an abandoned timeline (a crash
+    # after its rename, before `latest.json`) must not push the checkpoint just named out of KEEP
+    for old in [path for path in sorted(directory.glob("step-*")) if path.name < final.name][:1 - KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -109,7 +109,11 @@ class Coordinator:
                 return SwarmDHT(known, host=self.config.host, port=self.config.port, identity_dir=identity)
             except Exception as error:  # hivemind's bootstrap failure types vary; none of the old peers is left
                 self.on_event(f"none of the {len(known)} known peers answered ({error}); waiting for new ones")
-        return SwarmDHT(host=self.config.host, port=self.config.port, identity_dir=identity)
+        try:
+            return SwarmDHT(host=self.config.host, port=self.config.port, identity_dir=identity)
+        except Exception as error:  # hivemind's own types, e.g. P2PDaemonError when the port is taken
+            raise ValueError(f"cannot start the DHT node on --listen {self.config.host}:{self.config.port}: {error}; "
+                             "pick a free port or an address of this machine") from None
 
     # ---- one decision ------------------------------------------------------------------------
 
@@ -175,16 +179,20 @@ class Coordinator:
         if not lost and time.monotonic() - self.step_clock > self.timeouts.commit_s:
             step = self.committed_step + 1
             for name in self.plan.members():
-                if records[name].prepared_step != step:
+                if (records[name].prepared_step, records[name].prepared_version) != (step, self.plan.version):
                     lost[name] = f"did not finish step {step} within {self.timeouts.commit_s:.0f} s (evicted)"
                     self.evicted.add(name)
         return lost
 
     def _replan(self, records: dict[str, PeerRecord], lost: dict[str, str]) -> None:
         assert self.plan is not None
-        reported = {n for n, why in lost.items() if why.startswith("reported")}
         live = self._live(records)
-        dead = {n: why for n, why in lost.items() if n not in reported or n not in live}
+        # A member that reported an error keeps its cell only if it still holds its stage at the
+        # committed step; one that failed to take up its cell (e.g. a state fetch timed out) would
+        # be told to "keep" state it never loaded, and fail again forever: refill it instead.
+        reported = {n for n, why in lost.items() if why.startswith("reported") and n in live
+                    and live[n].stage == self.plan.position(n)[0] and live[n].step == self.committed_step}
+        dead = {n: why for n, why in lost.items() if n not in reported}
         try:
             placement = refill(self.plan, live, dead, self.config.hyper(), self.codecs, self.config.seed) if dead \
                 else Placement([list(row) for row in self.plan.grid], list(self.plan.layers), list(self.plan.standby),
@@ -218,9 +226,10 @@ class Coordinator:
         loss_text = "-" if self.loss is None else f"{self.loss:.4f}"
         self.on_event(f"step {step}/{self.config.steps} committed (plan {committed_plan.version}): "
                       f"loss {loss_text}, {self.tokens_per_s:.0f} tokens/s")
+        self.report.save()  # before the checkpoint: a checkpoint on disk implies its step is in the report
         if due:
             self._checkpoint(step, committed_plan)
-        self.report.save()
+            self.report.save()
         if finished:
             self._publish_control(done=True)
             self.on_event(f"finished {step} steps; report: {self.report.path}; checkpoint: {self.report.checkpoint}")

@@ -36,9 +36,12 @@ class RunReport:
         self.events.append({"time": time.time(), "event": what, **details})
 
     def rollback(self, step: int) -> None:
-        """Training restarts after checkpoint `step`: later checksums belong to an abandoned timeline."""
+        """Training restarts after checkpoint `step`: later steps and checksums belong to an abandoned
+        timeline, so they leave the record (the event counts them) and each step appears once."""
+        abandoned = [entry["step"] for entry in self.steps if int(entry["step"]) > step]
+        self.steps = [entry for entry in self.steps if int(entry["step"]) <= step]
         self.checksums = {k: v for k, v in self.checksums.items() if int(k) <= step}
-        self.event("rollback", to_step=step)
+        self.event("rollback", to_step=step, abandoned_steps=abandoned)
 
     def plan(self, plan: PlanRecord) -> None:
         self.plans.append({"version": plan.version, "start_step": plan.start_step, "grid": plan.grid,

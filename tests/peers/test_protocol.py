@@ -35,6 +35,12 @@ def test_peer_record_round_trips_through_the_wire():
     ("state", "dancing", "'state' must be one of"),
     ("links", [1], "'links' must be a dict"),
     ("links", {"p2": {"bandwidth_gbps": "fast", "latency_ms": 1}}, "'links' must map names"),
+    ("links", {"p2": {"bandwidth_gbps": 0, "latency_ms": 1}}, "'links' must map names"),
+    ("links", {"p2": {"bandwidth_gbps": 1.0, "latency_ms": float("nan")}}, "'links' must map names"),
+    ("tflops", 0.0, "'tflops' must be a positive number"),
+    ("tflops", float("inf"), "'tflops' must be a positive number"),
+    ("memory_gb", -1.0, "'memory_gb' must be a non-negative number"),
+    ("heartbeat", float("nan"), "'heartbeat' must be a finite number"),
     ("bytes_sent", {"forward": 1.5}, "'bytes_sent' must map channel names to integers"),
     ("dht_addrs", [3], "'dht_addrs' must be a list of multiaddr strings"),
 ])

@@ -13,6 +13,7 @@ from peers.daemon.stage_state import pack_state
 from peers.zmq_transport import ZmqTransport
 from swarm.coordinator.checkpoint import fetch_stage, read_latest, write_checkpoint
 from swarm.coordinator.config import add_arguments, from_args
+from swarm.coordinator.report import RunReport
 from swarm.coordinator.planning import (MIN_STEPS_BETWEEN_CHANGES, Placement, assign_sources, first_placement, grow,
                                         growth_target, predicted_step_s, refill, scenario_from_records)
 
@@ -143,6 +144,10 @@ def test_checkpoints_are_published_atomically_and_pruned(tmp_path):
     latest = read_latest(tmp_path)
     assert latest.step == 15 and latest.stages == {0: b"zero", 1: bytes([15])} and latest.plan == {"version": 15}
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000010", "step-00000015"]
+    (tmp_path / "step-00000030").mkdir()  # a newer orphan from an abandoned timeline
+    write_checkpoint(tmp_path, 20, {"version": 20}, {0: b"zero"})
+    assert read_latest(tmp_path).step == 20
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000015", "step-00000020", "step-00000030"]
     (tmp_path / "latest.json").write_text(json.dumps({"step": 99, "path": "step-00000099"}))
     with pytest.raises(ValueError, match="--resume: cannot read"):
         read_latest(tmp_path)
@@ -176,3 +181,14 @@ def test_resume_needs_a_checkpoint(tmp_path):
     args.checkpoint_dir = tmp_path
     with pytest.raises(ValueError, match="--resume: no checkpoint"):
         from_args(args)
+
+
+def test_a_rollback_drops_the_abandoned_steps_so_each_step_appears_once(tmp_path):
+    report = RunReport(tmp_path / "report.json")
+    for step in range(1, 8):
+        report.step(step, 1, {"p": 1.0}, 10.0, 0.1)
+        report.checksums[str(step)] = {"0": {"p": "x"}}
+    report.rollback(5)
+    assert [entry["step"] for entry in report.steps] == [1, 2, 3, 4, 5]
+    assert sorted(map(int, report.checksums)) == [1, 2, 3, 4, 5]
+    assert report.events[-1]["abandoned_steps"] == [6, 7]

@@ -54,8 +54,13 @@ def test_training_continues_from_the_checkpointed_step(run):
     assert resumed["start_step"] == k + 1
     assert set(resumed["sources"].values()) == {"checkpoint"}
     assert resumed["version"] > max(p["version"] for p in run["before"]["plans"])
-    after = [entry["step"] for entry in run["report"]["steps"][len(run["before"]["steps"]):]]
-    assert after == list(range(k + 1, STEPS + 1))
+    # steps the first coordinator committed after its checkpoint were abandoned by the rollback and rerun
+    # once: the report's timeline is every step exactly once
+    assert [entry["step"] for entry in run["report"]["steps"]] == list(range(1, STEPS + 1))
+    assert [e["step"] for e in run["report"]["steps"][:k]] == [e["step"] for e in run["before"]["steps"][:k]]
+    rollback = next(e for e in run["report"]["events"] if e["event"] == "rollback")
+    assert rollback["to_step"] == k
+    assert rollback["abandoned_steps"] == [e["step"] for e in run["before"]["steps"] if e["step"] > k]
 
 
 def test_replicas_agree_after_the_resume(run):
