@@ -2,11 +2,7 @@
 for seconds on first use; `test_fused.py` covers it once)."""
 import pytest
 
-from compression import set_fused
-
 
 @pytest.fixture(autouse=True)
-def eager_codecs():
-    set_fused(False)
+def _eager_by_default(eager_codecs):
     yield
-    set_fused(True)

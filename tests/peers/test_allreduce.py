@@ -5,16 +5,11 @@ import threading
 import pytest
 import torch
 
-import compression
 from peers.allreduce import GradientAverager
 from peers.transport import InProcessHub, PeerTimeout
 
 
-@pytest.fixture(autouse=True, scope="module")
-def eager_codecs():
-    compression.set_fused(False)  # small tensors: skip torch.compile in this module
-    yield
-    compression.set_fused(True)
+pytestmark = pytest.mark.usefixtures("eager_codecs")
 
 
 def _run(averagers, tensors_per_replica, step=1):

@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-import compression
 import models
 from peers.daemon.stage_runner import PlanAborted, StageRunner
 from peers.daemon.timeouts import derive_timeouts
@@ -16,11 +15,7 @@ from peers.transport import InProcessHub
 NAMES = ["a", "b", "c", "d"]  # grid [[a, b], [c, d]]: stage 0 = a, b; stage 1 = c, d
 
 
-@pytest.fixture(autouse=True, scope="module")
-def eager_codecs():
-    compression.set_fused(False)
-    yield
-    compression.set_fused(True)
+pytestmark = pytest.mark.usefixtures("eager_codecs")
 
 
 @pytest.fixture(scope="module")

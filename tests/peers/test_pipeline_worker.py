@@ -6,7 +6,6 @@ import threading
 import pytest
 import torch
 
-import compression
 import models
 from peers.pipeline import ChannelCodecs, OptimizerSettings, StageWorker
 from peers.transport import InProcessHub, PeerTimeout
@@ -15,11 +14,7 @@ CONFIG = models.get_config("tiny")
 LAYERS = [2, 2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def eager_codecs():
-    compression.set_fused(False)
-    yield
-    compression.set_fused(True)
+pytestmark = pytest.mark.usefixtures("eager_codecs")
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,6 @@ import msgpack
 import pytest
 import zmq
 
-import compression
-
 from peers.dht import SwarmDHT
 from swarm.cli.status import collect
 from swarm.launcher import LocalSwarm
@@ -72,16 +70,13 @@ def test_loss_falls(run):
     assert last < first - 0.5, losses
 
 
+@pytest.mark.usefixtures("eager_codecs")  # the peers quantize eagerly too (LocalSwarm passes --no-fused)
 def test_losses_match_the_in_process_reference(run):
     """The same grid in one process (swarm-sim local, InProcessHub) gives the same numbers: the
     network, processes and step protocol change nothing about the training itself."""
     layers = run["report"]["plans"][0]["layers"]
-    compression.set_fused(False)  # the peers quantize eagerly too (LocalSwarm passes --no-fused)
-    try:
-        reference = run_local(LocalConfig(stages=2, replicas=2, micro_batches=2, batch=4, steps=STEPS, layers=layers,
-                                          eval_samples=8))
-    finally:
-        compression.set_fused(True)
+    reference = run_local(LocalConfig(stages=2, replicas=2, micro_batches=2, batch=4, steps=STEPS, layers=layers,
+                                      eval_samples=8))
     live = [entry["loss"] for entry in run["report"]["steps"]]
     assert live == pytest.approx([entry["loss"] for entry in reference["steps"]], rel=1e-4)
 

@@ -5,16 +5,11 @@ import json
 import pytest
 import torch
 
-import compression
 from swarm.cli.sim import main
 from swarm.local import LocalConfig, LocalGrid, run_local
 
 
-@pytest.fixture(autouse=True, scope="module")
-def eager_codecs():
-    compression.set_fused(False)
-    yield
-    compression.set_fused(True)
+pytestmark = pytest.mark.usefixtures("eager_codecs")
 
 
 def _params(grid):
