@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -66,7 +67,7 @@ def collect(dht: Any) -> dict[str, Any]:
         "plan_version": control.plan_version if control else 0,
         "step": control.committed_step if control else 0,
         "total_steps": control.total_steps if control else 0,
-        "loss": control.loss if control else None,
+        "loss": _finite_or_none(control.loss) if control else None,  # a diverged (NaN) loss is null: valid JSON
         "tokens_per_s": control.tokens_per_s if control else 0.0,
         "done": control.done if control else False,
         "plan": None if plan is None else {"version": plan.version, "start_step": plan.start_step, "grid": plan.grid,
@@ -102,6 +103,11 @@ def _slowest(links: dict[str, dict[str, float]]) -> str:
         return "-"
     name, link = min(links.items(), key=lambda item: item[1]["bandwidth_gbps"])
     return f"{name} {link['bandwidth_gbps']:.2f} Gb/s {link['latency_ms']:.1f} ms"
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """`value` if it is a finite number, else None (JSON has no NaN or infinity)."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 if __name__ == "__main__":
