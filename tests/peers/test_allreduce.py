@@ -1,32 +1,21 @@
 """The data-parallel all-reduce over a real Transport: exact mean with `none`, bit-identical
 replicas with lossy codecs, error feedback, and a timeout that leaves the gradients untouched."""
-import threading
 
 import pytest
 import torch
 
 from peers.allreduce import GradientAverager
 from peers.transport import InProcessHub, PeerTimeout
+from tests.threads import run_concurrently
 
 
 pytestmark = pytest.mark.usefixtures("eager_codecs")
 
 
 def _run(averagers, tensors_per_replica, step=1):
-    errors = []
-
-    def work(averager, tensors):
-        try:
-            averager.average(step, tensors)
-        except Exception as error:  # noqa: BLE001 - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=work, args=pair) for pair in zip(averagers, tensors_per_replica)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads)
+    _, errors = run_concurrently(
+        [lambda a=averager, t=tensors: a.average(step, t) for averager, tensors in zip(averagers, tensors_per_replica)],
+        timeout=60, what="an all-reduce replica")
     return errors
 
 

@@ -9,6 +9,7 @@ import torch
 import models
 from peers.pipeline import ChannelCodecs, OptimizerSettings, StageWorker
 from peers.transport import InProcessHub, PeerTimeout
+from tests.threads import run_concurrently
 
 CONFIG = models.get_config("tiny")
 LAYERS = [2, 2]
@@ -39,22 +40,12 @@ def _grid(codecs, replicas=2, timeout=30.0, wrap=lambda transport: transport, op
 def _step(workers, data, step, plan_version=0, apply=True):
     replicas = len(workers[0])
     shares = data.train_batch(step, 4 * replicas, seed=0).chunk(replicas)
-    results, errors = {}, []
-
-    def work(s, r):
-        try:
-            results[s, r] = workers[s][r].run_step(step, shares[r], plan_version, apply=apply)
-        except Exception as error:  # noqa: BLE001 - surfaced by the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=work, args=(s, r)) for s in range(2) for r in range(replicas)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads), "a stage worker hangs"
+    cells = [(s, r) for s in range(2) for r in range(replicas)]
+    results, errors = run_concurrently(
+        [lambda s=s, r=r: workers[s][r].run_step(step, shares[r], plan_version, apply=apply) for s, r in cells],
+        timeout=120, what="a stage worker")
     assert not errors, errors
-    return results
+    return dict(zip(cells, results))
 
 
 def test_compressed_step_keeps_replicas_identical_and_reports_channels(data):

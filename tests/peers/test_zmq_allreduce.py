@@ -1,7 +1,6 @@
 """The real all-reduce over zmq gives bit-for-bit what it gives over the in-process reference hub."""
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch
@@ -9,28 +8,21 @@ import torch
 from peers.allreduce import GradientAverager
 from peers.transport import InProcessHub
 from peers.zmq_transport import ZmqTransport
+from tests.threads import run_concurrently
 
 GROUP = ["r0", "r1", "r2"]
 
 
 def _average_on_threads(transports, gradients, codec: str) -> list[list[torch.Tensor]]:
     results = [[g.clone() for g in replica] for replica in gradients]
-    errors: list[BaseException] = []
 
     def run(rank: int) -> None:
-        try:
-            averager = GradientAverager(transports[rank], GROUP, codec, error_feedback=False, timeout=20)
-            for step in range(2):
-                averager.average(step, results[rank])
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
+        averager = GradientAverager(transports[rank], GROUP, codec, error_feedback=False, timeout=20)
+        for step in range(2):
+            averager.average(step, results[rank])
 
-    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(len(GROUP))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads), "an all-reduce replica hangs"
+    _, errors = run_concurrently([lambda rank=rank: run(rank) for rank in range(len(GROUP))],
+                                 timeout=60, what="an all-reduce replica")
     assert not errors, errors
     return results
 
