@@ -10,14 +10,16 @@ sparsifier). Stateful compression lives in small objects owned by the link that 
 `ErrorFeedback` (any codec, one residual per key; `ErrorFeedback("cocktail")` is CocktailSGD)
 and `ActivationDelta` (AQ-SGD, m per sample id). Large tensors (>= 65536 values) run compiled
 kernels after a one-time compilation; `set_fused(False)` keeps a process on the eager path.
-A new codec is one module calling `register(name, factory)`.
+A new codec is one module calling `register(name, factory)`. `resolve(spec)` is the one place a
+codec name is validated (CodecError names what is wrong); `frame_size` and `bits_per_value` give
+exact wire sizes without encoding anything, for cost models and timeouts.
 """
 from compression.delta import ActivationDelta
 from compression.errors import CodecError
 from compression.feedback import ErrorFeedback
-from compression.frame import FrameInfo, decode, describe, encode
+from compression.frame import FrameInfo, bits_per_value, decode, describe, encode, frame_size
 from compression.fused import set_fused
-from compression.registry import Codec, available, register
+from compression.registry import Codec, available, register, resolve
 
-__all__ = ["encode", "decode", "describe", "available", "CodecError", "ErrorFeedback", "ActivationDelta",
-           "register", "Codec", "FrameInfo", "set_fused"]
+__all__ = ["encode", "decode", "describe", "frame_size", "bits_per_value", "available", "resolve", "CodecError",
+           "ErrorFeedback", "ActivationDelta", "register", "Codec", "FrameInfo", "set_fused"]

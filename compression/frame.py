@@ -25,7 +25,7 @@ import torch
 from compression.errors import CodecError
 from compression.registry import MAX_SPEC_LEN, Codec, resolve
 
-__all__ = ["encode", "decode", "describe", "FrameInfo", "MAGIC", "VERSION"]
+__all__ = ["encode", "decode", "describe", "frame_size", "bits_per_value", "FrameInfo", "MAGIC", "VERSION"]
 
 MAGIC = b"SWCF"
 VERSION = 1
@@ -64,6 +64,28 @@ def encode(tensor: torch.Tensor, codec: str, *, generator: torch.Generator | Non
     head += bytes(-len(head) % 8)
     parts = payload if isinstance(payload, list) else [payload]
     return b"".join([head] + [memoryview(part.detach().to("cpu").contiguous().numpy()) for part in parts])
+
+
+def frame_size(codec: str, shape: tuple[int, ...] | int, dtype: torch.dtype = torch.float32) -> int:
+    """Exact bytes of the frame `encode` makes for a tensor of `shape` (header, padding, payload).
+
+    Pure arithmetic, no allocation, so cost models can price a 1e9-value gradient: the scheduler,
+    the coordinator's timeouts and the simulator all size messages with it.
+    """
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    impl = resolve(codec)
+    numel = 1
+    for size in dims:
+        numel *= size
+    header = _HEAD.size + len(impl.spec) + 8 * len(dims)
+    return header + -header % 8 + impl.payload_size(numel, dtype)
+
+
+def bits_per_value(codec: str, numel: int = 1 << 20) -> float:
+    """Wire bits per value of a `numel`-value float32 tensor (scales and header included)."""
+    if numel <= 0:
+        raise CodecError(f"bits_per_value needs a positive numel, got {numel}")
+    return 8 * frame_size(codec, numel) / numel
 
 
 class FrameInfo(NamedTuple):

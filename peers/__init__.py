@@ -2,7 +2,7 @@
 
 `peers` never imports `swarm`. The engine API the live peer and `swarm-sim local` share:
 
-    worker = peers.StageWorker(stage_module, stage_index=s, num_stages=S, transport=transport,
+    worker = peers.StageExecutor(stage_module, stage_index=s, num_stages=S, transport=transport,
                                prev=..., next=..., group=[...], codecs=peers.ChannelCodecs("q3", "q6", "q4"),
                                schedule="1f1b", micro_batches=M)
     result = worker.run_step(step, batch_or_none, plan_version)   # -> peers.StepResult
@@ -18,7 +18,7 @@ from importlib import import_module
 from typing import Any
 
 from .allreduce import GradientAverager
-from .pipeline import ChannelCodecs, ChannelStats, OptimizerSettings, StageWorker, StepResult
+from .pipeline import ChannelCodecs, ChannelStats, OptimizerSettings, StageExecutor, StepResult
 from .transport import InProcessHub, Mailbox, Message, PeerTimeout, Transport, TransportClosed
 
 _LAZY = {
@@ -33,7 +33,7 @@ _LAZY = {
 
 __all__ = [
     "Message", "Transport", "Mailbox", "PeerTimeout", "TransportClosed", "InProcessHub",
-    "StageWorker", "StepResult", "OptimizerSettings", "ChannelCodecs", "ChannelStats",
+    "StageExecutor", "StepResult", "OptimizerSettings", "ChannelCodecs", "ChannelStats",
     "GradientAverager", *_LAZY,
 ]
 

@@ -20,11 +20,9 @@ import torch
 import compression
 
 from .transport import Message, Transport
+from .wire import GATHER_KIND, REDUCE_KIND
 
-__all__ = ["GradientAverager", "REDUCE_KIND", "GATHER_KIND"]
-
-REDUCE_KIND = "ar-reduce"
-GATHER_KIND = "ar-gather"
+__all__ = ["GradientAverager"]
 
 
 class GradientAverager:

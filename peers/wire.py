@@ -23,7 +23,8 @@ import msgpack
 from peers.transport import Message
 
 __all__ = [
-    "WIRE_VERSION", "MAX_HEADER_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "CONTROL_KINDS",
+    "WIRE_VERSION", "MAX_HEADER_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "CONTROL_KINDS", "TRAINING_KINDS",
+    "ACT_KIND", "GRAD_KIND", "REDUCE_KIND", "GATHER_KIND",
     "PING", "PONG", "REACH_REQUEST", "REACH_RESULT", "STATE_REQUEST", "STATE_META", "STATE_CHUNK",
     "STATE_ERROR", "WireError", "pack", "unpack", "pack_body", "unpack_body",
 ]
@@ -33,6 +34,11 @@ WIRE_VERSION = 1
 MAX_HEADER_BYTES = 256 * 1024
 # Payload limit per message unless a transport is told otherwise (large states travel in chunks).
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+# The training traffic: forward activations, activation gradients, and the all-reduce's two phases.
+ACT_KIND, GRAD_KIND = "act", "grad"
+REDUCE_KIND, GATHER_KIND = "ar-reduce", "ar-gather"
+TRAINING_KINDS = frozenset({ACT_KIND, GRAD_KIND, REDUCE_KIND, GATHER_KIND})
 
 PING, PONG = "ping", "pong"
 REACH_REQUEST, REACH_RESULT = "reach_request", "reach_result"

@@ -9,16 +9,14 @@ import threading
 from collections import Counter
 from typing import Any
 
-from peers.allreduce import GATHER_KIND, REDUCE_KIND
-from peers.pipeline.worker import ACT_KIND, GRAD_KIND
-from peers.wire import CONTROL_KINDS
+from peers.wire import CONTROL_KINDS, TRAINING_KINDS
 
 __all__ = ["TransportStats", "MAX_KINDS", "OTHER_KIND"]
 
 # Kinds are chosen by whoever sends: the swarm's own kinds always get their row; past MAX_KINDS
 # other distinct ones, new kinds count under OTHER_KIND, so garbage with made-up kinds can neither
 # grow the tables without bound nor push the real traffic into OTHER_KIND.
-_OWN_KINDS = frozenset({ACT_KIND, GRAD_KIND, REDUCE_KIND, GATHER_KIND, *CONTROL_KINDS})
+_OWN_KINDS = TRAINING_KINDS | CONTROL_KINDS
 MAX_KINDS = 64
 OTHER_KIND = "(other)"
 

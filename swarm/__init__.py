@@ -12,8 +12,20 @@ The daemons are imported from their packages, not from here, because they load h
 import installs a log handler) and torch: `from swarm.coordinator import Coordinator,
 CoordinatorConfig`; the one-process grid is `from swarm.local import LocalConfig, run_local`.
 """
-from swarm.scheduler import (Breakdown, Device, Plan, PlanError, Scenario, ScenarioError, cost_model, moved_peers,
-                             plan, predict, preset_names, replan)
+from swarm.scheduler import (
+                             Breakdown,
+                             Device,
+                             Plan,
+                             PlanError,
+                             Scenario,
+                             ScenarioError,
+                             cost_model,
+                             moved_peers,
+                             plan,
+                             predict,
+                             preset_names,
+                             replan,
+)
 
 __all__ = ["Scenario", "ScenarioError", "Device", "Plan", "PlanError", "Breakdown", "plan", "predict", "replan",
            "moved_peers", "cost_model", "preset_names"]

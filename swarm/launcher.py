@@ -1,7 +1,7 @@
 """Run a whole swarm on this machine as real processes: the demo, the benchmark and the live tests.
 
 Every daemon is a separate OS process started exactly as a user would (`python -m
-swarm.coordinator_cli`, `python -m peers.cli join`), in its own process group, logging to
+swarm.cli.coordinator`, `python -m peers.cli join`), in its own process group, logging to
 `DIR/NAME.log`. Failures are scripted, not hoped for: `kill("p2", SIGKILL)` at a step read from
 the coordinator's report. `close()` stops everything it started (SIGTERM, then SIGKILL of the
 whole group, DHT processes and `p2pd` included) and reaps it, also when a test fails midway.
@@ -52,7 +52,7 @@ class LocalSwarm:
 
     def start_coordinator(self, args: list[str], name: str = "coordinator") -> subprocess.Popen:
         """Start `swarm-coordinator ARGS --checkpoint-dir DIR/checkpoints`."""
-        return self._spawn(name, ["-m", "swarm.coordinator_cli", *args, "--checkpoint-dir", str(self.checkpoint_dir)])
+        return self._spawn(name, ["-m", "swarm.cli.coordinator", *args, "--checkpoint-dir", str(self.checkpoint_dir)])
 
     def initial_peers(self, timeout: float = 60.0) -> list[str]:
         """The coordinator's multiaddrs, from the `coordinator.json` it writes at start."""

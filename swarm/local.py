@@ -1,6 +1,6 @@
 """A whole S x R training grid in one process: the pipeline engine proven before the network is.
 
-Every (stage, replica) is a real `StageWorker` on its own thread, wired through an in-process
+Every (stage, replica) is a real `StageExecutor` on its own thread, wired through an in-process
 `InProcessHub`, so the messages, codecs, schedules and all-reduce are exactly those of the live
 swarm - only the transport differs. Results are deterministic: reductions run in fixed order and
 stochastic rounding is seeded per message, so thread timing never changes a number.
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 import models
-from peers.pipeline import ChannelCodecs, ChannelStats, OptimizerSettings, StageWorker, get_schedule
+from peers.pipeline import ChannelCodecs, ChannelStats, OptimizerSettings, StageExecutor, get_schedule
 from peers.profiling import check_device
 from peers.transport import InProcessHub
 
@@ -124,13 +124,13 @@ class LocalGrid:
         stages, replicas = config.stages, config.replicas
         self.hub = InProcessHub()
         settings = OptimizerSettings(lr=config.lr, warmup_steps=config.warmup_steps)
-        self.workers: list[list[StageWorker]] = []
+        self.workers: list[list[StageExecutor]] = []
         for s in range(stages):
             group = [worker_name(s, r) for r in range(replicas)]
             row = []
             for r in range(replicas):
                 module = models.build_stage(self.model_config, self.layers, s, seed=config.seed, device=config.device)
-                row.append(StageWorker(
+                row.append(StageExecutor(
                     module, stage_index=s, num_stages=stages, transport=self.hub.endpoint(worker_name(s, r)),
                     prev=worker_name(s - 1, r) if s > 0 else None,
                     next=worker_name(s + 1, r) if s < stages - 1 else None,

@@ -11,8 +11,18 @@ import logging
 from typing import Any
 
 from peers.dht import SwarmDHT, dht_time
-from peers.protocol import (CONTROL_KEY, PEERS_KEY, PLAN_KEY, ControlRecord, PeerRecord, PlanRecord, RecordError,
-                            peer_subkey, subkey_name, subkey_owner)
+from peers.protocol import (
+    CONTROL_KEY,
+    PEERS_KEY,
+    PLAN_KEY,
+    ControlRecord,
+    PeerRecord,
+    PlanRecord,
+    RecordError,
+    peer_subkey,
+    subkey_name,
+    subkey_owner,
+)
 
 __all__ = ["read_peers", "write_peer", "publish_coordinator", "CoordinatorPin", "COORDINATOR_NAME", "PLAN_TTL_S"]
 

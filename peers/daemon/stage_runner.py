@@ -1,8 +1,8 @@
-"""This peer's cell of the grid under one plan: its stage worker, its batch, two-phase steps.
+"""This peer's cell of the grid under one plan: its stage executor, its batch, two-phase steps.
 
 The step protocol needs a step to be *prepared* (forward, backward, gradients averaged with the
 replicas) on every peer before any peer *applies* it, so that a step lost to churn is dropped
-everywhere: the runner prepares with `StageWorker.run_step(..., apply=False)` and settles with
+everywhere: the runner prepares with `StageExecutor.run_step(..., apply=False)` and settles with
 `apply_update()` / `discard_update()` when the coordinator commits or aborts.
 
 A new plan always gets a new runner (new neighbours, a new all-reduce group, fresh AQ-SGD memories
@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from models import SequenceDataset, build_stage, get_config
-from peers.pipeline import ChannelCodecs, OptimizerSettings, StageWorker, StepResult
+from peers.pipeline import ChannelCodecs, OptimizerSettings, StageExecutor, StepResult
 from peers.protocol import PlanRecord
 from peers.state_transfer import StateTransferError, fetch_state
 from peers.transport import Message, PeerTimeout, Transport, TransportClosed
@@ -34,7 +34,7 @@ class PlanAborted(TransportClosed):
 
 
 class StageRunner:
-    """Builds the worker for (stage, replica) of `plan` and loads its state (see `sources`)."""
+    """Builds the executor for (stage, replica) of `plan` and loads its state (see `sources`)."""
 
     def __init__(self, plan: PlanRecord, name: str, transport: Transport, dataset: SequenceDataset,
                  previous: "StageRunner | None", device: str, abort: threading.Event) -> None:
@@ -50,7 +50,7 @@ class StageRunner:
         column = [row[self.replica] for row in plan.grid]
         module = build_stage(config, plan.layers, self.stage, seed=int(plan.hyper["seed"]), device=device)
         self.link = _PlanLink(transport, plan.version, abort, self.timeouts.message_s)
-        self.worker = StageWorker(
+        self.executor = StageExecutor(
             module, stage_index=self.stage, num_stages=plan.stages, transport=self.link,
             prev=column[self.stage - 1] if self.stage > 0 else None,
             next=column[self.stage + 1] if self.stage < plan.stages - 1 else None,
@@ -73,25 +73,25 @@ class StageRunner:
         if self.stage in (0, self.plan.stages - 1):
             batch = self.dataset.train_batch(step, int(self.hyper["batch"]), int(self.hyper["seed"]))
             batch = batch.chunk(self.plan.replicas)[self.replica]
-        return self.worker.run_step(step, batch, self.plan.version, apply=False)
+        return self.executor.run_step(step, batch, self.plan.version, apply=False)
 
     def apply(self, step: int) -> None:
         """Apply the prepared `step`: the coordinator committed it."""
-        if self.worker.pending_step != step:
-            raise RuntimeError(f"told to apply step {step}, but the prepared step is {self.worker.pending_step}")
-        self.worker.apply_update()
+        if self.executor.pending_step != step:
+            raise RuntimeError(f"told to apply step {step}, but the prepared step is {self.executor.pending_step}")
+        self.executor.apply_update()
         self._applied = step
 
     def discard(self) -> None:
         """Drop a prepared step: the coordinator aborted it (or the plan moved on)."""
-        self.worker.discard_update()
+        self.executor.discard_update()
 
     def checksum(self) -> str:
-        return self.worker.param_checksum()
+        return self.executor.param_checksum()
 
     def blob(self) -> bytes:
         """This stage's state after `applied_step`, as donors and checkpoints carry it."""
-        return pack_state(self.stage, self.plan.layers, self._applied, self.worker.state_dict())
+        return pack_state(self.stage, self.plan.layers, self._applied, self.executor.state_dict())
 
     def _load(self, source: str, previous: "StageRunner | None") -> None:
         self._applied = self.plan.start_step - 1
@@ -101,10 +101,10 @@ class StageRunner:
             if previous is None or previous.stage != self.stage or previous.applied_step != self._applied:
                 raise RuntimeError(f"plan {self.plan.version} says keep stage {self.stage} at step {self._applied}, "
                                    "but this peer does not hold it")
-            self.worker.load_state_dict(previous.worker.state_dict())
+            self.executor.load_state_dict(previous.executor.state_dict())
             return
         address = self.plan.checkpoint_address if source == "checkpoint" else self.plan.addresses[source[5:]]
-        self.worker.load_state_dict(self._fetch(address, source).state)
+        self.executor.load_state_dict(self._fetch(address, source).state)
 
     def _fetch(self, address: str, source: str) -> Any:
         """The donor's blob of this stage at start_step - 1 (it may publish it a moment later)."""
@@ -125,7 +125,7 @@ class StageRunner:
 
 
 class _PlanLink:
-    """The transport as the worker of one plan sees it: only that plan's messages, abortable.
+    """The transport as the executor of one plan sees it: only that plan's messages, abortable.
 
     Receives wait in short slices so a plan change (or shutdown) interrupts a step at once
     instead of after the message timeout. Messages of other plan versions never get here: the

@@ -27,8 +27,16 @@ from peers.zmq_transport import ZmqTransport
 
 from .checkpoint import Checkpoint, fetch_stage, read_latest, write_checkpoint, write_json_atomic
 from .config import CoordinatorConfig
-from .planning import (Placement, assign_sources, first_placement, grow, growth_target, predicted_step_s, refill,
-                       scenario_from_records)
+from .planning import (
+    Placement,
+    assign_sources,
+    first_placement,
+    grow,
+    growth_target,
+    predicted_step_s,
+    refill,
+    scenario_from_records,
+)
 from .report import RunReport
 
 __all__ = ["Coordinator", "POLL_S"]

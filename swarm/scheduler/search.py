@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from swarm.scheduler.construct import (even_layers, locality_dp, locality_pipeline,
-                                       proportional_layers, shapes)
-from swarm.scheduler.cost import INFEASIBLE, Breakdown, CostModel, cost_model as make_model
+from swarm.scheduler.construct import even_layers, locality_dp, locality_pipeline, proportional_layers, shapes
+from swarm.scheduler.cost import INFEASIBLE, Breakdown, CostModel
+from swarm.scheduler.cost import cost_model as make_model
 from swarm.scheduler.localsearch import LocalSearch
 from swarm.scheduler.plan import Plan, PlanError
 from swarm.scheduler.scenario import Scenario

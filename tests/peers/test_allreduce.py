@@ -8,7 +8,6 @@ from peers.allreduce import GradientAverager
 from peers.transport import InProcessHub, PeerTimeout
 from tests.threads import run_concurrently
 
-
 pytestmark = pytest.mark.usefixtures("eager_codecs")
 
 

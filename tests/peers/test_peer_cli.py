@@ -10,7 +10,7 @@ from swarm.launcher import LocalSwarm
 
 COMMANDS = [
     ["-m", "peers.cli", "join", "--help"],
-    ["-m", "swarm.coordinator_cli", "--help"],
+    ["-m", "swarm.cli.coordinator", "--help"],
     ["-m", "swarm.cli.status", "status", "--help"],
     ["-m", "swarm.demo", "--help"],
 ]
@@ -23,7 +23,7 @@ def test_every_command_has_help(command):
 
 
 def test_coordinator_refuses_bad_flags_naming_them(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "swarm.coordinator_cli", "--steps", "5", "--stages", "2",
+    result = subprocess.run([sys.executable, "-m", "swarm.cli.coordinator", "--steps", "5", "--stages", "2",
                              "--checkpoint-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--stages and --replicas go together" in result.stderr
 

@@ -6,8 +6,7 @@ import torch
 
 from peers.daemon.stage_state import pack_state, unpack_state
 from peers.daemon.timeouts import HEARTBEAT_S, PEER_TTL_S, Timeouts, derive_timeouts
-from peers.protocol import (ControlRecord, PeerRecord, PlanRecord, RecordError, peer_subkey, subkey_name,
-                            subkey_owner)
+from peers.protocol import ControlRecord, PeerRecord, PlanRecord, RecordError, peer_subkey, subkey_name, subkey_owner
 
 OWNER = b"[owner:ssh-rsa AAAAB3Nza]"
 

@@ -1,7 +1,6 @@
 """The real all-reduce over zmq gives bit-for-bit what it gives over the in-process reference hub."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 

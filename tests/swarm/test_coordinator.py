@@ -8,14 +8,23 @@ import time
 
 import pytest
 
-from peers.protocol import PeerRecord, PlanRecord
 from peers.daemon.stage_state import pack_state
+from peers.protocol import PeerRecord, PlanRecord
 from peers.zmq_transport import ZmqTransport
 from swarm.coordinator.checkpoint import fetch_stage, read_latest, write_checkpoint
 from swarm.coordinator.config import add_arguments, from_args
+from swarm.coordinator.planning import (
+    MIN_STEPS_BETWEEN_CHANGES,
+    Placement,
+    assign_sources,
+    first_placement,
+    grow,
+    growth_target,
+    predicted_step_s,
+    refill,
+    scenario_from_records,
+)
 from swarm.coordinator.report import RunReport
-from swarm.coordinator.planning import (MIN_STEPS_BETWEEN_CHANGES, Placement, assign_sources, first_placement, grow,
-                                        growth_target, predicted_step_s, refill, scenario_from_records)
 
 
 def _plan(grid, standby=()):

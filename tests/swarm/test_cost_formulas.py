@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from swarm.scheduler import Scenario
-from swarm.scheduler.cost import DtfmCost, FullCost, INFEASIBLE
+from swarm.scheduler.cost import INFEASIBLE, DtfmCost, FullCost
 from swarm.scheduler.matching import bottleneck_assignment, open_path_order
 from swarm.scheduler.network import GBPS
 from swarm.scheduler.workload import Workload, wire_bytes

@@ -8,7 +8,6 @@ import torch
 from swarm.cli.sim import main
 from swarm.local import LocalConfig, LocalGrid, run_local
 
-
 pytestmark = pytest.mark.usefixtures("eager_codecs")
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from swarm.scheduler import Scenario, plan, predict
 from swarm.scheduler.construct import even_layers, locality_pipeline
-from swarm.scheduler.search import Candidate, to_plan
 from swarm.scheduler.cost import FullCost
+from swarm.scheduler.search import Candidate, to_plan
 from swarm.scheduler.synthetic import volunteer_scenario
 from swarm.simulator import simulate, simulate_iteration
 from tests.swarm.test_cost_formulas import GRID, LAYERS, TINY, tiny

@@ -1,6 +1,6 @@
 """The stage executor: one (stage, replica) of the grid, running one training step at a time.
 
-A `StageWorker` owns a stage module and its AdamW state, and talks to its pipeline neighbours
+A `StageExecutor` owns a stage module and its AdamW state, and talks to its pipeline neighbours
 and its data-parallel group only through a `Transport`, so the same class runs in the
 one-process grid of `swarm-sim local` and in a live peer over zmq. A step either completes
 (forward and backward over every micro-batch, gradients averaged with the replicas, optimizer
@@ -26,13 +26,11 @@ from models import Batch, param_checksum
 
 from ..allreduce import GradientAverager
 from ..transport import Message, Transport
+from ..wire import ACT_KIND, GRAD_KIND
 from .channels import ActivationChannel, ChannelCodecs, ChannelStats
 from .schedule import get_schedule
 
-__all__ = ["StageWorker", "StepResult", "OptimizerSettings", "ACT_KIND", "GRAD_KIND"]
-
-ACT_KIND = "act"
-GRAD_KIND = "grad"
+__all__ = ["StageExecutor", "StepResult", "OptimizerSettings"]
 
 
 @dataclass(frozen=True)
@@ -66,12 +64,12 @@ class StepResult:
     seconds: float
 
 
-class StageWorker:
+class StageExecutor:
     """Stage `stage_index` of `num_stages`, replica `group.index(transport.name)` of its stage.
 
     Example (a live peer builds one; `swarm-sim local` builds S x R of them over one hub):
 
-        worker = StageWorker(models.build_stage(config, [2, 2], 1), stage_index=1, num_stages=2,
+        worker = StageExecutor(models.build_stage(config, [2, 2], 1), stage_index=1, num_stages=2,
                              transport=transport, prev="s0r0", next=None, group=["s1r0", "s1r1"],
                              codecs=ChannelCodecs("q3", "q6", "q4"), micro_batches=4)
         result = worker.run_step(step, batch)   # batch on the first and last stage, else None

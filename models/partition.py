@@ -14,29 +14,9 @@ from torch import nn
 
 from .config import GPTConfig
 from .gpt import Stage, init_parameters
+from .stages import check_layers
 
-__all__ = ["split", "build_stage", "even_layers", "check_layers", "param_checksum"]
-
-
-def even_layers(layers: int, stages: int) -> list[int]:
-    """Layers per stage, as even as possible, extra layers on the earliest stages: 5 / 3 -> 2,2,1."""
-    if stages <= 0:
-        raise ValueError(f"stages must be positive, got {stages}")
-    if stages > layers:
-        raise ValueError(f"cannot split {layers} layers into {stages} stages: every stage needs a layer")
-    base, extra = divmod(layers, stages)
-    return [base + (1 if i < extra else 0) for i in range(stages)]
-
-
-def check_layers(config: GPTConfig, layers_per_stage: Sequence[int]) -> None:
-    """Raise ValueError unless `layers_per_stage` is a list of positive counts summing to the model's layers."""
-    if not layers_per_stage:
-        raise ValueError("a split needs at least one stage")
-    if any(count <= 0 for count in layers_per_stage):
-        raise ValueError(f"every stage needs at least one layer, got {list(layers_per_stage)}")
-    if sum(layers_per_stage) != config.layers:
-        raise ValueError(f"layers per stage {list(layers_per_stage)} sum to {sum(layers_per_stage)}, "
-                         f"but model {config.name!r} has {config.layers} layers")
+__all__ = ["split", "build_stage", "param_checksum"]
 
 
 def build_stage(config: GPTConfig, layers_per_stage: Sequence[int], index: int, *, seed: int = 0,

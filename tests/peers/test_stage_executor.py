@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import models
-from peers.pipeline import ChannelCodecs, OptimizerSettings, StageWorker
+from peers.pipeline import ChannelCodecs, OptimizerSettings, StageExecutor
 from peers.transport import InProcessHub, PeerTimeout
 from tests.threads import run_concurrently
 
@@ -29,7 +29,7 @@ def _grid(codecs, replicas=2, timeout=30.0, wrap=lambda transport: transport, op
     workers = []
     for s in range(2):
         group = [f"s{s}r{r}" for r in range(replicas)]
-        workers.append([StageWorker(models.build_stage(CONFIG, LAYERS, s), stage_index=s, num_stages=2,
+        workers.append([StageExecutor(models.build_stage(CONFIG, LAYERS, s), stage_index=s, num_stages=2,
                                     transport=wrap(hub.endpoint(f"s{s}r{r}")), prev=f"s0r{r}" if s else None,
                                     next=None if s else f"s1r{r}", group=group, codecs=codecs,
                                     micro_batches=2, timeout=timeout, delta_capacity=1024, optimizer=optimizer)
@@ -192,8 +192,8 @@ def test_wiring_and_batch_errors():
     hub = InProcessHub()
     stage = models.build_stage(CONFIG, LAYERS, 0)
     with pytest.raises(ValueError, match="prev"):
-        StageWorker(stage, stage_index=0, num_stages=2, transport=hub.endpoint("a"), prev="x", next="b", group=["a"])
-    worker = StageWorker(stage, stage_index=0, num_stages=2, transport=hub.endpoint("b"), prev=None, next="c",
+        StageExecutor(stage, stage_index=0, num_stages=2, transport=hub.endpoint("a"), prev="x", next="b", group=["a"])
+    worker = StageExecutor(stage, stage_index=0, num_stages=2, transport=hub.endpoint("b"), prev=None, next="c",
                          group=["b"], codecs=ChannelCodecs("none", "none", "none"))
     with pytest.raises(ValueError, match="needs this replica's batch"):
         worker.run_step(1, None)
