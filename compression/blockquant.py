@@ -8,8 +8,9 @@ byte that touches it, and loads strided bytes one at a time.
 
 Layout per block of B values (B a multiple of 8): one fp16 offset (the block minimum) and one
 fp16 scale, both multiplied by the frame's power-of-two `factor` (see `quantize.py`: it keeps
-the stats of tiny or huge tensors inside fp16's normal range), then B k-bit codes packed densely: each group of 8 codes is one 8k-bit little-endian
-integer written as k bytes (code i in bits k*i .. k*i+k-1), so k = 3 puts 8 values in 3 bytes.
+the stats of tiny or huge tensors inside fp16's normal range), then B k-bit codes packed
+densely: each group of 8 codes is one 8k-bit little-endian integer written as k bytes (code i
+in bits k*i .. k*i+k-1), so k = 3 puts 8 values in 3 bytes.
 Codes travel between the steps as int64 "byte-lane words": 8 one-byte codes viewed as one int64,
 which turns packing into contiguous shifts and masks on whole words.
 """
@@ -22,15 +23,15 @@ from compression.noise import combine
 __all__ = ["quantize_blocks", "quantize_into", "pack_into", "spread_into", "dequantize_blocks", "WORD_DTYPES"]
 
 
-def quantize_blocks(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_noise: torch.Tensor | None,
-                    bits: int, factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_blocks(blocks: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None, bits: int,
+                    factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 `blocks` [nb, B] -> (stats fp16 [nb, 2] = offset, scale, times `factor`; codes uint8 [nb, B]).
 
     `factor` is a 0-d fp32 power of two (a tensor, so a new value never recompiles), which makes
     the divisions below exact.
 
-    Stochastic rounding with noise vectors from `noise.noise_vectors` ([nb] and [B]), or
-    round-to-nearest when they are None.
+    Stochastic rounding with the (row [nb], col [B]) vectors of `noise.noise_vectors`, or
+    round-to-nearest when `noise` is None.
 
     Non-finite input shows up as non-finite stats, which the caller checks (a cheap [nb] test
     instead of another pass over the data).
@@ -42,18 +43,18 @@ def quantize_blocks(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_no
     scale16 = ((blocks.amax(dim=1) - offset).clamp_min(0.0) * (factor / levels)).to(torch.float16)
     scale = scale16.to(torch.float32) / factor
     inverse = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-    noise = 0.5 if row_noise is None else combine(row_noise, col_noise)
-    scaled = (blocks - offset[:, None]) * inverse[:, None] + noise
+    rounding = 0.5 if noise is None else combine(*noise)
+    scaled = (blocks - offset[:, None]) * inverse[:, None] + rounding
     # Clamped to [0, levels] the value is non-negative, so the uint8 cast (truncation) is floor.
     codes = scaled.clamp(0, levels).to(torch.uint8)
     return torch.stack([offset16, scale16], dim=1), codes
 
 
-def quantize_into(blocks: torch.Tensor, row_noise: torch.Tensor | None, stats: torch.Tensor, codes: torch.Tensor,
-                  col_noise: torch.Tensor | None, bits: int, factor: torch.Tensor) -> None:
+def quantize_into(blocks: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None, stats: torch.Tensor,
+                  codes: torch.Tensor, bits: int, factor: torch.Tensor) -> None:
     """`quantize_blocks` writing into caller-owned `stats` and `codes` (reused buffers: a fresh
     allocation per call costs page faults comparable to the quantization itself)."""
-    new_stats, new_codes = quantize_blocks(blocks, row_noise, col_noise, bits, factor)
+    new_stats, new_codes = quantize_blocks(blocks, noise, bits, factor)
     stats.copy_(new_stats)
     codes.copy_(new_codes)
 

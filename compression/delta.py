@@ -67,17 +67,20 @@ class ActivationDelta:
         ids = self._check_ids(sample_ids, activations.shape[0] if activations.ndim else -1)
         acts = activations.detach()
         dtype = self.memory_dtype or acts.dtype
-        fresh = [self._memory.get(i) is None or self._memory[i].shape != acts.shape[1:] for i in ids]
+        # m of each row that goes as a delta (m held, same shape); every other row goes in full
+        held = {r: m for r, m in enumerate(self._memory.get(i) for i in ids)
+                if m is not None and m.shape == acts.shape[1:]}
+        fresh = [r not in held for r in range(len(ids))]
         full_rows, delta_rows = _split(fresh)
         full_frame = encode(acts[full_rows], "none") if full_rows else b""
         delta_frame = b""
         updates = {ids[r]: acts[r].to(dtype, copy=True) for r in full_rows}
         if delta_rows:
-            memory = torch.stack([self._memory[ids[r]] for r in delta_rows]).to(acts.device, torch.float32)
+            memory = torch.stack(list(held.values())).to(acts.device, torch.float32)
             diff = acts[delta_rows].to(torch.float32) - memory
             delta_frame = encode(diff.to(acts.dtype), self.codec, seed=seed, generator=self._generator)
-            updates.update({ids[r]: m for r, m in zip(delta_rows, _add_delta(memory, delta_frame, dtype))})
-        counts = [0 if f else self._updates[i] for i, f in zip(ids, fresh)]
+            updates.update({ids[r]: m for r, m in zip(delta_rows, _add_delta(memory, delta_frame, dtype), strict=True)})
+        counts = [0 if f else self._updates[i] for i, f in zip(ids, fresh, strict=True)]
         self._commit(updates, ids, {ids[r] for r in full_rows})
         return _pack(ids, fresh, counts, full_frame, delta_frame)
 
@@ -89,18 +92,21 @@ class ActivationDelta:
         if sent_ids != ids:
             raise CodecError(f"frame carries sample ids {sent_ids[:8]} but the receiver expected "
                              f"{ids[:8]}; the link delivered another micro-batch's frame")
-        missing = [i for i, f in zip(ids, fresh) if not f and self._memory.get(i) is None]
-        if missing:
+        full_rows, delta_rows = _split(fresh)
+        held = [m for m in (self._memory.get(ids[r]) for r in delta_rows) if m is not None]
+        if len(held) != len(delta_rows):
+            missing = [ids[r] for r in delta_rows if self._memory.get(ids[r]) is None]
             raise CodecError(f"delta frame for samples {missing[:8]} this receiver holds no m for; sender and "
                              "receiver are out of step (they need the same codec, capacity and call order)")
-        stale = [i for i, f, c in zip(ids, fresh, counts) if not f and self._updates[i] != c]
+        stale = [i for i, f, c in zip(ids, fresh, counts, strict=True) if not f and self._updates[i] != c]
         if stale:
             raise CodecError(f"delta frame for samples {stale[:8]} was computed on another m than this receiver "
                              "holds (a frame was lost or aborted); sender and receiver are out of step: "
                              "forget() these samples on the sender so their next visit goes in full")
-        out_dtype = describe(full_frame if full_frame is not None else delta_frame).dtype
+        first = full_frame if full_frame is not None else delta_frame
+        assert first is not None  # ids is never empty, so _unpack returns at least one part
+        out_dtype = describe(first).dtype
         dtype = self.memory_dtype or out_dtype
-        full_rows, delta_rows = _split(fresh)
         # Decode everything first and commit only a fully valid frame: a corrupted frame must not
         # leave this side's m half-updated (out of step with the sender's).
         rows: list[torch.Tensor] = [torch.empty(0)] * len(ids)
@@ -109,13 +115,13 @@ class ActivationDelta:
             full = decode(full_frame, device=device)
             if full.ndim == 0 or full.shape[0] != len(full_rows):
                 raise CodecError("activation frame's full-precision part does not match its row flags")
-            for r, row in zip(full_rows, full):
+            for r, row in zip(full_rows, full, strict=True):
                 rows[r] = row
                 updates[ids[r]] = row.to(dtype, copy=True)
         if delta_frame is not None:
-            memory = torch.stack([self._memory[ids[r]] for r in delta_rows])
+            memory = torch.stack(held)
             target = device if device is not None else memory.device
-            for r, m in zip(delta_rows, _add_delta(memory.to(target, torch.float32), delta_frame, dtype)):
+            for r, m in zip(delta_rows, _add_delta(memory.to(target, torch.float32), delta_frame, dtype), strict=True):
                 rows[r] = m.to(out_dtype)
                 updates[ids[r]] = m
         if len({row.shape for row in rows}) != 1:
@@ -229,6 +235,7 @@ def _unpack(frame: bytes | memoryview) -> tuple[list[int], list[bool], list[int]
         raise CodecError("activation frame truncated inside its full-precision part")
     full = view[body:body + full_len] if any(fresh) else None
     delta = view[body + full_len:] if not all(fresh) else None
-    if (full_len == 0) == any(fresh) or (delta is not None and len(delta) == 0) or (delta is None and len(view) > body + full_len):
+    if ((full_len == 0) == any(fresh) or (delta is not None and len(delta) == 0)
+            or (delta is None and len(view) > body + full_len)):
         raise CodecError("activation frame's parts do not match its row flags (corrupted frame)")
     return ids, fresh, counts, full, delta

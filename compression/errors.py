@@ -5,6 +5,11 @@ the data plane can catch exactly this and drop or reject a frame without guessin
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotation only; `nonfinite_error` imports torch when it runs
+    import torch
+
 __all__ = ["CodecError"]
 
 
@@ -12,7 +17,7 @@ class CodecError(ValueError):
     """A tensor or frame the compression layer cannot handle; the message says what and why."""
 
 
-def nonfinite_error(values, spec: str, limit: float) -> CodecError:
+def nonfinite_error(values: torch.Tensor, spec: str, limit: float) -> CodecError:
     """The error for a tensor a codec cannot represent: NaN/inf input, or values past `limit`.
 
     Called only once encoding already failed, so the extra pass over `values` costs nothing on

@@ -6,6 +6,7 @@ Values that overflow the target format would silently become inf, so they raise 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -44,7 +45,7 @@ class FloatCodec:
         return out.copy_(values)
 
 
-def _plain(spec: str, wire_dtype: torch.dtype | None):
+def _plain(spec: str, wire_dtype: torch.dtype | None) -> Callable[[str], FloatCodec]:
     def factory(params: str) -> FloatCodec:
         if params:
             raise CodecError(f"codec {spec!r} takes no parameters, got {spec + params!r}")

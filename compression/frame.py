@@ -63,17 +63,22 @@ def encode(tensor: torch.Tensor, codec: str, *, generator: torch.Generator | Non
     head += struct.pack(f"<{tensor.ndim}Q", *tensor.shape)
     head += bytes(-len(head) % 8)
     parts = payload if isinstance(payload, list) else [payload]
-    return b"".join([head] + [memoryview(part.detach().to("cpu").contiguous().numpy()) for part in parts])
+    return b"".join([head, *(part.detach().to("cpu").contiguous().numpy().data for part in parts)])
 
 
 def frame_size(codec: str, shape: tuple[int, ...] | int, dtype: torch.dtype = torch.float32) -> int:
     """Exact bytes of the frame `encode` makes for a tensor of `shape` (header, padding, payload).
 
     Pure arithmetic, no allocation, so cost models can price a 1e9-value gradient: the scheduler,
-    the coordinator's timeouts and the simulator all size messages with it.
+    the coordinator's timeouts and the simulator all size messages with it. Raises CodecError for
+    what `encode` would refuse (codec, dtype, more than MAX_NDIM dimensions), or a negative size.
     """
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
     impl = resolve(codec)
+    if dtype not in _DTYPES:
+        raise CodecError(f"unsupported dtype {dtype}; frames carry float32, float16 or bfloat16")
+    if len(dims) > MAX_NDIM or any(size < 0 for size in dims):
+        raise CodecError(f"no frame holds shape {dims}: sizes must be >= 0, at most {MAX_NDIM} dimensions")
     numel = 1
     for size in dims:
         numel *= size
@@ -176,15 +181,15 @@ def _pick_seed(seed: int | None, generator: torch.Generator | None) -> int:
     return secrets.randbits(62)
 
 
-def _byte_view(data) -> memoryview:
+def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
     try:
         view = memoryview(data)
     except TypeError:
         raise CodecError(f"decode expects bytes, bytearray or memoryview, got {type(data).__name__}") from None
     if view.ndim != 1 or view.itemsize != 1:
-        view = view.cast("B") if view.c_contiguous else None
-        if view is None:
+        if not view.c_contiguous:
             raise CodecError("decode needs a contiguous buffer")
+        view = view.cast("B")
     return view
 
 

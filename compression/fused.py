@@ -11,6 +11,7 @@ their frames are interchangeable.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import threading
 import warnings
 from typing import Callable, Iterator
@@ -24,17 +25,21 @@ __all__ = ["set_fused", "quantize", "pack", "spread", "dequantize"]
 # Below this many values the eager path wins: a compiled call's fixed cost (guards, launch) is
 # tens of microseconds, and small messages should never wait for a compilation.
 _settings = {"enabled": True, "min_numel": 1 << 16}
-_compiled: dict[tuple, Callable] = {}
-_failed: set[tuple] = set()
+Variant = tuple[object, ...]  # (step name, bits or output dtype, device type)
+Step = Callable[..., None]
+_compiled: dict[Variant, Step] = {}
+_failed: set[Variant] = set()
 _lock = threading.Lock()
 _settings_lock = threading.Lock()
 _users = 0  # threads inside `_compile_settings`
 _prior: list[tuple[object, str, object]] = []  # the settings to restore when the last one leaves
-_SETTINGS = (
-    (torch._dynamo.config, {"recompile_limit": 64, "accumulated_recompile_limit": 1024,
-                            "automatic_dynamic_shapes": False}),
-    (torch._inductor.config, {"emulate_precision_casts": True}),
-)
+# Named by module, not referenced: importing dynamo/inductor costs seconds and touches global
+# state, so it waits for the first compiled call (small-tensor processes never pay it).
+_SETTINGS: dict[str, dict[str, object]] = {
+    "torch._dynamo.config": {"recompile_limit": 64, "accumulated_recompile_limit": 1024,
+                             "automatic_dynamic_shapes": False},
+    "torch._inductor.config": {"emulate_precision_casts": True},
+}
 
 
 def set_fused(enabled: bool, min_numel: int | None = None) -> None:
@@ -50,16 +55,17 @@ def set_fused(enabled: bool, min_numel: int | None = None) -> None:
         _settings["min_numel"] = int(min_numel)
 
 
-def quantize(blocks: torch.Tensor, row_noise: torch.Tensor | None, col_noise: torch.Tensor | None,
-             bits: int, stats: torch.Tensor, codes: torch.Tensor, factor: torch.Tensor) -> None:
+def quantize(blocks: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None, bits: int,
+             stats: torch.Tensor, codes: torch.Tensor, factor: torch.Tensor) -> None:
     """Quantize `blocks` into `stats` and `codes` (see `blockquant.quantize_into`)."""
-    if row_noise is None:
+    if noise is None:
         _run(("quantize~", bits), blocks.numel(), 3,
-             lambda b, s, c, f: blockquant.quantize_into(b, None, s, c, None, bits, f), blocks, stats, codes, factor)
+             lambda b, s, c, f: blockquant.quantize_into(b, None, s, c, bits, f), blocks, stats, codes, factor)
     else:
+        # The column noise goes last among the tensors: its length is the block size, a constant.
         _run(("quantize", bits), blocks.numel(), 4,
-             lambda b, r, s, c, n, f: blockquant.quantize_into(b, r, s, c, n, bits, f), blocks, row_noise, stats,
-             codes, col_noise, factor)
+             lambda b, r, s, c, n, f: blockquant.quantize_into(b, (r, n), s, c, bits, f), blocks, noise[0], stats,
+             codes, noise[1], factor)
 
 
 def pack(words: torch.Tensor, bits: int, packed: torch.Tensor) -> None:
@@ -91,8 +97,9 @@ def _compile_settings() -> Iterator[None]:
         if _users == 0:
             # Set and restore by hand: torch's `config.patch` keeps its prior values in a
             # ContextVar, so one thread cannot exit a patch another thread entered.
-            _prior = [(config, key, getattr(config, key)) for config, changes in _SETTINGS for key in changes]
-            for config, changes in _SETTINGS:
+            configs = [(importlib.import_module(name), changes) for name, changes in _SETTINGS.items()]
+            _prior = [(config, key, getattr(config, key)) for config, changes in configs for key in changes]
+            for config, changes in configs:
                 for key, value in changes.items():
                     setattr(config, key, value)
         _users += 1
@@ -102,19 +109,20 @@ def _compile_settings() -> Iterator[None]:
         with _settings_lock:
             _users -= 1
             if _users == 0:
-                for config, key, value in _prior:
-                    setattr(config, key, value)
+                for module, key, value in _prior:
+                    setattr(module, key, value)
                 _prior = []
 
 
-def _run(variant: tuple, numel: int, varying: int, fn: Callable, *args: torch.Tensor):
+def _run(variant: Variant, numel: int, varying: int, fn: Step, *args: torch.Tensor) -> None:
     """`fn(*args)`, compiled when enabled and `numel` is large enough, else eager.
 
     The first `varying` args have a leading dimension that changes from call to call.
     """
     variant = variant + (args[0].device.type,)
     if not _settings["enabled"] or numel < max(_settings["min_numel"], 2) or variant in _failed:
-        return fn(*args)
+        fn(*args)
+        return
     try:
         # The first call of a variant compiles under a lock, so two threads never compile it at once.
         with _compile_settings():
@@ -126,14 +134,15 @@ def _run(variant: tuple, numel: int, varying: int, fn: Callable, *args: torch.Te
                     torch._dynamo.mark_dynamic(arg, 0)
             compiled = _compiled.get(variant)
             if compiled is not None:
-                return compiled(*args)
+                compiled(*args)
+                return
             with _lock:
                 compiled = _compiled.get(variant) or torch.compile(fn)
-                result = compiled(*args)
+                compiled(*args)
                 _compiled[variant] = compiled
-                return result
     except Exception as error:  # any compiler/toolchain failure: eager gives the same frames
         _failed.add(variant)
+        # stacklevel 1: callers sit at varying depths; the message names the failing step.
         warnings.warn(f"compression: compiled {variant} failed ({type(error).__name__}: {error}); "
-                      "using the slower eager path", RuntimeWarning)
-        return fn(*args)
+                      "using the slower eager path", RuntimeWarning, stacklevel=1)
+        fn(*args)

@@ -21,6 +21,7 @@ __all__ = ["noise_vectors", "combine"]
 _MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
 _MULT = 0x045D9F3B  # odd, < 2**31: a product with a 32-bit value stays below 2**63
+_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment
 
 
 def noise_vectors(seed: int, rows: int, cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,14 +53,13 @@ def _mix(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def _seed_keys(seed: int) -> list[int]:
+def _seed_keys(seed: int) -> tuple[int, int]:
     """Two 32-bit keys from any integer seed (splitmix64), so nearby seeds give unrelated noise."""
-    state = seed & _MASK64
-    keys = []
-    for _ in range(2):
-        state = (state + 0x9E3779B97F4A7C15) & _MASK64
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        keys.append((z ^ (z >> 31)) & _MASK32)
-    return keys
+    state = (seed + _GAMMA) & _MASK64
+    return _splitmix(state), _splitmix((state + _GAMMA) & _MASK64)
+
+
+def _splitmix(state: int) -> int:
+    z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) & _MASK32

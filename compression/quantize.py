@@ -17,6 +17,7 @@ import math
 import re
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -59,18 +60,18 @@ class BlockQuantizer:
             return [torch.zeros(_EXPONENT_BYTES, dtype=torch.uint8, device=flat.device)]
         blocks = _as_blocks(flat, self.block)
         nb, device = blocks.shape[0], blocks.device
-        noise = noise_vectors(seed, *blocks.shape, device) if self.stochastic else (None, None)
+        noise = noise_vectors(seed, nb, self.block, device) if self.stochastic else None
         stats = torch.empty(nb, 2, dtype=torch.float16, device=device)
         codes = _scratch("codes", blocks.numel(), device).view(nb, self.block)
         exponent = _exponent(_sampled_peak(flat))
-        fused.quantize(blocks, *noise, self.bits, stats, codes, _factor(exponent, device))
+        fused.quantize(blocks, noise, self.bits, stats, codes, _factor(exponent, device))
         if not bool(torch.isfinite(stats).all()):
             # NaN/inf input, or an outlier the sample missed overflowed fp16: retry once exactly.
             peak = float(flat.abs().amax())
             if not math.isfinite(peak):
                 raise nonfinite_error(flat, self.spec, math.inf)
             exponent = _exponent(peak)
-            fused.quantize(blocks, *noise, self.bits, stats, codes, _factor(exponent, device))
+            fused.quantize(blocks, noise, self.bits, stats, codes, _factor(exponent, device))
         packed = codes
         if self.bits != 8:
             packed = _scratch("packed", blocks.numel() * self.bits // 8, device)
@@ -140,7 +141,7 @@ def _scratch(role: str, numel: int, device: torch.device) -> torch.Tensor:
     Why: every fresh multi-MB allocation page-faults, and on a busy process that costs as much
     as quantizing. The cost is holding ~1.5 bytes per value of the largest tensor encoded.
     """
-    buffers = _local.__dict__.setdefault("buffers", {})
+    buffers: dict[tuple[str, torch.device], torch.Tensor] = _local.__dict__.setdefault("buffers", {})
     buffer = buffers.get((role, device))
     if buffer is None or buffer.numel() < numel:
         buffer = buffers[(role, device)] = torch.empty(numel, dtype=torch.uint8, device=device)
@@ -164,7 +165,7 @@ def _as_blocks(flat: torch.Tensor, block: int) -> torch.Tensor:
     return flat.view(-1, block)
 
 
-def _factory(bits: int):
+def _factory(bits: int) -> Callable[[str], BlockQuantizer]:
     def factory(params: str) -> BlockQuantizer:
         match = _PARAMS.fullmatch(params)
         if match is None or (match.group(1) and match.group(3)):

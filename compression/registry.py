@@ -28,7 +28,8 @@ class Codec(Protocol):
     codec. `payload_size` must be exact and cheap: decode checks it before allocating anything.
     """
 
-    spec: str
+    @property
+    def spec(self) -> str: ...
 
     def payload_size(self, numel: int, dtype: torch.dtype) -> int: ...
 

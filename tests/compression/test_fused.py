@@ -1,4 +1,8 @@
 """The compiled (torch.compile) path and the eager path make interchangeable frames."""
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -59,3 +63,14 @@ def test_compiled_path_recovers_from_an_outlier_its_peak_sample_missed():
     set_fused(True, min_numel=1 << 16)
     y = decode(encode(x, "q3", seed=1))
     assert torch.isfinite(y).all() and abs(float(y[70001]) - 1e6) <= 1e6 / 7
+
+
+def test_import_leaves_the_compiler_unloaded():
+    """Importing compression must not load dynamo/inductor (seconds, and process-wide settings);
+    `fused` imports them and applies its settings on the first compiled call. A fresh process,
+    because this one has long loaded them. Plain `import torch` (2.13) loads neither."""
+    code = ("import sys, compression; "
+            "print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[2], check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
 """q1..q8: wire size, accuracy on N(0,1), unbiased stochastic rounding, round-to-nearest."""
+import itertools
 import math
 
 import pytest
@@ -41,7 +42,7 @@ def test_accuracy_on_normal_data(normal_1m, codec, limit):
 def test_error_shrinks_with_every_extra_bit(normal_1m):
     x = normal_1m[:65536]
     errors = [_nerr(x, decode(encode(x, f"q{k}", seed=3))) for k in range(1, 9)]
-    assert all(a > 1.7 * b for a, b in zip(errors, errors[1:]))
+    assert all(a > 1.7 * b for a, b in itertools.pairwise(errors))
 
 
 def test_stochastic_rounding_is_unbiased():
