@@ -116,7 +116,8 @@ class GradientAverager:
                 averaged[start:stop] = self._receive(owner, GATHER_KIND, step, owner, stop - start, flat.device)
         return averaged
 
-    def _encode(self, feedback: compression.ErrorFeedback | None, key: tuple, chunk: torch.Tensor, step: int) -> bytes:
+    def _encode(self, feedback: compression.ErrorFeedback | None, key: tuple[str, int], chunk: torch.Tensor,
+                step: int) -> bytes:
         seed = _seed(step, self.rank, key)
         if feedback is None:
             return compression.encode(chunk, self.codec, seed=seed)
@@ -149,5 +150,5 @@ def _chunk_bounds(count: int, parts: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _seed(step: int, rank: int, key: tuple) -> int:
+def _seed(step: int, rank: int, key: tuple[str, int]) -> int:
     return (step * 1_000_003 + rank * 7_919 + key[1] * 104_729 + len(key[0])) & 0x7FFFFFFF

@@ -17,8 +17,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import hivemind
 from hivemind.dht.crypto import RSASignatureValidator
@@ -36,7 +37,7 @@ REQUEST_TIMEOUT_S = 10.0
 
 def dht_time() -> float:
     """The clock every DHT expiration is measured on (hivemind's)."""
-    return get_dht_time()
+    return float(get_dht_time())
 
 
 def load_or_create_key(path: Path) -> RSAPrivateKey:
@@ -98,7 +99,7 @@ class SwarmDHT:
     @property
     def owner(self) -> bytes:
         """The `[owner:...]` marker that makes a key or subkey writable only by this node."""
-        return self.validator.local_public_key
+        return bytes(self.validator.local_public_key)
 
     def multiaddrs(self) -> list[str]:
         """Addresses other nodes pass as `--initial-peers` (loopback ones included)."""
@@ -154,7 +155,7 @@ class SwarmDHT:
         self.close()
 
 
-class _ReapingDHT(hivemind.DHT):
+class _ReapingDHT(hivemind.DHT):  # type: ignore[misc]  # hivemind ships no type hints
     """hivemind's DHT process, set to die with its parent and to take its children along."""
 
     def run(self) -> None:

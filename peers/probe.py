@@ -86,19 +86,18 @@ def check_reachable(via: str, address: str, timeout: float = 5.0) -> float | Non
             if remote_timeout <= 0:
                 break
             nonce = random.getrandbits(31)
-            body = wire.pack_body({"address": address, "timeout": float(remote_timeout)})
+            body = wire.pack_body(wire.ReachRequestBody(address=address, timeout=remote_timeout))
             send_control(sock, wire.REACH_REQUEST, body, index=nonce)
             reply = _await_kind(sock, wire.REACH_RESULT, nonce, deadline)
             if reply is None:
                 break
             try:
-                result = wire.unpack_body(reply.payload, {})
+                result = wire.unpack_body(reply.payload, wire.ReachResultBody)
             except wire.WireError:
-                result = {"busy": True}  # unreadable: ask again, like a busy answer
-            busy = result.get("busy") is True
+                result = wire.ReachResultBody(busy=True)  # unreadable: ask again, like a busy answer
+            busy = result.busy
             if not busy:
-                rtt = result.get("rtt")
-                return float(rtt) if isinstance(rtt, (int, float)) and not isinstance(rtt, bool) else None
+                return result.rtt
             time.sleep(_BUSY_RETRY_S)
     state = "stayed busy" if busy else "did not answer"
     raise PeerTimeout(f"peer at {via} {state} a reachability request within {timeout:.1f} s")
@@ -106,8 +105,8 @@ def check_reachable(via: str, address: str, timeout: float = 5.0) -> float | Non
 
 def parse_reach_request(payload: bytes | memoryview) -> tuple[str, float]:
     """(address, timeout) of a reachability request, timeout capped; ValueError if malformed."""
-    body = wire.unpack_body(payload, {"address": str, "timeout": (int, float)})
-    return check_address(body["address"]), min(max(float(body["timeout"]), 0.0), MAX_REACH_TIMEOUT_S)
+    body = wire.unpack_body(payload, wire.ReachRequestBody)
+    return check_address(body.address), min(body.timeout, MAX_REACH_TIMEOUT_S)
 
 
 def unreachable_hint(address: str, via: str | None = None) -> str:
@@ -149,7 +148,7 @@ async def probe_async(context: zmq.asyncio.Context, address: str, timeout: float
         sock.close(linger=0)
 
 
-def _ping(sock: zmq.Socket, deadline: float, payload: bytes) -> float | None:
+def _ping(sock: zmq.Socket[bytes], deadline: float, payload: bytes) -> float | None:
     nonce = random.getrandbits(31)
     start = time.perf_counter()
     send_control(sock, wire.PING, payload, index=nonce)
@@ -157,7 +156,7 @@ def _ping(sock: zmq.Socket, deadline: float, payload: bytes) -> float | None:
     return None if reply is None else time.perf_counter() - start
 
 
-def _await_kind(sock: zmq.Socket, kind: str, nonce: int, deadline: float) -> Message | None:
+def _await_kind(sock: zmq.Socket[bytes], kind: str, nonce: int, deadline: float) -> Message | None:
     """The reply of `kind` to request `nonce`, skipping late answers to earlier requests."""
     while True:
         reply = receive_reply(sock, deadline)

@@ -8,7 +8,7 @@ port, address or firewall rule. The donor publishes an opaque blob it built itse
     blob = fetch_state(donor_address, stage)  # newcomer, from one replica
     blob = fetch_state_any(replica_addresses, stage, spread_key=my_name)  # spread over replicas
 
-Protocol (control kinds, exempt from the plan version; bodies are msgpack maps):
+Protocol (control kinds, exempt from the plan version; bodies are the Structs in `peers.wire`):
   state_request {"stage": s, "chunk": -1}          -> state_meta {"stage", "serial", "bytes",
                                                       "chunks", "chunk_bytes", "sha256"}
   state_request {"stage": s, "chunk": i, "serial"} -> state_chunk (header step = serial,
@@ -39,8 +39,6 @@ __all__ = ["StateTransferError", "StateServer", "fetch_state", "fetch_state_any"
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_STATE_BYTES = 64 * 1024**3
-# The client bounds each received frame by this (zmq.MAXMSGSIZE is fixed when the socket connects).
-MAX_CHUNK_BYTES = 64 * 1024 * 1024
 _WINDOW = 4
 
 
@@ -63,8 +61,8 @@ class StateServer:
     """
 
     def __init__(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
-        if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
-            raise ValueError(f"chunk_bytes must be in 1..{MAX_CHUNK_BYTES}, got {chunk_bytes}")
+        if not 0 < chunk_bytes <= wire.MAX_CHUNK_BYTES:
+            raise ValueError(f"chunk_bytes must be in 1..{wire.MAX_CHUNK_BYTES}, got {chunk_bytes}")
         self.chunk_bytes = chunk_bytes
         self._lock = threading.Lock()
         self._serial = 0
@@ -92,10 +90,10 @@ class StateServer:
     def answer(self, request: Message) -> tuple[str, int, int, bytes | memoryview]:
         """(kind, step, index, payload) of the reply to one `state_request`."""
         try:
-            body = wire.unpack_body(request.payload, {"stage": int, "chunk": int})
+            body = wire.unpack_body(request.payload, wire.StateRequestBody)
         except wire.WireError as error:
             return _error(f"bad state request: {error}")
-        stage, chunk = body["stage"], body["chunk"]
+        stage, chunk = body.stage, body.chunk
         with self._lock:
             current, previous = self._current.get(stage), self._previous.get(stage)
             served = sorted(self._current)
@@ -103,12 +101,11 @@ class StateServer:
             return _error(f"this peer serves no state for stage {stage} (it serves stages {served}); "
                           f"ask another replica of stage {stage}")
         if chunk < 0:
-            meta = {"stage": stage, "serial": current.serial, "bytes": current.blob.nbytes,
-                    "chunks": _chunk_count(current.blob.nbytes, self.chunk_bytes),
-                    "chunk_bytes": self.chunk_bytes, "sha256": current.sha256}
+            meta = wire.StateMetaBody(stage=stage, serial=current.serial, bytes=current.blob.nbytes,
+                                      chunks=_chunk_count(current.blob.nbytes, self.chunk_bytes),
+                                      chunk_bytes=self.chunk_bytes, sha256=current.sha256)
             return wire.STATE_META, stage, request.index, wire.pack_body(meta)
-        serial = body.get("serial")
-        snapshot = next((s for s in (current, previous) if s is not None and s.serial == serial), None)
+        snapshot = next((s for s in (current, previous) if s is not None and s.serial == body.serial), None)
         if snapshot is None:
             return _error(f"state of stage {stage} changed twice during the transfer; fetch again", retry=True)
         start = chunk * self.chunk_bytes
@@ -129,10 +126,11 @@ def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: 
     """
     deadline = time.monotonic() + timeout
     for _attempt in range(3):
-        with open_dealer(address, max_message_bytes=MAX_CHUNK_BYTES) as sock:
+        # zmq.MAXMSGSIZE is fixed when the socket connects, before the chunk size is known
+        with open_dealer(address, max_message_bytes=wire.MAX_CHUNK_BYTES) as sock:
             meta = _request_meta(sock, address, stage, deadline, timeout)
-            if meta["bytes"] > max_bytes:
-                raise StateTransferError(f"state of stage {stage} at {address} is {meta['bytes']} bytes, above "
+            if meta.bytes > max_bytes:
+                raise StateTransferError(f"state of stage {stage} at {address} is {meta.bytes} bytes, above "
                                          f"max_bytes={max_bytes}; pass a larger max_bytes if that is expected")
             blob = _download(sock, address, stage, meta, deadline, timeout, progress)
         if blob is not None:
@@ -161,65 +159,67 @@ def fetch_state_any(donors: Sequence[str], stage: int, *, spread_key: str, timeo
     raise StateTransferError(f"every replica of stage {stage} failed: " + " | ".join(failures))
 
 
-def _request_meta(sock: zmq.Socket, address: str, stage: int, deadline: float, timeout: float) -> dict:
-    send_control(sock, wire.STATE_REQUEST, wire.pack_body({"stage": stage, "chunk": -1}), step=stage, index=-1)
+def _request_meta(sock: zmq.Socket[bytes], address: str, stage: int, deadline: float,
+                  timeout: float) -> wire.StateMetaBody:
+    body = wire.pack_body(wire.StateRequestBody(stage=stage, chunk=-1))
+    send_control(sock, wire.STATE_REQUEST, body, step=stage, index=-1)
     while True:
         reply = receive_reply(sock, deadline, max_message_bytes=wire.MAX_HEADER_BYTES)
         if reply is None:
             raise StateTransferError(f"no answer from the donor at {address} within {timeout:.1f} s: is it alive "
                                      f"and its data port reachable? Try another replica of stage {stage}")
         if reply.kind == wire.STATE_ERROR:
-            raise StateTransferError(f"donor at {address} cannot serve stage {stage}: {_reason(reply)}")
+            raise StateTransferError(f"donor at {address} cannot serve stage {stage}: {_error_body(reply).error}")
         if reply.kind != wire.STATE_META:
             continue
         try:
-            meta = wire.unpack_body(reply.payload, {"stage": int, "serial": int, "bytes": int, "chunks": int,
-                                                    "chunk_bytes": int, "sha256": str})
+            meta = wire.unpack_body(reply.payload, wire.StateMetaBody)
         except wire.WireError as error:
             raise StateTransferError(f"donor at {address} sent bad state metadata: {error}") from None
-        if (meta["stage"] != stage or meta["bytes"] < 0 or not 0 < meta["chunk_bytes"] <= MAX_CHUNK_BYTES
-                or meta["chunks"] != _chunk_count(meta["bytes"], meta["chunk_bytes"])):
+        if meta.stage != stage or meta.chunks != _chunk_count(meta.bytes, meta.chunk_bytes):
             raise StateTransferError(f"donor at {address} sent inconsistent state metadata {meta}")
         return meta
 
 
-def _download(sock: zmq.Socket, address: str, stage: int, meta: dict, deadline: float, timeout: float,
-              progress: Callable[[int, int], None] | None) -> bytes | None:
+def _download(sock: zmq.Socket[bytes], address: str, stage: int, meta: wire.StateMetaBody, deadline: float,
+              timeout: float, progress: Callable[[int, int], None] | None) -> bytes | None:
     """The assembled blob, or None when the donor's state changed under us (caller retries)."""
-    chunks: list[bytes | None] = [None] * meta["chunks"]
-    next_chunk, missing, received = 0, meta["chunks"], 0
+    chunks: list[bytes | None] = [None] * meta.chunks
+    next_chunk, missing, received = 0, meta.chunks, 0
     while next_chunk < min(_WINDOW, len(chunks)):
-        _request_chunk(sock, stage, next_chunk, meta["serial"])
+        _request_chunk(sock, stage, next_chunk, meta.serial)
         next_chunk += 1
     while missing:
-        reply = receive_reply(sock, deadline, max_message_bytes=meta["chunk_bytes"])
+        reply = receive_reply(sock, deadline, max_message_bytes=meta.chunk_bytes)
         if reply is None:
             raise StateTransferError(f"donor at {address} stopped sending the state of stage {stage} "
                                      f"(timeout {timeout:.1f} s); try another replica")
         if reply.kind == wire.STATE_ERROR:
-            if _retryable(reply):
+            error = _error_body(reply)
+            if error.retry:
                 return None
-            raise StateTransferError(f"donor at {address} failed serving stage {stage}: {_reason(reply)}")
-        if reply.kind != wire.STATE_CHUNK or reply.step != meta["serial"] or not 0 <= reply.index < len(chunks):
+            raise StateTransferError(f"donor at {address} failed serving stage {stage}: {error.error}")
+        if reply.kind != wire.STATE_CHUNK or reply.step != meta.serial or not 0 <= reply.index < len(chunks):
             continue
         if chunks[reply.index] is None:
-            chunks[reply.index] = bytes(reply.payload)
+            chunk = bytes(reply.payload)
+            chunks[reply.index] = chunk
             missing -= 1
-            received += len(chunks[reply.index])
+            received += len(chunk)
             if progress is not None:
-                progress(received, meta["bytes"])
+                progress(received, meta.bytes)
         if next_chunk < len(chunks):
-            _request_chunk(sock, stage, next_chunk, meta["serial"])
+            _request_chunk(sock, stage, next_chunk, meta.serial)
             next_chunk += 1
-    blob = b"".join(chunks)  # type: ignore[arg-type]
-    if len(blob) != meta["bytes"] or hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+    blob = b"".join(chunk for chunk in chunks if chunk is not None)  # all arrived: `missing` is 0
+    if len(blob) != meta.bytes or hashlib.sha256(blob).hexdigest() != meta.sha256:
         raise StateTransferError(f"state of stage {stage} from {address} failed its size/sha256 check; "
                                  f"try another replica")
     return blob
 
 
-def _request_chunk(sock: zmq.Socket, stage: int, chunk: int, serial: int) -> None:
-    body = wire.pack_body({"stage": stage, "chunk": chunk, "serial": serial})
+def _request_chunk(sock: zmq.Socket[bytes], stage: int, chunk: int, serial: int) -> None:
+    body = wire.pack_body(wire.StateRequestBody(stage=stage, chunk=chunk, serial=serial))
     send_control(sock, wire.STATE_REQUEST, body, step=stage, index=chunk)
 
 
@@ -227,19 +227,13 @@ def _chunk_count(nbytes: int, chunk_bytes: int) -> int:
     return max(1, -(-nbytes // chunk_bytes))
 
 
-def _retryable(reply: Message) -> bool:
+def _error_body(reply: Message) -> wire.StateErrorBody:
+    """The donor's state_error body; an unreadable one counts as final (not worth a retry)."""
     try:
-        return wire.unpack_body(reply.payload, {"retry": bool})["retry"]
+        return wire.unpack_body(reply.payload, wire.StateErrorBody)
     except wire.WireError:
-        return False
-
-
-def _reason(reply: Message) -> str:
-    try:
-        return str(wire.unpack_body(reply.payload, {"error": str})["error"])
-    except wire.WireError:
-        return "unreadable error message"
+        return wire.StateErrorBody(error="unreadable error message")
 
 
 def _error(reason: str, retry: bool = False) -> tuple[str, int, int, bytes]:
-    return wire.STATE_ERROR, 0, 0, wire.pack_body({"error": reason, "retry": retry})
+    return wire.STATE_ERROR, 0, 0, wire.pack_body(wire.StateErrorBody(error=reason, retry=retry))

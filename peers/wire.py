@@ -7,26 +7,29 @@ A message on a zmq link is two frames. The header is a small msgpack array
 and the payload (a compression frame, or a probe/state-transfer body) travels untouched as its own
 zmq frame, so a multi-megabyte tensor is never copied into or out of a container format. The
 receiver validates everything before trusting it: part count, header size, msgpack syntax, field
-types and the payload size limit. Anything wrong raises `WireError` naming the field, so a
-transport can count and drop garbage instead of crashing.
+types and ranges, and the payload size limit. Anything wrong raises `WireError` naming the field,
+so a transport can count and drop garbage instead of crashing.
 
 Kinds in `CONTROL_KINDS` are answered by the transport itself (probes, reachability checks, state
-transfer) and are exempt from the plan-version check: a newcomer does not know the plan yet.
+transfer) and are exempt from the plan-version check: a newcomer does not know the plan yet. Their
+bodies are the msgspec Structs below; their constraints are the whole validation of a body.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, TypeVar, get_type_hints
 
-import msgpack
+import msgspec
 
 from peers.transport import Message
 
 __all__ = [
-    "WIRE_VERSION", "MAX_HEADER_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "CONTROL_KINDS", "TRAINING_KINDS",
-    "ACT_KIND", "GRAD_KIND", "REDUCE_KIND", "GATHER_KIND",
+    "WIRE_VERSION", "MAX_HEADER_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "MAX_CHUNK_BYTES", "CONTROL_KINDS",
+    "TRAINING_KINDS", "ACT_KIND", "GRAD_KIND", "REDUCE_KIND", "GATHER_KIND",
     "PING", "PONG", "REACH_REQUEST", "REACH_RESULT", "STATE_REQUEST", "STATE_META", "STATE_CHUNK",
-    "STATE_ERROR", "WireError", "pack", "unpack", "pack_body", "unpack_body",
+    "STATE_ERROR", "ReachRequestBody", "ReachResultBody", "StateRequestBody", "StateMetaBody", "StateErrorBody",
+    "WireError", "pack", "unpack", "pack_body", "unpack_body",
 ]
 
 WIRE_VERSION = 1
@@ -34,6 +37,8 @@ WIRE_VERSION = 1
 MAX_HEADER_BYTES = 256 * 1024
 # Payload limit per message unless a transport is told otherwise (large states travel in chunks).
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# The largest state chunk a donor may announce: a fetching client bounds each received frame by it.
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
 
 # The training traffic: forward activations, activation gradients, and the all-reduce's two phases.
 ACT_KIND, GRAD_KIND = "act", "grad"
@@ -48,11 +53,83 @@ CONTROL_KINDS = frozenset({PING, PONG, REACH_REQUEST, REACH_RESULT,
 
 _MAX_KIND_CHARS = 64
 _MAX_SENDER_CHARS = 256
-_INT64 = (-(2**63), 2**63 - 1)
+_MAX_ADDRESS_CHARS = 300
+_MAX_REASON_CHARS = 4096
+
+# Each constraint's description is what a `WireError` says when a header field breaks it.
+_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1, description="a 64-bit integer")]
+_NonNegative = Annotated[int, msgspec.Meta(ge=0, description=">= 0")]
 
 
 class WireError(ValueError):
     """A frame that is not a valid data-plane message; the message says which part is wrong."""
+
+
+class _Header(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True):
+    """The header array, field by field; the order is the wire format."""
+
+    version: int
+    kind: Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_KIND_CHARS,
+                                      description=f"1..{_MAX_KIND_CHARS} characters")]
+    plan_version: _NonNegative
+    step: _Int64
+    index: _Int64
+    sender: Annotated[str, msgspec.Meta(max_length=_MAX_SENDER_CHARS,
+                                        description=f"at most {_MAX_SENDER_CHARS} characters")]
+    sample_ids: tuple[_Int64, ...]
+
+
+class ReachRequestBody(msgspec.Struct, frozen=True, kw_only=True):
+    """reach_request: "probe `address` for me, spending at most `timeout` seconds"."""
+
+    address: Annotated[str, msgspec.Meta(max_length=_MAX_ADDRESS_CHARS)]
+    timeout: Annotated[float, msgspec.Meta(ge=0)]
+
+
+class ReachResultBody(msgspec.Struct, frozen=True, kw_only=True):
+    """reach_result: the probe's round trip in seconds (None: no answer), or `busy` (ask again)."""
+
+    rtt: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    busy: bool = False
+
+
+class StateRequestBody(msgspec.Struct, frozen=True, kw_only=True):
+    """state_request: chunk -1 asks for the metadata, chunk i >= 0 for chunk i of blob `serial`."""
+
+    stage: _NonNegative
+    chunk: Annotated[int, msgspec.Meta(ge=-1)]
+    serial: _NonNegative | None = None
+
+
+class StateMetaBody(msgspec.Struct, frozen=True, kw_only=True):
+    """state_meta: what the donor serves for `stage` now, so the client can plan and check it."""
+
+    stage: _NonNegative
+    serial: _NonNegative
+    bytes: _NonNegative
+    chunks: Annotated[int, msgspec.Meta(ge=1)]
+    chunk_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_CHUNK_BYTES)]
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+
+
+class StateErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    """state_error: why the donor cannot serve; `retry` when fetching again from it may work."""
+
+    error: Annotated[str, msgspec.Meta(max_length=_MAX_REASON_CHARS)]
+    retry: bool = False
+
+
+_Body = TypeVar("_Body", bound=msgspec.Struct)
+_BODY_TYPES = (ReachRequestBody, ReachResultBody, StateRequestBody, StateMetaBody, StateErrorBody)
+_ENCODER = msgspec.msgpack.Encoder()
+_HEADER_DECODER = msgspec.msgpack.Decoder(_Header)
+_BODY_DECODERS: dict[type[msgspec.Struct], msgspec.msgpack.Decoder[Any]] = {
+    body_type: msgspec.msgpack.Decoder(body_type) for body_type in _BODY_TYPES}
+_HEADER_FIELDS = _Header.__struct_fields__
+_HEADER_LIMITS = {name: meta.description for name, hint in get_type_hints(_Header, include_extras=True).items()
+                  for meta in getattr(hint, "__metadata__", ()) if isinstance(meta, msgspec.Meta)}
+_AT_FIELD = re.compile(r"(?P<problem>.+) - at `\$\[(?P<field>\d+)\](?P<item>.*)`")
+_TYPE_MISMATCH = re.compile(r"Expected `(?P<expected>\w+)`, got `(?P<got>\w+)`")
 
 
 def pack(message: Message, *, sender: str, plan_version: int) -> list[bytes | memoryview]:
@@ -67,9 +144,9 @@ def pack(message: Message, *, sender: str, plan_version: int) -> list[bytes | me
         payload = bytes(payload)
     elif not isinstance(payload, (bytes, memoryview)):
         raise TypeError(f"message payload must be bytes, bytearray or memoryview, got {type(payload).__name__}")
-    header = msgpack.packb([WIRE_VERSION, message.kind, plan_version, message.step, message.index,
-                            sender, list(message.sample_ids)], use_bin_type=True)
-    return [header, payload]
+    header = _Header(WIRE_VERSION, message.kind, plan_version, message.step, message.index, sender,
+                     tuple(message.sample_ids))
+    return [_ENCODER.encode(header), payload]
 
 
 def unpack(frames: Sequence[Any], *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
@@ -85,57 +162,47 @@ def unpack(frames: Sequence[Any], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
         raise WireError(f"header of {header_view.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
     if payload.nbytes > max_message_bytes:
         raise WireError(f"payload of {payload.nbytes} bytes exceeds max_message_bytes {max_message_bytes}")
-    fields = _decode_header(header_view)
-    version, kind, plan_version, step, index, sender, sample_ids = fields
-    if version != WIRE_VERSION:
-        raise WireError(f"wire version {version!r} is not {WIRE_VERSION}: peer runs another release")
-    if not kind or len(kind) > _MAX_KIND_CHARS:
-        raise WireError(f"field 'kind' must be 1..{_MAX_KIND_CHARS} characters, got {len(kind)}")
-    if len(sender) > _MAX_SENDER_CHARS:
-        raise WireError(f"field 'sender' longer than {_MAX_SENDER_CHARS} characters")
-    if plan_version < 0:
-        raise WireError(f"field 'plan_version' must be >= 0, got {plan_version}")
-    if payload.readonly is False:
-        payload = payload.toreadonly()
-    return Message(kind=kind, step=step, index=index, payload=payload, sender=sender,
-                   plan_version=plan_version, sample_ids=tuple(sample_ids))
-
-
-def pack_body(body: dict[str, Any]) -> bytes:
-    """Encode a small control-message body (probe results, state metadata)."""
-    return msgpack.packb(body, use_bin_type=True)
-
-
-def unpack_body(data: Any, required: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    """Decode a control-message body and check that each required key has the required type."""
     try:
-        body = msgpack.unpackb(memoryview(data), raw=False, max_bin_len=0, max_ext_len=0,
-                               max_array_len=64, max_map_len=64, max_str_len=4096)
-    except Exception as error:  # msgpack raises many unrelated types on garbage
-        raise WireError(f"control body is not valid msgpack: {error}") from None
-    if not isinstance(body, dict):
-        raise WireError(f"control body must be a map, got {type(body).__name__}")
-    for key, expected in required.items():
-        value = body.get(key)
-        if not isinstance(value, expected) or (isinstance(value, bool) and expected is int):
-            raise WireError(f"control body field {key!r} has type {type(value).__name__}")
+        header = _HEADER_DECODER.decode(header_view)
+    except msgspec.ValidationError as error:
+        raise _header_error(error) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        raise WireError(f"header is not valid msgpack: {error}") from None
+    if header.version != WIRE_VERSION:
+        raise WireError(f"wire version {header.version!r} is not {WIRE_VERSION}: peer runs another release")
+    return Message(kind=header.kind, step=header.step, index=header.index, payload=payload.toreadonly(),
+                   sender=header.sender, plan_version=header.plan_version, sample_ids=header.sample_ids)
+
+
+def pack_body(body: msgspec.Struct) -> bytes:
+    """Encode a control-message body (one of the `*Body` Structs) as a msgpack map."""
+    return _ENCODER.encode(body)
+
+
+def unpack_body(data: Any, body_type: type[_Body]) -> _Body:
+    """Decode a control-message body into `body_type` (a `*Body` Struct), checking types and constraints.
+
+    Raises `WireError` naming the offending field for anything that does not fit.
+    """
+    try:
+        body: _Body = _BODY_DECODERS[body_type].decode(data)
+    except msgspec.ValidationError as error:
+        raise WireError(f"{body_type.__name__} is invalid: {error}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        raise WireError(f"{body_type.__name__} is not valid msgpack: {error}") from None
     return body
 
 
-def _decode_header(data: memoryview) -> tuple[int, str, int, int, int, str, list[int]]:
-    try:
-        fields = msgpack.unpackb(data, raw=False, max_bin_len=256, max_ext_len=0, max_map_len=16,
-                                 max_str_len=MAX_HEADER_BYTES, max_array_len=MAX_HEADER_BYTES)
-    except Exception as error:  # msgpack raises ValueError, ExtraData, UnicodeDecodeError, ...
-        raise WireError(f"header is not valid msgpack: {error}") from None
-    if not isinstance(fields, list) or len(fields) != 7:
-        raise WireError("header must be a msgpack array of 7 fields "
-                        "[version, kind, plan_version, step, index, sender, sample_ids]")
-    names = ("version", "kind", "plan_version", "step", "index", "sender", "sample_ids")
-    types = (int, str, int, int, int, str, list)
-    for name, expected, value in zip(names, types, fields):
-        if type(value) is not expected:  # `type is`: rejects bool where int is expected
-            raise WireError(f"header field {name!r} must be {expected.__name__}, got {type(value).__name__}")
-    if not all(type(sample) is int and _INT64[0] <= sample <= _INT64[1] for sample in fields[6]):
-        raise WireError("header field 'sample_ids' must hold only 64-bit integers")
-    return tuple(fields)  # type: ignore[return-value]
+def _header_error(error: msgspec.ValidationError) -> WireError:
+    """msgspec's complaint about a header, said in terms of the header's field names."""
+    at = _AT_FIELD.fullmatch(str(error))
+    if at is None:
+        return WireError(f"header must be a msgpack array of 7 fields [{', '.join(_HEADER_FIELDS)}]: {error}")
+    name = _HEADER_FIELDS[int(at["field"])]
+    if at["item"]:
+        return WireError(f"header field {name!r} must hold only 64-bit integers: {at['problem']} at {at['item']}")
+    mismatch = _TYPE_MISMATCH.fullmatch(at["problem"])
+    if mismatch is not None:
+        expected = "list" if mismatch["expected"] == "array" else mismatch["expected"]
+        return WireError(f"header field {name!r} must be {expected}, got {mismatch['got']}")
+    return WireError(f"header field {name!r} must be {_HEADER_LIMITS[name]}")

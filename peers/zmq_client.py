@@ -45,13 +45,14 @@ def advertised_host(host: str, advertise_host: str | None) -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe_socket:
         try:
             probe_socket.connect(("192.0.2.1", 9))  # no packet is sent; picks the outbound interface
-            return probe_socket.getsockname()[0]
+            return str(probe_socket.getsockname()[0])
         except OSError:
             return "127.0.0.1"
 
 
 @contextmanager
-def open_dealer(address: str, *, max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES) -> Iterator[zmq.Socket]:
+def open_dealer(address: str, *,
+                max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES) -> Iterator[zmq.Socket[bytes]]:
     """A DEALER connected to `address` with linger 0 and a receive size limit; closed on exit."""
     check_address(address)
     context = zmq.Context()
@@ -67,13 +68,13 @@ def open_dealer(address: str, *, max_message_bytes: int = wire.DEFAULT_MAX_MESSA
         context.term()
 
 
-def send_control(sock: zmq.Socket, kind: str, payload: bytes = b"", *, step: int = 0, index: int = 0,
+def send_control(sock: zmq.Socket[bytes], kind: str, payload: bytes = b"", *, step: int = 0, index: int = 0,
                  sender: str = "client") -> None:
     """Send one control message (no plan version: control kinds are exempt from it)."""
     sock.send_multipart(wire.pack(Message(kind, step, index, payload), sender=sender, plan_version=0), copy=False)
 
 
-def receive_reply(sock: zmq.Socket, deadline: float, *, max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
+def receive_reply(sock: zmq.Socket[bytes], deadline: float, *, max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
                   ) -> Message | None:
     """The next well-formed message before `deadline` (time.monotonic), or None when time runs out.
 

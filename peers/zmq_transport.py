@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import uvloop
@@ -63,9 +63,9 @@ class _Link:
     """One neighbour: a plain (non-asyncio) DEALER used only on the loop thread, and its writer."""
 
     address: str
-    sock: zmq.Socket
+    sock: zmq.Socket[bytes]
     queue: asyncio.Queue[tuple[list[Any], str, int]]
-    writer: asyncio.Task[None] | None = None
+    writer: asyncio.Task[None] = field(init=False)  # started once the link exists
     pending: int = 0  # messages handed to `send` that zmq has not accepted yet
 
 
@@ -254,7 +254,7 @@ class ZmqTransport:
 
     async def _open(self, host: str, port: int) -> int:
         self._context = zmq.asyncio.Context()
-        self._plain_context = zmq.Context.shadow(self._context.underlying)
+        self._plain_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(self._context.underlying)
         self._router = self._new_socket(zmq.ROUTER)
         endpoint = f"tcp://{bind_host(host)}:{port or '*'}"
         try:
@@ -266,7 +266,7 @@ class ZmqTransport:
         self._reader = asyncio.ensure_future(self._read())
         return int(self._router.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
 
-    def _new_socket(self, kind: int, context: zmq.Context | None = None) -> Any:
+    def _new_socket(self, kind: int, context: zmq.Context[Any] | None = None) -> Any:
         sock = (context or self._context).socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IPV6, 1)  # accept [::1]-style hosts too; IPv4 keeps working
@@ -336,7 +336,7 @@ class ZmqTransport:
         except wire.WireError as error:
             self._stats.reject(str(error))
             return
-        self._stats.count_received(message.kind, sum(memoryview(f).nbytes for f in frames))
+        self._stats.count_received(message.kind, sum(len(frame) for frame in frames))
         if message.kind == wire.PING:
             self._reply(identity, wire.PONG, message.step, message.index, b"")
         elif message.kind == wire.STATE_REQUEST:
@@ -369,12 +369,13 @@ class ZmqTransport:
             self._stats.reject(f"bad reachability request: {error}")
             return
         if len(self._reach_tasks) >= _MAX_CONCURRENT_REACH:
-            self._reply(identity, wire.REACH_RESULT, 0, request.index, wire.pack_body({"rtt": None, "busy": True}))
+            busy = wire.ReachResultBody(busy=True)
+            self._reply(identity, wire.REACH_RESULT, 0, request.index, wire.pack_body(busy))
             return
 
         async def reach() -> None:
             rtt = await probe_async(self._context, address, timeout)
-            self._reply(identity, wire.REACH_RESULT, 0, request.index, wire.pack_body({"rtt": rtt}))
+            self._reply(identity, wire.REACH_RESULT, 0, request.index, wire.pack_body(wire.ReachResultBody(rtt=rtt)))
 
         task = asyncio.ensure_future(reach())
         self._reach_tasks.add(task)

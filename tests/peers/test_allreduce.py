@@ -13,7 +13,8 @@ pytestmark = pytest.mark.usefixtures("eager_codecs")
 
 def _run(averagers, tensors_per_replica, step=1):
     _, errors = run_concurrently(
-        [lambda a=averager, t=tensors: a.average(step, t) for averager, tensors in zip(averagers, tensors_per_replica)],
+        [lambda a=averager, t=tensors: a.average(step, t)
+         for averager, tensors in zip(averagers, tensors_per_replica, strict=True)],
         timeout=60, what="an all-reduce replica")
     return errors
 
@@ -36,7 +37,7 @@ def test_none_codec_gives_the_exact_mean(size):
     expected = [torch.stack([g[i] for g in grads]).mean(0) for i in range(2)]
     assert not _run(averagers, grads)
     for replica in grads:
-        for got, want in zip(replica, expected):
+        for got, want in zip(replica, expected, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
@@ -46,7 +47,7 @@ def test_lossy_codec_leaves_replicas_bit_identical_and_counts_bytes():
     expected = torch.stack([g[0] for g in grads]).mean(0)
     assert not _run(averagers, grads)
     for replica in grads[1:]:
-        for got, first in zip(replica, grads[0]):
+        for got, first in zip(replica, grads[0], strict=True):
             assert torch.equal(got, first)
     assert (grads[0][0] - expected).norm() < 0.5 * expected.norm()  # close, not exact
     values = sum(a.values_sent for a in averagers)
@@ -77,7 +78,7 @@ def test_timeout_raises_and_leaves_tensors_untouched():
     before = [g.clone() for g in grads[0]]
     with pytest.raises(PeerTimeout):
         averagers[0].average(1, grads[0])  # replica 1 never shows up
-    assert all(torch.equal(a, b) for a, b in zip(grads[0], before))
+    assert all(torch.equal(a, b) for a, b in zip(grads[0], before, strict=True))
 
 
 def test_single_replica_is_a_no_op_and_bad_group_is_rejected():

@@ -68,7 +68,7 @@ def test_wrong_stage_missing_donor_and_size_limit_fail_clearly(donor):
 
 
 def _request(stage: int, chunk: int, serial: int | None = None) -> Message:
-    body = {"stage": stage, "chunk": chunk} | ({} if serial is None else {"serial": serial})
+    body = wire.StateRequestBody(stage=stage, chunk=chunk, serial=serial)
     return Message(wire.STATE_REQUEST, stage, chunk, wire.pack_body(body))
 
 
@@ -76,7 +76,7 @@ def test_a_transfer_survives_one_publish_but_not_two():
     server = StateServer(chunk_bytes=4)
     server.publish(0, b"first-state")
     kind, _, _, meta = server.answer(_request(0, -1))
-    serial = wire.unpack_body(meta, {"serial": int})["serial"]
+    serial = wire.unpack_body(meta, wire.StateMetaBody).serial
     server.publish(0, b"second-state")
     kind, step, index, payload = server.answer(_request(0, 2, serial))
     assert (kind, step, index, bytes(payload)) == (wire.STATE_CHUNK, serial, 2, b"ate")
@@ -137,8 +137,8 @@ class ScriptedDonor:
 
 
 def _meta(blob: bytes, serial: int, sha: str | None = None):
-    body = {"stage": 0, "serial": serial, "bytes": len(blob), "chunks": 1, "chunk_bytes": 1024,
-            "sha256": sha or hashlib.sha256(blob).hexdigest()}
+    body = wire.StateMetaBody(stage=0, serial=serial, bytes=len(blob), chunks=1, chunk_bytes=1024,
+                              sha256=sha or hashlib.sha256(blob).hexdigest())
     return lambda request: [(wire.STATE_META, 0, -1, wire.pack_body(body))]
 
 
@@ -146,9 +146,12 @@ def _chunk(blob: bytes, serial: int):
     return lambda request: [("junk", 0, 0, b""), (wire.STATE_CHUNK, serial, 0, blob)]
 
 
+def _retry(request: Message):
+    return [(wire.STATE_ERROR, 0, 0, wire.pack_body(wire.StateErrorBody(error="changed", retry=True)))]
+
+
 def test_client_restarts_when_the_state_changes_and_checks_the_sha256():
-    retry = (lambda request: [(wire.STATE_ERROR, 0, 0, wire.pack_body({"error": "changed", "retry": True}))])
-    donor = ScriptedDonor([_meta(b"old", 1), retry, _meta(b"new", 2), _chunk(b"new", 2)])
+    donor = ScriptedDonor([_meta(b"old", 1), _retry, _meta(b"new", 2), _chunk(b"new", 2)])
     try:
         assert fetch_state(donor.address, 0, timeout=10) == b"new"
     finally:

@@ -43,7 +43,7 @@ def test_allreduce_over_zmq_matches_the_in_process_reference(codec):
     finally:
         for transport in transports:
             transport.close()
-    for ours, theirs in zip(over_zmq, reference):
-        for a, b in zip(ours, theirs):
+    for ours, theirs in zip(over_zmq, reference, strict=True):
+        for a, b in zip(ours, theirs, strict=True):
             assert torch.equal(a, b)
     assert all(torch.equal(over_zmq[0][0], replica[0]) for replica in over_zmq)

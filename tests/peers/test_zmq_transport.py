@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 
+import msgpack
 import pytest
 import torch
 import zmq
@@ -132,8 +133,9 @@ def test_garbage_from_a_raw_zmq_socket_is_rejected_while_training_goes_on(pair):
     reach, pong = (wire.pack(Message(kind, 0, 0, b""), sender="x", plan_version=0)[0]
                    for kind in (wire.REACH_REQUEST, wire.PONG))
     garbage = [[os.urandom(40)], [os.urandom(10), os.urandom(10)], [header], [header, b"", b""],
-               [b"\x97\x01\xa3act", b"x"], [wire.pack_body([1, "act", "0", 0, 0, "x", []]), b""],
-               [reach, b"\xc1"], [reach, wire.pack_body({"address": "nowhere", "timeout": 1})], [pong, b""]]
+               [b"\x97\x01\xa3act", b"x"], [msgpack.packb([1, "act", "0", 0, 0, "x", []]), b""],
+               [reach, b"\xc1"], [reach, wire.pack_body(wire.ReachRequestBody(address="nowhere", timeout=1.0))],
+               [pong, b""]]
     try:
         for frames in garbage:
             raw.send_multipart(frames)
