@@ -117,7 +117,7 @@ def _hivemind_contenders(x: torch.Tensor) -> dict[str, Callable[[], object]]:
         return {}
     codec = Uniform8BitQuantization()
     info = CompressionInfo.from_tensor(x)
-    try:  # hivemind 1.1.12's 8-bit extract raises with numpy >= 2.4 (DESIGN.md section 2)
+    try:  # hivemind 1.1.12's 8-bit extract raises with numpy >= 2.4
         serialized = codec.compress(x, info)
         codec.extract(serialized)
     except Exception as error:

@@ -26,13 +26,14 @@ from pathlib import Path
 
 from rich.progress import Progress
 
+from peers.protocol import Codecs, TrainingSpec
 from swarm.local import LocalConfig, run_local
 
 VARIANTS = {
-    "fp32": dict(fwd="none", bwd="none", grad="none"),
-    "direct-3/6/4": dict(fwd="q3", bwd="q6", grad="q4"),
-    "delta-3/6/4": dict(fwd="q3", bwd="q6", grad="q4", fwd_delta=True),
-    "direct-q2": dict(fwd="q2", bwd="q6", grad="q4"),
+    "fp32": Codecs("none", "none", "none"),
+    "direct-3/6/4": Codecs("q3", "q6", "q4"),
+    "delta-3/6/4": Codecs("q3", "q6", "q4", forward_delta=True),
+    "direct-q2": Codecs("q2", "q6", "q4"),
 }
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -53,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     with Progress(transient=True) as progress:
         for name, codecs in VARIANTS.items():
             task = progress.add_task(name, total=args.steps)
-            config = LocalConfig(model="tiny", stages=4, replicas=2, micro_batches=2, batch=args.batch,
-                                 steps=args.steps, seed=args.seed, lr=args.lr, warmup_steps=args.steps // 10,
-                                 eval_every=args.eval_every, train_samples=args.train_samples,
-                                 eval_samples=args.eval_samples, **codecs)
+            training = TrainingSpec(model="tiny", batch=args.batch, micro_batches=2, steps=args.steps,
+                                    seed=args.seed, lr=args.lr, warmup_steps=args.steps // 10)
+            config = LocalConfig(training, codecs, stages=4, replicas=2, eval_every=args.eval_every,
+                                 train_samples=args.train_samples, eval_samples=args.eval_samples)
             started = time.perf_counter()
             reports[name] = run_local(config, on_step=lambda _entry, task=task: progress.advance(task))
             seconds[name] = time.perf_counter() - started

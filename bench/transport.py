@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     for size_mb in args.sizes_mb:
         size = int(size_mb * 1024 * 1024)
         pairs = [(transport_rate(size, args.messages), raw_rate(size, args.messages)) for _ in range(args.repeats)]
-        ours, raw = (statistics.median(rates) for rates in zip(*pairs))  # interleaved: same machine load
+        ours, raw = (statistics.median(rates) for rates in zip(*pairs, strict=True))  # interleaved: same machine load
         results.append({"payload_mb": size_mb, "transport_mb_s": round(ours, 1), "raw_zmq_mb_s": round(raw, 1),
                         "ratio_vs_raw": round(ours / raw, 3)})
     print(json.dumps({"benchmark": "zmq_transport_loopback", "messages": args.messages, "repeats": args.repeats,

@@ -35,7 +35,9 @@ _LAZY = {
 __all__ = [
     "GPTConfig", "PRESETS", "get_config", "count_parameters", "layer_parameters",
     "even_layers", "check_layers", "stage_parameters", "forward_flops_per_token", "boundary_values",
-    "BACKWARD_FLOPS_FACTOR", *_LAZY,
+    "BACKWARD_FLOPS_FACTOR",
+    "Stage", "Block", "init_parameters", "split", "build_stage", "param_checksum",
+    "ByteTokenizer", "Batch", "SequenceDataset", "default_corpus_path", "read_corpus",
 ]
 
 

@@ -31,7 +31,7 @@ class GPTConfig:
         if self.d_model % self.heads:
             raise ValueError(f"model d_model {self.d_model} is not divisible by heads {self.heads}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, int | str]:
         """The shape as a JSON-ready dict (what reports and checkpoints record)."""
         return asdict(self)
 

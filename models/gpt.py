@@ -41,7 +41,8 @@ class Block(nn.Module):
         q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
         attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.attn_proj(attended.transpose(1, 2).reshape(batch, length, d))
-        return x + self.mlp_proj(F.gelu(self.fc(self.ln2(x))))
+        out: torch.Tensor = x + self.mlp_proj(F.gelu(self.fc(self.ln2(x))))
+        return out
 
 
 class Stage(nn.Module):

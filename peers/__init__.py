@@ -3,7 +3,7 @@
 `peers` never imports `swarm`. The engine API the live peer and `swarm-sim local` share:
 
     worker = peers.StageExecutor(stage_module, stage_index=s, num_stages=S, transport=transport,
-                               prev=..., next=..., group=[...], codecs=peers.ChannelCodecs("q3", "q6", "q4"),
+                               prev=..., next=..., group=[...], codecs=peers.Codecs("q3", "q6", "q4"),
                                schedule="1f1b", micro_batches=M)
     result = worker.run_step(step, batch_or_none, plan_version)   # -> peers.StepResult
     worker.run_step(step, batch, plan_version, apply=False)       # live swarm: prepare, then
@@ -18,7 +18,8 @@ from importlib import import_module
 from typing import Any
 
 from .allreduce import GradientAverager
-from .pipeline import ChannelCodecs, ChannelStats, OptimizerSettings, StageExecutor, StepResult
+from .pipeline import ChannelStats, OptimizerSettings, StageExecutor, StepResult
+from .protocol import Codecs
 from .transport import InProcessHub, Mailbox, Message, PeerTimeout, Transport, TransportClosed
 
 _LAZY = {
@@ -33,7 +34,7 @@ _LAZY = {
 
 __all__ = [
     "Message", "Transport", "Mailbox", "PeerTimeout", "TransportClosed", "InProcessHub",
-    "StageExecutor", "StepResult", "OptimizerSettings", "ChannelCodecs", "ChannelStats",
+    "StageExecutor", "StepResult", "OptimizerSettings", "Codecs", "ChannelStats",
     "GradientAverager", *_LAZY,
 ]
 

@@ -2,7 +2,8 @@
 
 Imports flow one way: `swarm` -> `peers` -> `models`, `compression`.
 
-The scheduler's API is re-exported here (it needs only numpy):
+The scheduler's API is re-exported here (numpy, msgspec and the torch-free model arithmetic; torch
+loads only when a workload prices messages through the codecs):
 
     scenario = swarm.Scenario.load("swarm.json")
     best = swarm.plan(scenario, cost_model="full", seed=0, time_limit=5.0)
@@ -13,18 +14,18 @@ import installs a log handler) and torch: `from swarm.coordinator import Coordin
 CoordinatorConfig`; the one-process grid is `from swarm.local import LocalConfig, run_local`.
 """
 from swarm.scheduler import (
-                             Breakdown,
-                             Device,
-                             Plan,
-                             PlanError,
-                             Scenario,
-                             ScenarioError,
-                             cost_model,
-                             moved_peers,
-                             plan,
-                             predict,
-                             preset_names,
-                             replan,
+    Breakdown,
+    Device,
+    Plan,
+    PlanError,
+    Scenario,
+    ScenarioError,
+    cost_model,
+    moved_peers,
+    plan,
+    predict,
+    preset_names,
+    replan,
 )
 
 __all__ = ["Scenario", "ScenarioError", "Device", "Plan", "PlanError", "Breakdown", "plan", "predict", "replan",

@@ -96,7 +96,7 @@ def _table(report: dict[str, Any]) -> Table:
         plan = plans[-1]
         grid = "  ".join(f"stage {s}: {' '.join(row)}" for s, row in enumerate(plan["grid"]))
         table.add_row("plan", f"v{plan['version']}  {grid}")
-        table.add_row("why", plan["reason"])
+        table.add_row("why", plan["reason"]["text"])
     bits = report.get("bits_per_value", {})
     for channel, nbytes in sorted(report.get("bytes_per_channel", {}).items()):
         table.add_row(f"{channel} bytes", f"{nbytes:,}  ({bits.get(channel, 0):.2f} bits per value)")

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,10 @@ class LocalSwarm:
         self.checkpoint_dir = self.dir / "checkpoints"
         self.threads = threads
         self.fused = fused
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[Any] = []
 
-    def start_coordinator(self, args: list[str], name: str = "coordinator") -> subprocess.Popen:
+    def start_coordinator(self, args: list[str], name: str = "coordinator") -> subprocess.Popen[bytes]:
         """Start `swarm-coordinator ARGS --checkpoint-dir DIR/checkpoints`."""
         return self._spawn(name, ["-m", "swarm.cli.coordinator", *args, "--checkpoint-dir", str(self.checkpoint_dir)])
 
@@ -60,7 +60,7 @@ class LocalSwarm:
         self.wait_for(path.exists, timeout, "the coordinator to write coordinator.json")
         return list(json.loads(path.read_text())["initial_peers"])
 
-    def start_peer(self, name: str, args: list[str] = ()) -> subprocess.Popen:
+    def start_peer(self, name: str, args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         """Start `swarm-peer join` named `name`, pointed at the coordinator."""
         command = ["-m", "peers.cli", "join", "--initial-peers", *self.initial_peers(), "--name", name,
                    "--threads", str(self.threads), *args]
@@ -80,9 +80,10 @@ class LocalSwarm:
     def report(self) -> dict[str, Any]:
         """The coordinator's `report.json` (empty until the first plan)."""
         try:
-            return json.loads((self.checkpoint_dir / "report.json").read_text())
+            report = json.loads((self.checkpoint_dir / "report.json").read_text())
         except (OSError, ValueError):
             return {}
+        return report if isinstance(report, dict) else {}
 
     def committed_step(self) -> int:
         steps = self.report().get("steps") or [{"step": 0}]
@@ -135,7 +136,7 @@ class LocalSwarm:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         if name in self.processes and self.processes[name].poll() is None:
             raise ValueError(f"a daemon named {name!r} is already running")
         log = open(self.dir / f"{name}.log", "a")

@@ -5,53 +5,46 @@ Every (stage, replica) is a real `StageExecutor` on its own thread, wired throug
 swarm - only the transport differs. Results are deterministic: reductions run in fixed order and
 stochastic rounding is seeded per message, so thread timing never changes a number.
 
-    report = run_local(LocalConfig(stages=4, replicas=2, micro_batches=2, batch=8, steps=50))
+    report = run_local(LocalConfig(TrainingSpec(batch=8, micro_batches=2, steps=50), stages=4, replicas=2))
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 import models
-from peers.pipeline import ChannelCodecs, ChannelStats, OptimizerSettings, StageExecutor, get_schedule
+from peers.pipeline import ChannelStats, OptimizerSettings, StageExecutor, StepResult, get_schedule
 from peers.profiling import check_device
+from peers.protocol import Codecs, TrainingSpec, to_builtins
 from peers.transport import InProcessHub
+from swarm.flags import check_codecs, check_training
 
 __all__ = ["LocalConfig", "LocalGrid", "run_local", "worker_name"]
 
 
 @dataclass
 class LocalConfig:
-    """Everything `swarm-sim local` takes; field names follow its flags (`micro_batches` is `--micro-batches`).
+    """Everything `swarm-sim local` takes: the run's `TrainingSpec` and `Codecs` (the same as a live
+    swarm's) plus the grid and what only the simulator has.
 
-    batch: sequences per step over the whole grid; each replica gets batch / replicas of them,
-    cut into micro_batches. layers: layers per stage (default: as even as possible).
-    train_samples / eval_samples: keep only the first sequences of each split (a fine-tuning-
-    sized subset where samples repeat, as AQ-SGD needs). eval_every: steps between evaluations
-    (0: only at the end). device: where every stage computes ("cpu" or "cuda:N"); the messages
-    between stages still cross the codecs, decoded straight onto that device.
+    layers: layers per stage (default: as even as possible). train_samples / eval_samples: keep
+    only the first sequences of each split (a fine-tuning-sized subset where samples repeat, as
+    AQ-SGD needs). eval_every: steps between evaluations (0: only at the end). device: where every
+    stage computes ("cpu" or "cuda:N"); the messages between stages still cross the codecs,
+    decoded straight onto that device.
     """
 
-    model: str = "tiny"
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    codecs: Codecs = field(default_factory=Codecs)
     stages: int = 1
     replicas: int = 1
-    micro_batches: int = 1
-    batch: int = 8
-    steps: int = 10
-    fwd: str = "q3"
-    bwd: str = "q6"
-    grad: str = "q4"
-    fwd_delta: bool = False
     schedule: str = "1f1b"
-    seed: int = 0
-    data: str | None = None
     layers: list[int] | None = None
-    lr: float = 3e-3
-    warmup_steps: int = 0
     eval_every: int = 0
     train_samples: int | None = None
     eval_samples: int | None = 128
@@ -60,12 +53,10 @@ class LocalConfig:
 
     def check(self) -> tuple[models.GPTConfig, list[int]]:
         """Validate every field before any work; each error names the flag to fix."""
-        try:
-            config = models.get_config(self.model)
-        except ValueError as error:
-            raise ValueError(f"--model: {error}") from None
-        for flag, value in (("--stages", self.stages), ("--replicas", self.replicas),
-                            ("--micro-batches", self.micro_batches), ("--batch", self.batch), ("--steps", self.steps)):
+        self.training = check_training(self.training)
+        self.codecs = check_codecs(self.codecs)
+        config = models.get_config(self.training.model)
+        for flag, value in (("--stages", self.stages), ("--replicas", self.replicas)):
             if value <= 0:
                 raise ValueError(f"{flag} must be positive, got {value}")
         if self.layers is None:
@@ -81,29 +72,17 @@ class LocalConfig:
                 models.check_layers(config, layers)
             except ValueError as error:
                 raise ValueError(f"--layers: {error}") from None
-        if self.batch % self.replicas:
-            raise ValueError(f"--batch {self.batch} does not divide among --replicas {self.replicas}")
-        if (self.batch // self.replicas) % self.micro_batches:
-            raise ValueError(f"--micro-batches {self.micro_batches} does not divide the per-replica batch of "
-                             f"{self.batch // self.replicas} sequences (--batch {self.batch} / --replicas {self.replicas})")
+        self.training.check_grid(self.replicas)
         if self.seq_len is not None and not 0 < self.seq_len <= config.context:
             raise ValueError(f"--seq-len must be in 1..{config.context} for model {config.name!r}, got {self.seq_len}")
-        if self.lr <= 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
-        for flag, value in (("--eval-every", self.eval_every), ("--warmup-steps", self.warmup_steps)):
-            if value < 0:
-                raise ValueError(f"{flag} must be zero or positive, got {value}")
-        for flag, value in (("--train-samples", self.train_samples), ("--eval-samples", self.eval_samples)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{flag} must be positive, got {value}")
+        if self.eval_every < 0:
+            raise ValueError(f"--eval-every must be zero or positive, got {self.eval_every}")
+        for flag, count in (("--train-samples", self.train_samples), ("--eval-samples", self.eval_samples)):
+            if count is not None and count <= 0:
+                raise ValueError(f"{flag} must be positive, got {count}")
         get_schedule(self.schedule)
-        self.codecs().check()
         check_device(self.device)
         return config, layers
-
-    def codecs(self) -> ChannelCodecs:
-        """The channel codecs of `--fwd`, `--bwd`, `--grad` and `--fwd-delta`."""
-        return ChannelCodecs(self.fwd, self.bwd, self.grad, self.fwd_delta)
 
 
 def worker_name(stage: int, replica: int) -> str:
@@ -118,32 +97,34 @@ class LocalGrid:
         self.model_config, self.layers = config.check()
         self.config = config
         self.dataset = dataset if dataset is not None else load_dataset(config, self.model_config)
-        if config.batch > self.dataset.train_ids.numel():
-            raise ValueError(f"--batch {config.batch} is larger than the training split "
+        training = config.training
+        if training.batch > self.dataset.train_ids.numel():
+            raise ValueError(f"--batch {training.batch} is larger than the training split "
                              f"({self.dataset.train_ids.numel()} sequences): lower --batch or raise --train-samples")
         stages, replicas = config.stages, config.replicas
         self.hub = InProcessHub()
-        settings = OptimizerSettings(lr=config.lr, warmup_steps=config.warmup_steps)
+        settings = OptimizerSettings(lr=training.lr, warmup_steps=training.warmup_steps)
         self.workers: list[list[StageExecutor]] = []
         for s in range(stages):
             group = [worker_name(s, r) for r in range(replicas)]
             row = []
             for r in range(replicas):
-                module = models.build_stage(self.model_config, self.layers, s, seed=config.seed, device=config.device)
+                module = models.build_stage(self.model_config, self.layers, s, seed=training.seed, device=config.device)
                 row.append(StageExecutor(
                     module, stage_index=s, num_stages=stages, transport=self.hub.endpoint(worker_name(s, r)),
                     prev=worker_name(s - 1, r) if s > 0 else None,
                     next=worker_name(s + 1, r) if s < stages - 1 else None,
-                    group=group, codecs=config.codecs(), schedule=config.schedule,
-                    micro_batches=config.micro_batches, optimizer=settings, seed=config.seed,
+                    group=group, codecs=config.codecs, schedule=config.schedule,
+                    micro_batches=training.micro_batches, optimizer=settings, seed=training.seed,
                     delta_capacity=self.dataset.size))
             self.workers.append(row)
         self._pool = ThreadPoolExecutor(max_workers=stages * replicas, thread_name_prefix="stage")
 
-    def step(self, step: int) -> dict:
+    def step(self, step: int) -> dict[str, Any]:
         """One synchronous training step of the whole grid; returns its report entry."""
         started = time.perf_counter()
-        shares = self.dataset.train_batch(step, self.config.batch, self.config.seed).chunk(self.config.replicas)
+        training = self.config.training
+        shares = self.dataset.train_batch(step, training.batch, training.seed).chunk(self.config.replicas)
         futures = {self._pool.submit(worker.run_step, step, shares[r]): (s, r)
                    for s, row in enumerate(self.workers) for r, worker in enumerate(row)}
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
@@ -151,13 +132,15 @@ class LocalGrid:
         if failed:
             self.hub.close("step aborted: another worker failed")  # wake every blocked receive
             wait(pending)
-            raise failed[0].exception()
+            error = failed[0].exception()
+            assert error is not None
+            raise error
         results = {futures[future]: future.result() for future in done}
         stats = ChannelStats()
         for key in sorted(results):
             stats.merge(results[key].stats)
         last = self.config.stages - 1
-        loss = sum(results[(last, r)].loss for r in range(self.config.replicas)) / self.config.replicas
+        loss = sum(_loss(results[(last, r)]) for r in range(self.config.replicas)) / self.config.replicas
         seconds = time.perf_counter() - started
         tokens = sum(results[(0, r)].tokens for r in range(self.config.replicas))
         return {"step": step, "loss": loss, "tokens_per_s": tokens / seconds, "seconds": seconds,
@@ -168,7 +151,7 @@ class LocalGrid:
         """Mean held-out loss of replica 0's model (parameters only: no codecs on this path)."""
         stages = [worker.stage for worker in (row[0] for row in self.workers)]
         total, count = 0.0, 0
-        for batch in self.dataset.eval_batches(max(1, self.config.batch)):
+        for batch in self.dataset.eval_batches(self.config.training.batch):
             hidden = batch.inputs.to(self.config.device)
             for stage in stages:
                 hidden = stage(hidden)
@@ -194,10 +177,16 @@ class LocalGrid:
         self._pool.shutdown(wait=True)
 
 
+def _loss(result: StepResult) -> float:
+    """A last-stage result's loss (the last stage always computes one)."""
+    assert result.loss is not None
+    return result.loss
+
+
 def load_dataset(config: LocalConfig, model_config: models.GPTConfig) -> models.SequenceDataset:
     """The corpus of `--data` (or the bundled King James Bible) cut into model-length sequences."""
     try:
-        path = config.data if config.data is not None else models.default_corpus_path()
+        path = config.training.data or models.default_corpus_path()
         data = models.read_corpus(path)
         return models.SequenceDataset(data, config.seq_len or model_config.context,
                                       max_train=config.train_samples, max_eval=config.eval_samples)
@@ -205,15 +194,15 @@ def load_dataset(config: LocalConfig, model_config: models.GPTConfig) -> models.
         raise ValueError(f"--data: {error}") from None
 
 
-def run_local(config: LocalConfig, on_step: Callable[[dict], None] | None = None) -> dict:
-    """Train the grid for `config.steps` steps; returns the `swarm-sim local` report."""
+def run_local(config: LocalConfig, on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train the grid for `config.training.steps` steps; returns the `swarm-sim local` report."""
     grid = LocalGrid(config)
     try:
         steps, evals = [], []
-        for step in range(1, config.steps + 1):
+        for step in range(1, config.training.steps + 1):
             entry = grid.step(step)
             steps.append(entry)
-            if step == config.steps or (config.eval_every and step % config.eval_every == 0):
+            if step == config.training.steps or (config.eval_every and step % config.eval_every == 0):
                 evals.append({"step": step, "loss": grid.evaluate()})
                 entry["eval_loss"] = evals[-1]["loss"]
             if on_step is not None:
@@ -223,7 +212,10 @@ def run_local(config: LocalConfig, on_step: Callable[[dict], None] | None = None
             for channel in entry["bytes"]:
                 totals.add(channel, entry["bytes"][channel], entry["values"][channel])
         return {
-            "config": {**asdict(config), "layers": grid.layers, "parameters": models.count_parameters(grid.model_config)},
+            "config": {"training": to_builtins(config.training), "codecs": to_builtins(config.codecs),
+                       "stages": config.stages, "replicas": config.replicas, "schedule": config.schedule,
+                       "layers": grid.layers, "seq_len": config.seq_len, "device": config.device,
+                       "parameters": models.count_parameters(grid.model_config)},
             "steps": steps,
             "eval": evals,
             "bits_per_value": totals.bits_per_value(),

@@ -17,14 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 import compression
 from models import SequenceDataset, default_corpus_path, get_config, read_corpus
 from peers.dht import SwarmDHT
 from peers.probe import check_reachable, measure_bandwidth, probe, unreachable_hint
 from peers.profiling import measure_device
-from peers.protocol import ControlRecord, PeerRecord, PlanRecord
+from peers.protocol import ControlRecord, Link, PeerRecord, PlanRecord, SourceKind, StateSource
+from peers.torch_threads import torch_threads
 from peers.transport import PeerTimeout, TransportClosed
 from peers.zmq_transport import ZmqTransport
 
@@ -81,25 +80,46 @@ class PeerDaemon:
         # watch thread never aborts a newer plan's step by mistake.
         self._current: tuple[PlanRecord | None, threading.Event] = (None, threading.Event())
         self._runner: StageRunner | None = None
-        self.record: PeerRecord | None = None
-        self.dht: SwarmDHT | None = None
-        self.transport: ZmqTransport | None = None
+        self._record: PeerRecord | None = None
+        self._dht: SwarmDHT | None = None
+        self._transport: ZmqTransport | None = None
         self.pin = CoordinatorPin()
         self._failed_version = 0  # a step failed under this plan: wait for the coordinator's next one
         self._datasets: dict[tuple[str, str | None], SequenceDataset] = {}
 
+    @property
+    def dht(self) -> SwarmDHT:
+        """This peer's DHT node (joined at the start of `run`)."""
+        assert self._dht is not None, "the peer has not joined the DHT yet"
+        return self._dht
+
+    @property
+    def transport(self) -> ZmqTransport:
+        """This peer's data port (opened at the start of `run`)."""
+        assert self._transport is not None, "the peer has not opened its data port yet"
+        return self._transport
+
+    @property
+    def record(self) -> PeerRecord:
+        """What this peer announces (created at the start of `run`; guarded by `_lock`)."""
+        assert self._record is not None, "the peer has not announced itself yet"
+        return self._record
+
     def run(self, stop: threading.Event) -> int:
         options = self.options
-        if options.threads:
-            torch.set_num_threads(options.threads)
+        with torch_threads(options.threads):
+            return self._run(stop)
+
+    def _run(self, stop: threading.Event) -> int:
+        options = self.options
         compression.set_fused(options.fused)
         profile = measure_device(options.device)
         watcher = threading.Thread(target=self._watch, args=(stop,), name="heartbeat", daemon=True)
         try:
-            self.dht = _join_dht(options)
-            self.transport = ZmqTransport(options.name, host=options.host, port=options.port,
-                                          advertise_host=options.advertise_host)
-            self.record = PeerRecord(name=options.name, address=self.transport.address, device=profile.device,
+            self._dht = _join_dht(options)
+            self._transport = ZmqTransport(options.name, host=options.host, port=options.port,
+                                           advertise_host=options.advertise_host)
+            self._record = PeerRecord(name=options.name, address=self.transport.address, device=profile.device,
                                      tflops=profile.tflops, memory_gb=profile.memory_gb, state="joining",
                                      dht_addrs=self.dht.multiaddrs())
             self._announce()
@@ -118,16 +138,16 @@ class PeerDaemon:
             self._current[1].set()
             if watcher.is_alive():
                 watcher.join(timeout=2 * HEARTBEAT_S)
-            if self.record is not None and self.dht is not None:
+            if self._record is not None and self._dht is not None:
                 self._update(state="leaving")
                 try:
                     self._announce()  # nobody waits for our heartbeat to expire
                 except Exception as error:  # the DHT may already be gone; leaving still must finish
                     log.debug("could not announce leaving: %s", error)
-            if self.transport is not None:
-                self.transport.close()
-            if self.dht is not None:
-                self.dht.close()
+            if self._transport is not None:
+                self._transport.close()
+            if self._dht is not None:
+                self._dht.close()
 
     # ---- the main thread ---------------------------------------------------------------------
 
@@ -139,7 +159,8 @@ class PeerDaemon:
                 stop.wait(POLL_S)
                 continue
             runner = self._runner
-            if prepared and runner and control.committed_version == prepared[1] and control.committed_step >= prepared[0]:
+            if (prepared and runner and control.committed_version == prepared[1]
+                    and control.committed_step >= prepared[0]):
                 runner.apply(prepared[0])
                 prepared = None
                 self._update(step=runner.applied_step, param_checksum=runner.checksum(), prepared_step=0)
@@ -199,7 +220,7 @@ class PeerDaemon:
         old = self._runner
         if prepared is not None and old is not None:
             old.discard()
-        if old is not None and any(source == f"peer:{self.options.name}" for source in plan.sources.values()):
+        if old is not None and StateSource(SourceKind.PEER, self.options.name) in plan.sources.values():
             self.transport.serve_state(old.stage, old.blob())
         self.transport.set_plan_version(plan.version)  # purges what the old plan left unclaimed
         abort = threading.Event()
@@ -232,10 +253,10 @@ class PeerDaemon:
         return None
 
     def _dataset(self, plan: PlanRecord) -> SequenceDataset:
-        key = (plan.hyper["model"], plan.hyper.get("data"))
+        key = (plan.training.model, plan.training.data)
         if key not in self._datasets:
-            path = plan.hyper.get("data") or default_corpus_path()
-            self._datasets[key] = SequenceDataset(read_corpus(path), get_config(plan.hyper["model"]).context)
+            corpus = read_corpus(plan.training.data or default_corpus_path())
+            self._datasets[key] = SequenceDataset(corpus, get_config(plan.training.model).context)
         return self._datasets[key]
 
     # ---- joining -----------------------------------------------------------------------------
@@ -264,26 +285,23 @@ class PeerDaemon:
 
     def _probe_links(self) -> None:
         others = [r for n, r in read_peers(self.dht).items() if n != self.options.name][:_MAX_PROBED]
-        links: dict[str, dict[str, float]] = {}
+        links: dict[str, Link] = {}
         for other in others:
             rtt = probe(other.address, timeout=2.0)
             if rtt is None:
                 continue
             bandwidth = measure_bandwidth(other.address, nbytes=1 << 20, timeout=5.0)
-            links[other.name] = {"latency_ms": rtt * 1e3 / 2,
-                                 "bandwidth_gbps": (bandwidth or 1.25e8) * 8 / 1e9}
+            links[other.name] = Link(latency_ms=rtt * 1e3 / 2, bandwidth_gbps=(bandwidth or 1.25e8) * 8 / 1e9)
         self._update(links=links)
 
     # ---- the record --------------------------------------------------------------------------
 
     def _update(self, **fields: object) -> None:
-        assert self.record is not None
         with self._lock:
             for key, value in fields.items():
                 setattr(self.record, key, value)
 
     def _announce(self) -> None:
-        assert self.record is not None and self.dht is not None
         with self._lock:
             snapshot = PeerRecord.from_wire(self.record.to_wire())
         write_peer(self.dht, snapshot, PEER_TTL_S)
@@ -300,7 +318,7 @@ class PeerDaemon:
                 last = time.monotonic()
             plan, abort = self._current
             control = self.pin.control(self.dht) if plan is not None else None
-            if control is not None and control.plan_version > plan.version:
+            if plan is not None and control is not None and control.plan_version > plan.version:
                 abort.set()
             stop.wait(0.2)
         self._current[1].set()

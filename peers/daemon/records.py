@@ -8,7 +8,7 @@ reader trusts (pinned on first sight, see `CoordinatorPin`).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from peers.dht import SwarmDHT, dht_time
 from peers.protocol import (
@@ -19,6 +19,7 @@ from peers.protocol import (
     PeerRecord,
     PlanRecord,
     RecordError,
+    from_builtins,
     peer_subkey,
     subkey_name,
     subkey_owner,
@@ -27,6 +28,8 @@ from peers.protocol import (
 __all__ = ["read_peers", "write_peer", "publish_coordinator", "CoordinatorPin", "COORDINATOR_NAME", "PLAN_TTL_S"]
 
 log = logging.getLogger(__name__)
+
+Signed = TypeVar("Signed", PlanRecord, ControlRecord)
 
 COORDINATOR_NAME = "coordinator"
 # Plan and control records outlive a coordinator restart (`--resume` reads the last version).
@@ -78,10 +81,10 @@ class CoordinatorPin:
         """The pinned coordinator's control record, or None (none yet, or invalid: logged)."""
         return self._read(dht, CONTROL_KEY, ControlRecord)
 
-    def _read(self, dht: SwarmDHT, key: str, kind: Any) -> Any:
+    def _read(self, dht: SwarmDHT, key: str, kind: type[Signed]) -> Signed | None:
         value = self._pick(dht.get(key))
         try:
-            return None if value is None else kind.from_wire(value)
+            return None if value is None else from_builtins(value, kind, f"{key} record")
         except RecordError as error:
             log.warning("ignoring an invalid %s record: %s", key, error)
             return None

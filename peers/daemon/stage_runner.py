@@ -6,23 +6,21 @@ everywhere: the runner prepares with `StageExecutor.run_step(..., apply=False)` 
 `apply_update()` / `discard_update()` when the coordinator commits or aborts.
 
 A new plan always gets a new runner (new neighbours, a new all-reduce group, fresh AQ-SGD memories
-on both sides of every link); the state moves over as the plan's source for this peer says.
+on both sides of every link); the state moves over as the plan's `StateSource` for this peer says.
 """
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import replace
-from typing import Any
 
 from models import SequenceDataset, build_stage, get_config
-from peers.pipeline import ChannelCodecs, OptimizerSettings, StageExecutor, StepResult
-from peers.protocol import PlanRecord
+from peers.pipeline import OptimizerSettings, StageExecutor, StepResult
+from peers.protocol import PlanRecord, SourceKind, StateSource, Timeouts
 from peers.state_transfer import StateTransferError, fetch_state
 from peers.transport import Message, PeerTimeout, Transport, TransportClosed
 
-from .stage_state import pack_state, unpack_state
-from .timeouts import Timeouts
+from .stage_state import StageState, pack_state, unpack_state
 
 __all__ = ["StageRunner", "PlanAborted"]
 
@@ -37,29 +35,28 @@ class StageRunner:
     """Builds the executor for (stage, replica) of `plan` and loads its state (see `sources`)."""
 
     def __init__(self, plan: PlanRecord, name: str, transport: Transport, dataset: SequenceDataset,
-                 previous: "StageRunner | None", device: str, abort: threading.Event) -> None:
+                 previous: StageRunner | None, device: str, abort: threading.Event) -> None:
         position = plan.position(name)
         if position is None:
             raise ValueError(f"{name!r} has no cell in plan {plan.version}")
         self.plan = plan
         self.stage, self.replica = position
         self.dataset = dataset
-        self.hyper = plan.hyper
-        self.timeouts = Timeouts.from_wire(plan.hyper["timeouts"])
-        config = get_config(plan.hyper["model"])
+        self.training = plan.training
+        assert plan.training.timeouts is not None  # a published plan always carries them
+        self.timeouts: Timeouts = plan.training.timeouts
         column = [row[self.replica] for row in plan.grid]
-        module = build_stage(config, plan.layers, self.stage, seed=int(plan.hyper["seed"]), device=device)
+        module = build_stage(get_config(self.training.model), plan.layers, self.stage, seed=self.training.seed,
+                             device=device)
         self.link = _PlanLink(transport, plan.version, abort, self.timeouts.message_s)
         self.executor = StageExecutor(
             module, stage_index=self.stage, num_stages=plan.stages, transport=self.link,
             prev=column[self.stage - 1] if self.stage > 0 else None,
             next=column[self.stage + 1] if self.stage < plan.stages - 1 else None,
-            group=list(plan.grid[self.stage]),
-            codecs=ChannelCodecs(plan.codecs["fwd"], plan.codecs["bwd"], plan.codecs["grad"],
-                                 bool(plan.hyper.get("fwd_delta", False))),
-            micro_batches=int(plan.hyper["micro_batches"]), optimizer=OptimizerSettings(lr=float(plan.hyper["lr"])),
-            timeout=self.timeouts.message_s, seed=int(plan.hyper["seed"]),
-            delta_capacity=min(dataset.train_ids.numel(), int(plan.hyper["batch"]) * int(plan.hyper["steps"])))
+            group=list(plan.grid[self.stage]), codecs=plan.codecs, micro_batches=self.training.micro_batches,
+            optimizer=OptimizerSettings(lr=self.training.lr, warmup_steps=self.training.warmup_steps),
+            timeout=self.timeouts.message_s, seed=self.training.seed,
+            delta_capacity=min(dataset.train_ids.numel(), self.training.batch * self.training.steps))
         self._load(plan.sources[name], previous)
 
     @property
@@ -71,7 +68,7 @@ class StageRunner:
         """Run `step` up to (not including) the optimizer update; raises on timeout or abort."""
         batch = None
         if self.stage in (0, self.plan.stages - 1):
-            batch = self.dataset.train_batch(step, int(self.hyper["batch"]), int(self.hyper["seed"]))
+            batch = self.dataset.train_batch(step, self.training.batch, self.training.seed)
             batch = batch.chunk(self.plan.replicas)[self.replica]
         return self.executor.run_step(step, batch, self.plan.version, apply=False)
 
@@ -93,20 +90,21 @@ class StageRunner:
         """This stage's state after `applied_step`, as donors and checkpoints carry it."""
         return pack_state(self.stage, self.plan.layers, self._applied, self.executor.state_dict())
 
-    def _load(self, source: str, previous: "StageRunner | None") -> None:
+    def _load(self, source: StateSource, previous: StageRunner | None) -> None:
         self._applied = self.plan.start_step - 1
-        if source == "init":
+        if source.kind is SourceKind.INIT:
             return
-        if source == "keep":
+        if source.kind is SourceKind.KEEP:
             if previous is None or previous.stage != self.stage or previous.applied_step != self._applied:
                 raise RuntimeError(f"plan {self.plan.version} says keep stage {self.stage} at step {self._applied}, "
                                    "but this peer does not hold it")
             self.executor.load_state_dict(previous.executor.state_dict())
             return
-        address = self.plan.checkpoint_address if source == "checkpoint" else self.plan.addresses[source[5:]]
+        address = (self.plan.checkpoint_address if source.kind is SourceKind.CHECKPOINT
+                   else self.plan.addresses[source.donor])
         self.executor.load_state_dict(self._fetch(address, source).state)
 
-    def _fetch(self, address: str, source: str) -> Any:
+    def _fetch(self, address: str, source: StateSource) -> StageState:
         """The donor's blob of this stage at start_step - 1 (it may publish it a moment later)."""
         deadline = time.monotonic() + self.timeouts.message_s * 3
         last = "no answer"

@@ -1,7 +1,7 @@
 """One hierarchy of timeouts, derived from measured link speeds and device speed.
 
 Every wait in the live swarm is one of these, computed in one place by the coordinator from the
-peers' measured links and TFLOPS and published in the plan (`hyper["timeouts"]`), so all peers
+peers' measured links and TFLOPS and published in the plan (`plan.training.timeouts`), so all peers
 obey the same numbers and no knob is tuned on its own.
 
     transfer_s  = latency + bytes / bandwidth      the largest message on the slowest planned link
@@ -27,38 +27,13 @@ peer (message_s), a hung peer by the coordinator (commit_s). A graceful leave (S
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from peers.protocol import Timeouts
 
-__all__ = ["Timeouts", "derive_timeouts", "HEARTBEAT_S", "PEER_TTL_S"]
+__all__ = ["derive_timeouts", "HEARTBEAT_S", "PEER_TTL_S"]
 
 HEARTBEAT_S = 2.0
 PEER_TTL_S = 5 * HEARTBEAT_S
 MIN_MESSAGE_S = 10.0
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """The numbers of the hierarchy above, in seconds."""
-
-    transfer_s: float
-    step_s: float
-    message_s: float
-    heartbeat_s: float
-    peer_ttl_s: float
-    commit_s: float
-
-    def to_wire(self) -> dict[str, float]:
-        return asdict(self)
-
-    @classmethod
-    def from_wire(cls, value: Any) -> "Timeouts":
-        if not isinstance(value, dict):
-            raise ValueError("plan field hyper['timeouts'] must be a mapping")
-        try:
-            return cls(**{key: float(value[key]) for key in cls.__dataclass_fields__})
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"plan field hyper['timeouts'] is malformed: {error}") from None
 
 
 def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: float,

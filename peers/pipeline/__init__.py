@@ -2,12 +2,12 @@
 
 Transport-agnostic: a `StageExecutor` reaches its neighbours only through `peers.transport`.
 """
-from .channels import CHANNELS, ActivationChannel, ChannelCodecs, ChannelStats, check_codec
+from .channels import ActivationChannel, ChannelStats
 from .schedule import SCHEDULES, get_schedule, gpipe, one_f_one_b
 from .stage_executor import OptimizerSettings, StageExecutor, StepResult
 
 __all__ = [
     "StageExecutor", "StepResult", "OptimizerSettings",
-    "ChannelCodecs", "ChannelStats", "ActivationChannel", "CHANNELS", "check_codec",
+    "ChannelStats", "ActivationChannel",
     "SCHEDULES", "get_schedule", "gpipe", "one_f_one_b",
 ]

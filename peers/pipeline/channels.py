@@ -12,40 +12,9 @@ from dataclasses import dataclass, field
 import torch
 
 import compression
+from peers.protocol import CHANNELS
 
-__all__ = ["CHANNELS", "ChannelCodecs", "ChannelStats", "ActivationChannel", "check_codec"]
-
-CHANNELS = ("forward", "backward", "gradient")
-
-
-def check_codec(name: str, flag: str) -> None:
-    """Raise ValueError naming `flag` unless the compression layer accepts codec `name`."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{flag}: a codec name is required (e.g. none, fp16, q4)")
-    try:
-        compression.decode(compression.encode(torch.zeros(16), name, seed=0))
-    except ValueError as error:  # compression.CodecError is a ValueError
-        raise ValueError(f"{flag}: unknown or invalid codec {name!r} ({error})") from None
-
-
-@dataclass(frozen=True)
-class ChannelCodecs:
-    """Codec per channel; the defaults are the 3/6/4-bit recipe of AC-SGD."""
-
-    fwd: str = "q3"
-    bwd: str = "q6"
-    grad: str = "q4"
-    fwd_delta: bool = False
-
-    def check(self) -> None:
-        """Validate every codec up front, naming the flag that chose it."""
-        check_codec(self.fwd, "--fwd")
-        check_codec(self.bwd, "--bwd")
-        check_codec(self.grad, "--grad")
-
-    def to_dict(self) -> dict:
-        """The codecs as the report's JSON object."""
-        return {"fwd": self.fwd, "bwd": self.bwd, "grad": self.grad, "fwd_delta": self.fwd_delta}
+__all__ = ["ChannelStats", "ActivationChannel"]
 
 
 @dataclass
@@ -60,7 +29,7 @@ class ChannelStats:
         self.bytes[channel] += nbytes
         self.values[channel] += nvalues
 
-    def merge(self, other: "ChannelStats") -> None:
+    def merge(self, other: ChannelStats) -> None:
         """Add another worker's (or step's) counts to these."""
         for channel in CHANNELS:
             self.add(channel, other.bytes[channel], other.values[channel])
@@ -91,7 +60,8 @@ class ActivationChannel:
             return compression.encode(activations, self.codec, seed=seed)
         return self._delta.encode(sample_ids, activations, seed=seed)
 
-    def decode(self, sample_ids: torch.Tensor, payload: bytes, device: torch.device | None = None) -> torch.Tensor:
+    def decode(self, sample_ids: torch.Tensor, payload: bytes | memoryview,
+               device: torch.device | None = None) -> torch.Tensor:
         """Receiver: the activations to compute on (m itself with delta); CodecError on a bad frame."""
         if self._delta is None:
             return compression.decode(payload, device=device)

@@ -17,20 +17,25 @@ import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 import compression
-from models import Batch, param_checksum
+from models import Batch, Stage, param_checksum
 
 from ..allreduce import GradientAverager
+from ..protocol import Codecs
 from ..transport import Message, Transport
 from ..wire import ACT_KIND, GRAD_KIND
-from .channels import ActivationChannel, ChannelCodecs, ChannelStats
+from .channels import ActivationChannel, ChannelStats
 from .schedule import get_schedule
 
 __all__ = ["StageExecutor", "StepResult", "OptimizerSettings"]
+
+# Frozen, so one instance can be every executor's default.
+_AC_SGD_CODECS = Codecs()
 
 
 @dataclass(frozen=True)
@@ -71,17 +76,17 @@ class StageExecutor:
 
         worker = StageExecutor(models.build_stage(config, [2, 2], 1), stage_index=1, num_stages=2,
                              transport=transport, prev="s0r0", next=None, group=["s1r0", "s1r1"],
-                             codecs=ChannelCodecs("q3", "q6", "q4"), micro_batches=4)
+                             codecs=Codecs("q3", "q6", "q4"), micro_batches=4)
         result = worker.run_step(step, batch)   # batch on the first and last stage, else None
 
     prev / next: transport names of the pipeline neighbours (None at the ends). group: transport
     names of this stage's replicas, in the same order on every replica. timeout: seconds any
     single receive may wait before `PeerTimeout` aborts the step (None waits forever).
-    delta_capacity: samples the AQ-SGD memory must hold (with `codecs.fwd_delta`).
+    delta_capacity: samples the AQ-SGD memory must hold (with `codecs.forward_delta`).
     """
 
-    def __init__(self, stage: nn.Module, *, stage_index: int, num_stages: int, transport: Transport,
-                 prev: str | None, next: str | None, group: Sequence[str], codecs: ChannelCodecs = ChannelCodecs(),
+    def __init__(self, stage: Stage, *, stage_index: int, num_stages: int, transport: Transport,
+                 prev: str | None, next: str | None, group: Sequence[str], codecs: Codecs = _AC_SGD_CODECS,
                  schedule: str = "1f1b", micro_batches: int = 1, optimizer: OptimizerSettings = OptimizerSettings(),
                  timeout: float | None = None, seed: int = 0, delta_capacity: int | None = None) -> None:
         if (prev is None) != (stage_index == 0) or (next is None) != (stage_index == num_stages - 1):
@@ -102,10 +107,10 @@ class StageExecutor:
         self.timeout = timeout
         self.seed = seed
         self.ops = get_schedule(schedule)(stage_index, num_stages, micro_batches)
-        self.averager = GradientAverager(transport, group, codecs.grad, timeout=timeout)
+        self.averager = GradientAverager(transport, group, codecs.gradient, timeout=timeout)
         self.optimizer = _adamw(stage, optimizer)
-        self._outgoing = ActivationChannel(codecs.fwd, delta=codecs.fwd_delta, capacity=delta_capacity)
-        self._incoming = ActivationChannel(codecs.fwd, delta=codecs.fwd_delta, capacity=delta_capacity)
+        self._outgoing = ActivationChannel(codecs.forward, delta=codecs.forward_delta, capacity=delta_capacity)
+        self._incoming = ActivationChannel(codecs.forward, delta=codecs.forward_delta, capacity=delta_capacity)
         reference = list(stage.parameters())[0]  # (`next` is shadowed by a parameter here)
         self._dtype, self._device = reference.dtype, reference.device
         self._pending: int | None = None  # the step run with apply=False, until it is settled
@@ -134,13 +139,15 @@ class StageExecutor:
         `apply=False` the step stops after the all-reduce: the averaged gradients wait in `.grad`
         until `apply_update()` or `discard_update()` (the live swarm's two-phase commit).
         """
-        if (self.first or self.last) and batch is None:
-            raise ValueError(f"stage {self.stage_index} is first or last and needs this replica's batch")
+        micro: list[Batch] = []
+        if self.first or self.last:
+            if batch is None:
+                raise ValueError(f"stage {self.stage_index} is first or last and needs this replica's batch")
+            micro = batch.chunk(self.micro_batches)
         if self._pending is not None:
             raise RuntimeError(f"step {self._pending} is prepared but neither applied nor discarded; "
                                f"settle it before running step {step}")
         started = time.perf_counter()
-        micro = batch.chunk(self.micro_batches) if self.first or self.last else None
         work = _Step(step, plan_version, micro)
         try:
             self._train(work)
@@ -172,7 +179,7 @@ class StageExecutor:
             self.averager.reset()
         self._pending = None
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Parameters and optimizer state (copies): what a newcomer fetches and a checkpoint stores.
 
         Copies, because torch's state dicts alias the live tensors, and a receiver in the same
@@ -180,7 +187,7 @@ class StageExecutor:
         """
         return copy.deepcopy({"model": self.stage.state_dict(), "optimizer": self.optimizer.state_dict()})
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Adopt a `state_dict()` of a replica of this stage (parameters and AdamW moments)."""
         self.stage.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -198,22 +205,20 @@ class StageExecutor:
                 self._backward(work, m)
         before = self.averager.bytes_sent, self.averager.values_sent
         self.averager.plan_version = work.plan_version  # one step's messages all carry its plan version
-        self.averager.average(work.step, [p.grad for p in self.stage.parameters()])
+        self.averager.average(work.step, [p.grad for p in self.stage.parameters() if p.grad is not None])
         work.stats.add("gradient", self.averager.bytes_sent - before[0], self.averager.values_sent - before[1])
 
     def _forward(self, work: "_Step", m: int) -> None:
-        if self.first:
+        if self.prev is None:  # stage 0: token ids from the batch
             sample_ids = work.micro[m].sample_ids
             x = work.micro[m].inputs.to(self._device)
-            inputs = None
         else:
             message = self.transport.recv(self.prev, ACT_KIND, work.step, m, timeout=self.timeout)
             sample_ids = torch.tensor(message.sample_ids, dtype=torch.long)
             x = self._incoming.decode(sample_ids, message.payload, self._device).to(self._dtype).requires_grad_(True)
-            inputs = x
         work.tokens += int(x.shape[0] * x.shape[1])
         out = self.stage(x)
-        if self.last:
+        if self.next is None:  # the last stage: the loss against this replica's targets
             expected = work.micro[m].sample_ids
             if not torch.equal(sample_ids, expected):
                 raise ValueError(f"step {work.step} micro-batch {m}: the pipeline delivered samples "
@@ -227,21 +232,23 @@ class StageExecutor:
                                                    plan_version=work.plan_version,
                                                    sample_ids=tuple(sample_ids.tolist())))
             work.stats.add("forward", len(payload), out.numel())
-        work.stash[m] = (inputs, out)
+        work.stash[m] = (x, out)
 
     def _backward(self, work: "_Step", m: int) -> None:
         inputs, out = work.stash.pop(m)
-        if self.last:
-            (out / self.micro_batches).backward()  # out is this micro-batch's mean loss
+        if self.next is None:
+            torch.autograd.backward(out / self.micro_batches)  # out is this micro-batch's mean loss
         else:
             message = self.transport.recv(self.next, GRAD_KIND, work.step, m, timeout=self.timeout)
             grad = compression.decode(message.payload, device=self._device).to(self._dtype)
             if grad.shape != out.shape:
                 raise ValueError(f"step {work.step} micro-batch {m}: gradient of shape {tuple(grad.shape)} from "
                                  f"{self.next!r} does not match activations {tuple(out.shape)}")
-            out.backward(grad)
-        if inputs is not None:
-            payload = compression.encode(inputs.grad, self.codecs.bwd, seed=self._seed(work.step, m, 1))
+            torch.autograd.backward(out, grad)
+        if self.prev is not None:  # the received activations' gradient goes back upstream
+            if inputs.grad is None:
+                raise RuntimeError(f"stage {self.stage_index}'s output does not depend on its input activations")
+            payload = compression.encode(inputs.grad, self.codecs.backward, seed=self._seed(work.step, m, 1))
             self.transport.send(self.prev, Message(kind=GRAD_KIND, step=work.step, index=m, payload=payload,
                                                    plan_version=work.plan_version))
             work.stats.add("backward", len(payload), inputs.grad.numel())
@@ -258,11 +265,12 @@ class _Step:
 
     step: int
     plan_version: int
-    micro: list[Batch] | None
+    micro: list[Batch]  # this replica's micro-batches on the first and last stage, else empty
     stats: ChannelStats = field(default_factory=ChannelStats)
-    stash: dict = field(default_factory=dict)  # micro-batch -> (received inputs, outputs) until backward
-    losses: list = field(default_factory=list)
-    sent: list = field(default_factory=list)  # sample ids whose activations went downstream
+    # micro-batch -> (inputs, outputs) until its backward pass
+    stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)  # sample ids whose activations went downstream
     tokens: int = 0
 
 

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     def say(text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    say(f"swarm-coordinator: {config.model}, {config.steps} steps, checkpoints in {config.checkpoint_dir}")
+    training = config.training
+    say(f"swarm-coordinator: {training.model}, {training.steps} steps, checkpoints in {config.checkpoint_dir}")
     try:
         return Coordinator(config, on_event=say).run(stop)
     except (ValueError, OSError) as error:

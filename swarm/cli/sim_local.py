@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..flags import add_codec_arguments, add_training_arguments, codecs_from_args, training_from_args
 from ..local import LocalConfig, run_local
 
 __all__ = ["register", "run"]
@@ -22,7 +24,7 @@ _EXAMPLE = """example:
 codecs: none, fp16, bf16, q1..q8 (q4@128 sets the block, q4~ rounds to nearest)."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the `local` subcommand to `swarm-sim`."""
     parser = subparsers.add_parser(
         "local", help="train a whole S x R grid in one process (pipeline engine)",
@@ -31,28 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "bytes and bits per value.",
         epilog=_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = LocalConfig()
-    parser.add_argument("--model", default=defaults.model, help="model preset: tiny, small, gpt2-xl, gpt3-xl (default tiny)")
+    add_training_arguments(parser)
+    add_codec_arguments(parser)
     parser.add_argument("--stages", type=int, default=defaults.stages, help="pipeline stages S (default 1)")
     parser.add_argument("--replicas", type=int, default=defaults.replicas, help="data-parallel replicas R (default 1)")
-    parser.add_argument("--micro-batches", type=int, default=defaults.micro_batches,
-                        help="micro-batches per replica per step (default 1)")
-    parser.add_argument("--batch", type=int, default=defaults.batch, help="sequences per step, whole grid (default 8)")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps (default 10)")
-    parser.add_argument("--fwd", default=defaults.fwd, help="codec of forward activations (default q3)")
-    parser.add_argument("--bwd", default=defaults.bwd, help="codec of backward activation gradients (default q6)")
-    parser.add_argument("--grad", default=defaults.grad, help="codec of the data-parallel all-reduce, with error "
-                                                              "feedback (default q4)")
-    parser.add_argument("--fwd-delta", action="store_true", help="AQ-SGD: send activation deltas per sample id (memory grows with the distinct samples seen; "
-                             "pair with --train-samples for fine-tuning-sized data)")
     parser.add_argument("--schedule", default=defaults.schedule, choices=["1f1b", "gpipe"],
                         help="pipeline schedule (default 1f1b)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of weights, data order, rounding (default 0)")
-    parser.add_argument("--data", default=None, metavar="PATH",
-                        help="text, .jsonl (\"text\" fields) or a directory of them (default: the bundled KJV Bible)")
     parser.add_argument("--report", default=None, metavar="PATH", help="write the JSON report here")
     parser.add_argument("--layers", default=None, metavar="N,N,...", help="layers per stage (default: even split)")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default 3e-3)")
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="linear LR warm-up (default 0)")
     parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
                         help="evaluate every K steps (default 0: at the end only)")
     parser.add_argument("--train-samples", type=int, default=None, help="use only the first N training sequences")
@@ -76,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                   TimeElapsedColumn(), console=console, disable=args.quiet) as progress:
-        task = progress.add_task("train", total=config.steps, status="")
+        task = progress.add_task("train", total=config.training.steps, status="")
 
-        def on_step(entry: dict) -> None:
+        def on_step(entry: dict[str, Any]) -> None:
             status = f"loss {entry['loss']:.3f}  {entry['tokens_per_s']:.0f} tok/s"
             progress.update(task, advance=1, status=status)
 
@@ -110,9 +98,7 @@ def _config(args: argparse.Namespace) -> LocalConfig:
             layers = [int(part) for part in args.layers.split(",")]
         except ValueError:
             raise ValueError(f"--layers must be comma-separated integers like 2,2, got {args.layers!r}") from None
-    return LocalConfig(model=args.model, stages=args.stages, replicas=args.replicas, micro_batches=args.micro_batches,
-                       batch=args.batch, steps=args.steps, fwd=args.fwd, bwd=args.bwd, grad=args.grad,
-                       fwd_delta=args.fwd_delta, schedule=args.schedule, seed=args.seed, data=args.data,
-                       layers=layers, lr=args.lr, warmup_steps=args.warmup_steps, eval_every=args.eval_every,
+    return LocalConfig(training=training_from_args(args), codecs=codecs_from_args(args), stages=args.stages,
+                       replicas=args.replicas, schedule=args.schedule, layers=layers, eval_every=args.eval_every,
                        train_samples=args.train_samples, eval_samples=args.eval_samples, seq_len=args.seq_len,
                        device=args.device)

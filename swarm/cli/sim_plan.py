@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from swarm.scheduler import PlanError, Scenario, ScenarioError, plan, preset_names
+from swarm.scheduler import Plan, PlanError, Scenario, ScenarioError, plan, preset_names
 from swarm.scheduler.baselines import best_random, lower_bound
 from swarm.scheduler.cost import COST_MODELS, cost_model
 
 __all__ = ["register", "add_scenario_arguments", "load_scenario", "number_arg"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "plan", help="plan a swarm from a scenario file with the scheduler",
         description="Search a placement (stages x replicas grid and layers per stage) for a\n"
@@ -52,8 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
     """SCENARIO.json or --preset NAME: the two ways every swarm-sim command names a scenario."""
-    parser.add_argument("scenario", nargs="?", metavar="SCENARIO.json", help="scenario file (DESIGN.md section 3)")
-    parser.add_argument("--preset", metavar="NAME", help=f"a packaged scenario instead of a file: {', '.join(preset_names())}")
+    parser.add_argument("scenario", nargs="?", metavar="SCENARIO.json",
+                        help="scenario file: devices, sites, links, model, batch, compression, parallelism")
+    parser.add_argument("--preset", metavar="NAME",
+                        help=f"a packaged scenario instead of a file: {', '.join(preset_names())}")
 
 
 def load_scenario(args: argparse.Namespace) -> Scenario:
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print(console: Console, scenario: Scenario, result, rows: dict[str, float], out: str | None) -> None:
+def _print(console: Console, scenario: Scenario, result: Plan, rows: dict[str, float], out: str | None) -> None:
     p = result.predicted
     console.print(f"[bold]{scenario.name}[/]: {result.stages} stages x {result.replicas} replicas, "
                   f"layers {list(result.layers)} ({result.cost_model} cost model)")

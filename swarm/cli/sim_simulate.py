@@ -24,7 +24,7 @@ __all__ = ["register"]
 TABLE_ROWS = 20
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "simulate", help="discrete-event simulation of a planned swarm",
         description="Simulate training steps of a plan on its scenario: micro-batches over links\n"
@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scenario_arguments(parser)
     parser.add_argument("--plan", required=True, metavar="PLAN.json", help="plan file from `swarm-sim plan --out`")
-    parser.add_argument("--steps", type=number_arg(int, 1), required=True, metavar="N", help="committed steps to simulate")
+    parser.add_argument("--steps", type=number_arg(int, 1), required=True, metavar="N",
+                        help="committed steps to simulate")
     parser.add_argument("--churn", type=number_arg(), default=0.0, metavar="PEERS_PER_HOUR",
                         help="peers leaving per hour, and as many joining (default 0)")
     parser.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")

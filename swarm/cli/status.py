@@ -50,6 +50,7 @@ def collect(dht: Any) -> dict[str, Any]:
     """The status as a JSON-ready dict (the `--json` contract)."""
     from peers.daemon.records import CoordinatorPin, read_peers
     from peers.dht import dht_time
+    from peers.protocol import to_builtins
 
     pin = CoordinatorPin()
     control = pin.control(dht)
@@ -61,7 +62,8 @@ def collect(dht: Any) -> dict[str, Any]:
                       "device": record.device, "tflops": record.tflops, "memory_gb": record.memory_gb,
                       "heartbeat_age_s": round(max(0.0, now - record.heartbeat), 2),
                       "param_checksum": record.param_checksum, "step": record.step, "address": record.address,
-                      "links": record.links, "bytes_sent": record.bytes_sent, "dropped_stale": record.dropped_stale,
+                      "links": to_builtins(record)["links"], "bytes_sent": record.bytes_sent,
+                      "dropped_stale": record.dropped_stale,
                       "rejected": record.rejected, "error": record.error})
     return {
         "plan_version": control.plan_version if control else 0,
@@ -71,7 +73,8 @@ def collect(dht: Any) -> dict[str, Any]:
         "tokens_per_s": control.tokens_per_s if control else 0.0,
         "done": control.done if control else False,
         "plan": None if plan is None else {"version": plan.version, "start_step": plan.start_step, "grid": plan.grid,
-                                           "layers": plan.layers, "standby": plan.standby, "reason": plan.reason},
+                                           "layers": plan.layers, "standby": plan.standby,
+                                           "reason": to_builtins(plan.reason)},
         "peers": peers,
     }
 
@@ -88,7 +91,10 @@ def _print_table(view: dict[str, Any]) -> None:
     console.print(f"plan version {view['plan_version']}, step {view['step']}/{view['total_steps']}, loss {loss}, "
                   f"{view['tokens_per_s']:.0f} tokens/s" + (" (finished)" if view["done"] else ""))
     if view["plan"]:
-        console.print(f"why this plan: {view['plan']['reason']}")
+        reason = view["plan"]["reason"]
+        predicted = reason["predicted_step_s"]
+        console.print(f"why this plan ({reason['change']}): {reason['text']}"
+                      + ("" if predicted is None else f"; predicted {predicted:.3g} s/step"), markup=False)
     table = Table("peer", "state", "cell", "device", "TFLOPS", "slowest link", "beat", "checksum")
     for peer in view["peers"]:
         cell = "-" if peer["stage"] < 0 else f"s{peer['stage']} r{peer['replica']}"

@@ -21,7 +21,8 @@ from typing import Any
 from peers.daemon.stage_state import unpack_state
 from peers.state_transfer import StateTransferError, fetch_state
 
-__all__ = ["Checkpoint", "fetch_stage", "write_checkpoint", "read_latest", "write_json_atomic", "KEEP"]
+__all__ = ["Checkpoint", "StageUnavailable", "fetch_stage", "fetch_stages", "write_checkpoint", "read_latest",
+           "write_json_atomic", "KEEP"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,27 @@ def fetch_stage(donors: Sequence[str], stage: int, step: int, patience: float) -
             log.debug("checkpoint fetch of stage %d from %s: %s", stage, donor, error)
         time.sleep(_RETRY_S)
     return None
+
+
+class StageUnavailable(RuntimeError):
+    """No replica of a stage served its state of the checkpoint's step in time."""
+
+    def __init__(self, stage: int) -> None:
+        super().__init__(f"no replica of stage {stage} served it")
+        self.stage = stage
+
+
+def fetch_stages(replicas: Sequence[Sequence[str]], step: int, patience: float) -> dict[int, bytes]:
+    """Every stage's blob of `step`; `replicas[s]` are the data addresses of stage s's replicas.
+
+    Raises StageUnavailable for the first stage none of whose replicas served it."""
+    blobs: dict[int, bytes] = {}
+    for stage, donors in enumerate(replicas):
+        blob = fetch_stage(donors, stage, step, patience)
+        if blob is None:
+            raise StageUnavailable(stage)
+        blobs[stage] = blob
+    return blobs
 
 
 def write_checkpoint(directory: Path, step: int, plan: dict[str, Any], stages: dict[int, bytes]) -> Path:

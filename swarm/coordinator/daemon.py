@@ -17,20 +17,36 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from models.config import get_config
+import msgspec
+
+from models import get_config
 from peers.daemon.records import CoordinatorPin, publish_coordinator, read_peers
-from peers.daemon.timeouts import Timeouts, derive_timeouts
 from peers.dht import SwarmDHT
-from peers.protocol import CONTROL_KEY, PLAN_KEY, ControlRecord, PeerRecord, PlanRecord
+from peers.protocol import (
+    CONTROL_KEY,
+    PLAN_KEY,
+    ControlRecord,
+    Departure,
+    PeerRecord,
+    PlanChange,
+    PlanReason,
+    PlanRecord,
+    SourceKind,
+    StateSource,
+    Timeouts,
+)
 from peers.zmq_transport import ZmqTransport
 
-from .checkpoint import Checkpoint, fetch_stage, read_latest, write_checkpoint, write_json_atomic
+from .checkpoint import Checkpoint, StageUnavailable, fetch_stages, read_latest, write_checkpoint, write_json_atomic
 from .config import CoordinatorConfig
 from .planning import (
     Placement,
     assign_sources,
+    describe_losses,
     first_placement,
+    fit_batch,
     grow,
     growth_target,
     predicted_step_s,
@@ -38,6 +54,7 @@ from .planning import (
     scenario_from_records,
 )
 from .report import RunReport
+from .timeouts import plan_timeouts
 
 __all__ = ["Coordinator", "POLL_S"]
 
@@ -57,7 +74,8 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig, on_event: Callable[[str], None] = print) -> None:
         self.config = config
         self.on_event = on_event
-        self.codecs = {"fwd": config.fwd, "bwd": config.bwd, "grad": config.grad}
+        self.training = config.training
+        self.codecs = config.codecs
         self.dir = config.checkpoint_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         previous = _read_json(self.dir / "report.json") if config.resume else None
@@ -74,7 +92,7 @@ class Coordinator:
         self.step_clock = time.monotonic()
         self.evicted: set[str] = set()
         self._growth_declined: tuple[frozenset[str], int] | None = None  # (live peers, replicas)
-        self.tokens_per_step = config.batch * get_config(config.model).context
+        self.tokens_per_step = self.training.batch * get_config(self.training.model).context
 
     def run(self, stop: threading.Event) -> int:
         self.dht = self._start_dht()
@@ -146,93 +164,103 @@ class Coordinator:
             old = PlanRecord.from_wire(self.checkpoint.plan)
             if len(ready) < min(len(old.members()), self.config.min_peers):
                 return
-            missing = {n: "is not back" for n in old.members() if n not in ready}
+            missing = {n: Departure.NOT_BACK for n in old.members() if n not in ready}
             try:
-                placement = (refill(old, ready, missing, self.config.hyper(), self.codecs, self.config.seed) if missing
+                placement = (refill(old, ready, missing, self.training, self.codecs, self.training.seed) if missing
                              else Placement([list(r) for r in old.grid], list(old.layers),
-                                            sorted(set(ready) - set(old.members())), "every peer of its plan is back"))
+                                            sorted(set(ready) - set(old.members())),
+                                            PlanReason(PlanChange.RESUMED, "every peer of its plan is back")))
             except (RuntimeError, ValueError):  # a stage has nobody yet: wait for more peers
                 return
-            placement.reason = f"resumed from the checkpoint of step {self.checkpoint.step}: {placement.reason}"
+            placement.reason.change = PlanChange.RESUMED
+            placement.reason.text = (f"resumed from the checkpoint of step {self.checkpoint.step}: "
+                                     f"{placement.reason.text}")
             self.report.rollback(self.checkpoint.step)
-            self._publish_plan(self._fit_batch(placement), ready, origin="checkpoint",
+            self._publish_plan(fit_batch(placement, self.training), ready, origin=SourceKind.CHECKPOINT,
                                start_step=self.checkpoint.step + 1)
             return
         if len(ready) < self.config.min_peers:
             return
         try:
-            scenario = scenario_from_records(ready, self.config.hyper(), self.codecs, self.config.stages,
+            scenario = scenario_from_records(ready, self.training, self.codecs, self.config.stages,
                                              self.config.replicas)
-            placement = self._fit_batch(first_placement(ready, scenario, self.config.seed))
+            placement = fit_batch(first_placement(ready, scenario, self.training.seed), self.training)
         except ValueError as error:  # the scheduler's ScenarioError / PlanError, e.g. not enough memory
             if self.report.events and self.report.events[-1].get("why") == str(error):
                 return  # said so already; keep waiting quietly
             self.report.event("cannot_plan", why=str(error))
             self.on_event(f"cannot plan with the {len(ready)} peers announced yet: {error}; waiting for more")
             return
-        self._publish_plan(placement, ready, origin="init", start_step=1)
+        self._publish_plan(placement, ready, origin=SourceKind.INIT, start_step=1)
 
-    def _lost(self, records: dict[str, PeerRecord]) -> dict[str, str]:
+    def _lost(self, records: dict[str, PeerRecord]) -> dict[str, Departure]:
         """Grid members that cannot finish the step in flight, and why."""
         assert self.plan is not None and self.timeouts is not None
-        lost: dict[str, str] = {}
+        lost: dict[str, Departure] = {}
         for name in self.plan.members():
             record = records.get(name)
             if record is None:
-                lost[name] = "stopped heartbeating (record expired)"
+                lost[name] = Departure.EXPIRED
             elif record.state == "leaving":
-                lost[name] = "left"
+                lost[name] = Departure.LEFT
             elif record.error and record.plan_version == self.plan.version:
-                lost[name] = f"reported: {record.error}"
+                lost[name] = Departure.REPORTED
         if not lost and time.monotonic() - self.step_clock > self.timeouts.commit_s:
             step = self.committed_step + 1
             for name in self.plan.members():
                 if (records[name].prepared_step, records[name].prepared_version) != (step, self.plan.version):
-                    lost[name] = f"did not finish step {step} within {self.timeouts.commit_s:.0f} s (evicted)"
+                    lost[name] = Departure.TIMED_OUT
                     self.evicted.add(name)
         return lost
 
-    def _replan(self, records: dict[str, PeerRecord], lost: dict[str, str]) -> None:
+    def _replan(self, records: dict[str, PeerRecord], lost: dict[str, Departure]) -> None:
         assert self.plan is not None
         live = self._live(records)
         # A member that reported an error keeps its cell only if it still holds its stage at the
         # committed step; one that failed to take up its cell (e.g. a state fetch timed out) would
         # be told to "keep" state it never loaded, and fail again forever: refill it instead.
-        reported = {n for n, why in lost.items() if why.startswith("reported") and n in live
-                    and live[n].stage == self.plan.position(n)[0] and live[n].step == self.committed_step}
+        reported = {n for n, why in lost.items() if why is Departure.REPORTED and n in live
+                    and (live[n].stage, live[n].step) == (self._stage_of(n), self.committed_step)}
         dead = {n: why for n, why in lost.items() if n not in reported}
         try:
-            placement = refill(self.plan, live, dead, self.config.hyper(), self.codecs, self.config.seed) if dead \
+            placement = refill(self.plan, live, dead, self.training, self.codecs, self.training.seed) if dead \
                 else Placement([list(row) for row in self.plan.grid], list(self.plan.layers), list(self.plan.standby),
-                               "; ".join(f"{n} {why}" for n, why in sorted(lost.items())))
+                               PlanReason(PlanChange.REPAIRED, describe_losses(lost)))
         except (RuntimeError, ValueError) as error:  # ValueError: the scheduler's ScenarioError / PlanError
             self.on_event(f"cannot repair the plan yet: {error}")
             return
         step = self.committed_step + 1
-        placement.reason = f"step {step} aborted: {placement.reason}"
-        self._publish_plan(self._fit_batch(placement), records, origin="continue", start_step=step)
+        placement.reason.lost = dict(lost)
+        placement.reason.errors = {n: records[n].error for n in lost if n in records and records[n].error}
+        placement.reason.text = f"step {step} aborted: {placement.reason.text}"
+        self._publish_plan(fit_batch(placement, self.training), records, origin=None, start_step=step)
+
+    def _stage_of(self, name: str) -> int:
+        assert self.plan is not None
+        position = self.plan.position(name)
+        return -1 if position is None else position[0]
 
     def _commit(self, step: int, records: dict[str, PeerRecord]) -> bool:
         assert self.plan is not None
         committed_plan = self.plan
         last_row = committed_plan.grid[-1]
-        losses = {n: records[n].loss for n in last_row if records[n].loss is not None}
+        losses = {n: loss for n in last_row if (loss := records[n].loss) is not None}
         now = time.monotonic()
         seconds = now - self.step_clock
         self.step_clock = now
         self.loss = sum(losses.values()) / len(losses) if losses else None
         self.tokens_per_s = self.tokens_per_step / max(seconds, 1e-9)
         self.committed_step, self.committed_version = step, committed_plan.version
-        due = step % self.config.checkpoint_every == 0 or step >= self.config.steps
+        due = step % self.config.checkpoint_every == 0 or step >= self.training.steps
         self.checkpoint_step = step if due else 0
         self.report.step(step, committed_plan.version, losses, self.tokens_per_s, seconds)
         self.report.observe(committed_plan, records)
-        finished = step >= self.config.steps
+        finished = step >= self.training.steps
         if not finished:
             self._admit(records, step)
         self._publish_control(done=False)
         loss_text = "-" if self.loss is None else f"{self.loss:.4f}"
-        self.on_event(f"step {step}/{self.config.steps} committed (plan {committed_plan.version}): "
+        self.on_event(f"step {step}/{self.training.steps} committed (plan {committed_plan.version}): "
                       f"loss {loss_text}, {self.tokens_per_s:.0f} tokens/s")
         self.report.save()  # before the checkpoint: a checkpoint on disk implies its step is in the report
         if due:
@@ -254,22 +282,23 @@ class Coordinator:
         if newcomers:
             plan = PlanRecord.from_wire({**self.plan.to_wire(), "standby": [*self.plan.standby, *newcomers]})
         target = growth_target(plan, live, self.config.replicas or 1 << 30, step - self.last_change_step,
-                               self.config.hyper())
+                               self.training)
         grown = None
         if target is not None and (frozenset(live), target) != self._growth_declined:
             try:
-                grown = grow(plan, live, target, self.config.hyper(), self.codecs, self.config.seed)
+                grown = grow(plan, live, target, self.training, self.codecs, self.training.seed)
             except ValueError as error:  # the scheduler's ScenarioError / PlanError: keep the grid
                 self.on_event(f"cannot grow the grid: {error}")
             if grown is None:  # ask the scheduler again only when the live peers change
                 self._growth_declined = (frozenset(live), target)
         if grown is not None:
-            self._publish_plan(grown, records, origin="continue", start_step=step + 1)
+            self._publish_plan(grown, records, origin=None, start_step=step + 1)
         elif newcomers:
-            reason = (f"{', '.join(newcomers)} joined: standby until {self.plan.stages} standby peers can fill a "
-                      "new replica")
+            text = (f"{', '.join(newcomers)} joined: standby until {self.plan.stages} standby peers can fill a "
+                    "new replica")
+            reason = PlanReason(PlanChange.JOINED, text, joined=newcomers)
             self._publish_plan(Placement([list(r) for r in plan.grid], list(plan.layers), list(plan.standby), reason),
-                               records, origin="continue", start_step=step + 1)
+                               records, origin=None, start_step=step + 1)
 
     def _live(self, records: dict[str, PeerRecord]) -> dict[str, PeerRecord]:
         """Peers that can take a cell now: announced ready, training or standby, and not evicted."""
@@ -277,31 +306,35 @@ class Coordinator:
 
     # ---- publishing --------------------------------------------------------------------------
 
-    def _publish_plan(self, placement: Placement, records: dict[str, PeerRecord], *, origin: str,
+    def _publish_plan(self, placement: Placement, records: dict[str, PeerRecord], *, origin: SourceKind | None,
                       start_step: int) -> None:
+        """Publish `placement` as the next plan; origin: every cell's source (None: continue, see
+        `assign_sources`)."""
+        assert self.states is not None
         previous = self.plan
         members = [n for row in placement.grid for n in row]
         live = {n for n, r in records.items() if r.state in _READY_STATES}
         sources = assign_sources(placement.grid, previous, live, origin)
-        if origin == "continue" and "checkpoint" in sources.values():
+        if origin is None and StateSource(SourceKind.CHECKPOINT) in sources.values():
             if self.checkpoint is None:
                 self.on_event("cannot restart a stage without a live replica: no checkpoint yet; waiting for peers")
                 return
             start_step = self.checkpoint.step + 1
-            sources = dict.fromkeys(members, "checkpoint")
-            placement.reason += f"; a stage lost every replica: rolled back to checkpoint step {self.checkpoint.step}"
+            sources = dict.fromkeys(members, StateSource(SourceKind.CHECKPOINT))
+            placement.reason.text += ("; a stage lost every replica: rolled back to checkpoint step "
+                                      f"{self.checkpoint.step}")
+            placement.reason.rolled_back_to = self.checkpoint.step
             self.committed_step = self.checkpoint.step
             self.report.rollback(self.checkpoint.step)
-        cost = predicted_step_s(placement, records, self.config.hyper(), self.codecs)
-        if cost is not None and "predicted" not in placement.reason:
-            placement.reason += f" (predicted {cost:.3g} s/step)"
-        self.timeouts = self._timeouts(placement, records)
+        if placement.reason.predicted_step_s is None:
+            placement.reason.predicted_step_s = predicted_step_s(placement, records, self.training, self.codecs)
+        self.timeouts = plan_timeouts(placement, records, self.training, self.codecs)
         version = max(self._published_version(), previous.version if previous else 0) + 1
-        hyper = {**self.config.hyper(), "timeouts": self.timeouts.to_wire()}
         plan = PlanRecord(version=version, start_step=start_step, grid=placement.grid, layers=placement.layers,
                           addresses={n: records[n].address for n in members}, sources=sources, codecs=self.codecs,
-                          hyper=hyper, standby=placement.standby, checkpoint_address=self.states.address,
-                          reason=placement.reason)
+                          training=msgspec.structs.replace(self.training, timeouts=self.timeouts),
+                          reason=placement.reason, standby=placement.standby,
+                          checkpoint_address=self.states.address)
         publish_coordinator(self.dht, PLAN_KEY, plan.to_wire())
         write_json_atomic(self.dir / _PEERS_FILE, {"dht_addrs": [a for r in records.values() for a in r.dht_addrs]})
         self.plan = plan
@@ -312,11 +345,13 @@ class Coordinator:
         self._publish_control()
         grid = " | ".join(" ".join(row) for row in plan.grid)
         self.on_event(f"plan {version} from step {start_step}: [{grid}]"
-                      + (f" standby [{' '.join(plan.standby)}]" if plan.standby else "") + f" -- {plan.reason}")
+                      + (f" standby [{' '.join(plan.standby)}]" if plan.standby else "")
+                      + f" -- {_describe(plan.reason)}")
 
     def _publish_control(self, done: bool = False) -> None:
+        assert self.states is not None
         control = ControlRecord(plan_version=self.plan.version if self.plan else 0, committed_step=self.committed_step,
-                                committed_version=self.committed_version, total_steps=self.config.steps,
+                                committed_version=self.committed_version, total_steps=self.training.steps,
                                 loss=self.loss, tokens_per_s=self.tokens_per_s, checkpoint_step=self.checkpoint_step,
                                 done=done, probe_address=self.states.address)
         publish_coordinator(self.dht, CONTROL_KEY, control.to_wire())
@@ -326,46 +361,17 @@ class Coordinator:
         plan = CoordinatorPin(self.dht.owner).plan(self.dht)
         return plan.version if plan is not None else 0
 
-    def _fit_batch(self, placement: Placement) -> Placement:
-        """Drop replicas until the global batch splits evenly over replicas x micro-batches."""
-        width = len(placement.grid[0])
-        while width > 1 and self.config.batch % (width * self.config.micro_batches):
-            width -= 1
-        if width < len(placement.grid[0]):
-            placement.standby += [n for row in placement.grid for n in row[width:]]
-            placement.grid = [row[:width] for row in placement.grid]
-            placement.reason += f"; {width} replicas so that --batch {self.config.batch} splits evenly"
-        return placement
-
-    def _timeouts(self, placement: Placement, records: dict[str, PeerRecord]) -> Timeouts:
-        model = get_config(self.config.model)
-        members = [n for row in placement.grid for n in row]
-        links = [link for n in members for peer, link in records[n].links.items() if peer in members]
-        bandwidth = min((float(link["bandwidth_gbps"]) for link in links), default=1.0)
-        latency = max((float(link["latency_ms"]) for link in links), default=1.0)
-        replicas, stages = len(placement.grid[0]), len(placement.grid)
-        micro = max(1, self.config.batch // (replicas * self.config.micro_batches))
-        activation = micro * model.context * model.d_model * 4
-        stage_params = 12 * model.d_model ** 2 * max(placement.layers) + model.vocab * model.d_model
-        tokens = self.config.batch // replicas * model.context
-        return derive_timeouts(message_bytes=max(activation, stage_params * 4 / replicas), bandwidth_gbps=bandwidth,
-                               latency_ms=latency, step_flops=6 * stage_params * tokens,
-                               tflops=min(records[n].tflops for n in members), stages=stages,
-                               micro_batches=self.config.micro_batches)
-
     # ---- checkpoints -------------------------------------------------------------------------
 
     def _checkpoint(self, step: int, plan: PlanRecord) -> None:
         """Fetch each stage's state of `step` from one of its replicas and write it atomically."""
-        assert self.timeouts is not None
-        blobs: dict[int, bytes] = {}
-        for stage, row in enumerate(plan.grid):
-            blob = fetch_stage([plan.addresses[n] for n in row], stage, step, self.timeouts.message_s)
-            if blob is None:
-                self.on_event(f"checkpoint of step {step} skipped: no replica of stage {stage} served it")
-                self.report.event("checkpoint_skipped", step=step, stage=stage)
-                return
-            blobs[stage] = blob
+        assert self.timeouts is not None and self.states is not None
+        try:
+            blobs = fetch_stages([[plan.addresses[n] for n in row] for row in plan.grid], step, self.timeouts.message_s)
+        except StageUnavailable as error:
+            self.on_event(f"checkpoint of step {step} skipped: {error}")
+            self.report.event("checkpoint_skipped", step=step, stage=error.stage)
+            return
         path = write_checkpoint(self.dir, step, plan.to_wire(), blobs)
         self.checkpoint = Checkpoint(step=step, path=path, plan=plan.to_wire(), stages=blobs)
         for stage, blob in blobs.items():
@@ -374,8 +380,15 @@ class Coordinator:
         self.on_event(f"checkpoint of step {step} written to {path}")
 
 
-def _read_json(path: Path) -> dict | None:
+def _describe(reason: PlanReason) -> str:
+    """A plan's reason as the event line shows it: the text plus the predicted step time."""
+    predicted = "" if reason.predicted_step_s is None else f" (predicted {reason.predicted_step_s:.3g} s/step)"
+    return reason.text + predicted
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None

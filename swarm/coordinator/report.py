@@ -44,9 +44,9 @@ class RunReport:
         self.event("rollback", to_step=step, abandoned_steps=abandoned)
 
     def plan(self, plan: PlanRecord) -> None:
-        self.plans.append({"version": plan.version, "start_step": plan.start_step, "grid": plan.grid,
-                           "layers": plan.layers, "standby": plan.standby, "sources": plan.sources,
-                           "reason": plan.reason, "time": time.time()})
+        wire = plan.to_wire()
+        kept = ("version", "start_step", "grid", "layers", "standby", "sources", "reason")
+        self.plans.append({**{key: wire[key] for key in kept}, "time": time.time()})
 
     def step(self, step: int, plan_version: int, losses: dict[str, float], tokens_per_s: float,
              seconds: float) -> None:

@@ -15,10 +15,12 @@ paper and not handicapped by a random matching.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
-from swarm.scheduler.construct import even_layers, locality_dp, locality_pipeline, random_grid
+from models import even_layers, forward_flops_per_token, stage_parameters
+from swarm.scheduler.construct import locality_dp, locality_pipeline, random_grid
 from swarm.scheduler.cost import CostModel, DtfmCost
-from swarm.scheduler.workload import GRADIENT_BUCKET, wire_bytes
+from swarm.scheduler.workload import BACKWARD_COMPUTE, Layers
 
 __all__ = ["best_random", "genetic", "locality", "lower_bound"]
 
@@ -30,7 +32,7 @@ CROSSOVER_POINTS = 5
 def best_random(model: CostModel, samples: int = EVALUATIONS, seed: int = 0) -> float:
     """The lowest cost among `samples` random placements."""
     rng = np.random.default_rng(seed)
-    layers = even_layers(model.scenario.model.layers, model.stages)
+    layers = _even(model)
     n = len(model.scenario.devices)
     return min(model.arranged_score(random_grid(rng, n, model.stages, model.replicas), layers)
                for _ in range(samples))
@@ -40,9 +42,9 @@ def genetic(model: CostModel, evaluations: int = EVALUATIONS, seed: int = 0) -> 
     """DT-FM-style GA: tournament parents, five-point crossover, swap mutation, replace-worst."""
     rng = np.random.default_rng(seed)
     n, used = len(model.scenario.devices), model.stages * model.replicas
-    layers = even_layers(model.scenario.model.layers, model.stages)
+    layers = _even(model)
 
-    def fitness(genome: np.ndarray) -> float:
+    def fitness(genome: npt.NDArray[np.int64]) -> float:
         return model.arranged_score(genome[:used].reshape(model.stages, model.replicas), layers)
 
     population = [rng.permutation(n) for _ in range(min(POPULATION, evaluations))]
@@ -63,7 +65,7 @@ def genetic(model: CostModel, evaluations: int = EVALUATIONS, seed: int = 0) -> 
 
 def locality(model: CostModel) -> dict[str, float]:
     """Costs of the two locality plans: {"locality-dp": ..., "locality-pipeline": ...}."""
-    layers = even_layers(model.scenario.model.layers, model.stages)
+    layers = _even(model)
     build = {"locality-dp": locality_dp, "locality-pipeline": locality_pipeline}
     return {name: model.arranged_score(f(model.scenario, model.stages, model.replicas), layers)
             for name, f in build.items()}
@@ -74,40 +76,47 @@ def lower_bound(model: CostModel) -> float:
 
     The best link: beta* = the highest bandwidth and alpha* = the lowest latency any two devices
     can have (per site pair, capped by the two largest uplinks).
-    dtfm: the stage with most parameters has at least total / S of them, and each of its devices
-    pays R - 1 terms of at least 2 (alpha* + c / (R beta*)); each of the S - 1 pipeline edges
-    costs at least alpha* + c_PP / beta*.
+    dtfm: the stage with most gradient bytes has at least 1/S of all stages' bytes (a total no
+    split changes), and each of its devices pays R - 1 terms of at least 2 (alpha* + c / (R beta*));
+    each of the S - 1 pipeline edges costs at least alpha* + c_PP / beta*.
     full: stage 0 finishes its last backward only after all compute (work / total FLOP/s of the
     fastest S x R devices) and after every micro-batch crossed boundary 0 both ways; then its
-    all-reduce sends R - 1 chunks of at least the embedding plus one layer, two phases.
+    all-reduce sends R - 1 frames of at least 1/R of the embeddings and one layer, two phases.
     """
     work, net = model.work, model.net
     stages, replicas = model.stages, model.replicas
     uplinks = np.sort(net.uplink)[-2:]
     best_bw = min(float(net.site_bw.max()), float(uplinks.min()))
     best_lat = float(net.site_lat.min())
-    layers = model.scenario.model.layers
     if isinstance(model, DtfmCost):
-        params = (layers * work.layer_params + 2 * work.embedding_params) / stages
-        dp = 2 * (replicas - 1) * (best_lat + 2 * params / (replicas * best_bw))
-        edge = best_lat + 2.0 * work.boundary_values * work.micro_batches / best_bw
+        c_dp = float(model.c_dp(_even(model)).sum()) / stages
+        dp = 2 * (replicas - 1) * (best_lat + c_dp / (replicas * best_bw))
+        edge = best_lat + model.c_pp / best_bw
         return float(dp + 2 * (stages - 1) * edge)
-    comp = model.scenario.compression
-    micro_total = work.micro_batches * replicas
-    flops = micro_total * 4 * (layers * work.layer_flops + work.head_flops)
+    config = work.config
+    whole = [config.layers]  # the model as one stage: all layers, the embeddings and the head
+    per_micro_batch = (1 + BACKWARD_COMPUTE) * work.tokens * forward_flops_per_token(config, whole, 0)
+    flops = work.micro_batches * replicas * per_micro_batch
     fastest = np.sort(model.flops)[-stages * replicas:].sum()
     pipeline = flops / fastest
     if stages > 1:
-        volume = work.activation_bytes(comp.forward_bits) + work.activation_bytes(comp.backward_bits)
+        volume = work.activation_bytes("forward") + work.activation_bytes("backward")
         pipeline = max(pipeline, work.micro_batches * volume / best_bw)
     if replicas == 1:
         return float(pipeline)
-    params = work.layer_params + work.embedding_params
-    chunk = wire_bytes(params, comp.gradient_bits, GRADIENT_BUCKET) / replicas
+    # stage 0 holds at least one layer and the embeddings (and the head too when it is the only stage)
+    first = stage_parameters(config, [1] * stages if stages > 1 else whole, 0)
+    chunk = work.frame_size(work.codecs["gradient"], -(-first // replicas))
     return float(pipeline + 2 * ((replicas - 1) * chunk / best_bw + best_lat))
 
 
-def _crossover(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _even(model: CostModel) -> Layers:
+    """DT-FM's uniform layer split for the model's shape."""
+    return np.asarray(even_layers(model.scenario.model.layers, model.stages), dtype=np.int64)
+
+
+def _crossover(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64],
+               rng: np.random.Generator) -> npt.NDArray[np.int64]:
     """Five-point crossover of two permutations, repaired to stay a permutation.
 
     Segments alternate between the parents; a device already taken is skipped and the holes are

@@ -1,6 +1,6 @@
 """Starting grids: random placements, the two locality plans, and layer splits.
 
-The locality plans are both baselines (the issue's bars to beat) and the search's starting
+The locality plans are both baselines (bars the scheduler must beat) and the search's starting
 points. Both follow one recipe: order the sites along a greedy nearest-neighbour tour, list the
 devices site by site, and cut the list into chunks; chunks become stage groups (locality-dp:
 each data-parallel group inside one site) or pipelines (locality-pipeline: each whole pipeline
@@ -10,27 +10,24 @@ near one.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
+from swarm.scheduler.cost import Grid
 from swarm.scheduler.scenario import Scenario
+from swarm.scheduler.workload import Layers
 
-__all__ = ["even_layers", "proportional_layers", "site_order", "locality_dp", "locality_pipeline",
-           "random_grid", "shapes"]
-
-
-def even_layers(layers: int, stages: int) -> np.ndarray:
-    """`layers` split into `stages` counts differing by at most one (DT-FM's uniform split)."""
-    base, extra = divmod(layers, stages)
-    return np.array([base + (1 if s < extra else 0) for s in range(stages)], dtype=np.int64)
+__all__ = ["proportional_layers", "site_order", "locality_dp", "locality_pipeline", "random_grid", "shapes"]
 
 
-def proportional_layers(layers: int, speed: np.ndarray) -> np.ndarray:
+def proportional_layers(layers: int, speed: npt.NDArray[np.float64]) -> Layers:
     """Layers per stage proportional to `speed` (largest remainder), each stage at least one."""
     stages = len(speed)
     share = speed / speed.sum() * (layers - stages)
     counts = np.floor(share).astype(np.int64)
     order = np.argsort(-(share - counts), kind="stable")
     counts[order[: layers - stages - counts.sum()]] += 1
-    return counts + 1
+    result: Layers = counts + 1
+    return result
 
 
 def site_order(scenario: Scenario) -> list[int]:
@@ -62,19 +59,19 @@ def _chosen(scenario: Scenario, needed: int) -> list[int]:
     return [i for i in site_order(scenario) if i in keep]
 
 
-def locality_dp(scenario: Scenario, stages: int, replicas: int) -> np.ndarray:
+def locality_dp(scenario: Scenario, stages: int, replicas: int) -> Grid:
     """Each stage's replicas (its data-parallel group) packed into one site where possible."""
     order = _chosen(scenario, stages * replicas)
     return np.array(order, dtype=np.int64).reshape(stages, replicas)
 
 
-def locality_pipeline(scenario: Scenario, stages: int, replicas: int) -> np.ndarray:
+def locality_pipeline(scenario: Scenario, stages: int, replicas: int) -> Grid:
     """Each pipeline (one column of the grid) packed into one site where possible."""
     order = _chosen(scenario, stages * replicas)
     return np.array(order, dtype=np.int64).reshape(replicas, stages).T.copy()
 
 
-def random_grid(rng: np.random.Generator, devices: int, stages: int, replicas: int) -> np.ndarray:
+def random_grid(rng: np.random.Generator, devices: int, stages: int, replicas: int) -> Grid:
     """A uniformly random placement of S x R of the devices."""
     return rng.permutation(devices)[: stages * replicas].reshape(stages, replicas)
 

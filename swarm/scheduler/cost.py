@@ -14,13 +14,14 @@ dtfm (Yuan et al., NeurIPS'22), volumes in fp16 whatever the scenario's compress
                 bottleneck perfect matching, the order an open-path TSP (matching.py), so that
                 edge(s) is the bottleneck cost and PipelineCost the TSP path)
     PipelineCost = sum_s edge(s);  iteration = DataPCost + 2 * PipelineCost; no compute
-    c_DP = 2 bytes x the stage's parameters; c_PP = 2 bytes x the activations of all M micro-batches
-    of one pipeline (M = global / (micro x R)).
+    c_DP = the stage's parameters in fp16; c_PP = the fp16 activations of all M micro-batches of one
+    pipeline (M = global / (micro x R)); both sized as the frames the peers send (workload.py).
 
 full (ours): a GPipe iteration then a per-stage all-reduce, each a closed form that the
 discrete-event simulator reproduces message by message.
-    F[s,r] = forward FLOPs of stage s / device FLOP/s; B = 3 F (gradient + recomputation)
-    X[s,r] = forward activation bytes (forward_bits) / beta, Y[s,r] = backward bytes / beta,
+    F[s,r] = forward FLOPs of stage s / device FLOP/s; B = (BACKWARD_FLOPS_FACTOR + 1) F = 3 F
+             (the gradient, then one recomputed forward pass)
+    X[s,r] = forward activation frame bytes / beta, Y[s,r] = backward frame bytes / beta,
     L[s,r] = alpha between g[s,r] and g[s+1,r]. Latency is a delay, not a busy link.
     M identical micro-batches through a chain of single servers finish at
         sum of all service and delay times + (M - 1) x the slowest server
@@ -30,25 +31,31 @@ discrete-event simulator reproduces message by message.
                      + (M-1) max(B_i for i >= s, Y_i for s-1 <= i < S-1)
     (the time stage s's device has computed its last backward pass and its uplink has sent the
     last gradient down to stage s-1: Y_{s-1} counts for s >= 1 only)
-    all-reduce of stage s (reduce-scatter then all-gather of gradient_bits chunks, each device
-    sending its R-1 chunks back to back on its uplink, latency paid once per phase):
-        AR(s) = 2 max_{d} [ sum_{d' != d} (c_s / R) / beta(d,d') + max_{d'} alpha(d,d') ]
+    all-reduce of stage s (reduce-scatter then all-gather, each device sending its R-1 frames of
+    c_s = one chunk of 1/R of the gradient back to back on its uplink, latency paid once per phase):
+        AR(s) = 2 max_{d} [ sum_{d' != d} c_s / beta(d,d') + max_{d'} alpha(d,d') ]
     iteration = max_s ( max_r done[s, r] + AR(s) )
     A device whose memory (workload.py) cannot hold its stage makes the plan invalid.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
+import numpy.typing as npt
 
 from swarm.scheduler.matching import bottleneck_assignment, open_path_order
 from swarm.scheduler.scenario import Scenario
-from swarm.scheduler.workload import Workload
+from swarm.scheduler.workload import BACKWARD_COMPUTE, Layers, PerStage, Workload
 
-__all__ = ["Breakdown", "CostModel", "DtfmCost", "FullCost", "COST_MODELS", "cost_model"]
+__all__ = ["Breakdown", "CostModel", "DtfmCost", "FullCost", "COST_MODELS", "cost_model", "Grid"]
 
 INFEASIBLE = 1e9  # added to a plan's score per unfit device, so any plan that fits wins
+DTFM_CODEC = "fp16"  # DT-FM sends every volume in fp16, whatever the scenario's compression
+
+Grid = npt.NDArray[np.int64]  # (S, R) device positions: grid[s, r] holds stage s of pipeline r
+Seconds = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,8 @@ class Breakdown:
     data_parallel_s: float
     fits: bool = True
 
-    def to_dict(self) -> dict:
-        """The plan file's `predicted` object (DESIGN.md section 3); `fits` is not part of it."""
+    def to_dict(self) -> dict[str, float]:
+        """The plan file's `predicted` object; `fits` is not part of it."""
         return {"iteration_s": self.iteration_s, "compute_s": self.compute_s,
                 "pipeline_s": self.pipeline_s, "data_parallel_s": self.data_parallel_s}
 
@@ -76,38 +83,38 @@ class CostModel:
 
     name = ""
 
-    def __init__(self, scenario: Scenario, stages: int, replicas: int):
+    def __init__(self, scenario: Scenario, stages: int, replicas: int) -> None:
         self.scenario, self.stages, self.replicas = scenario, stages, replicas
         self.work = Workload(scenario, stages, replicas)
         self.net = scenario.network
         self.flops = np.array([d.tflops * 1e12 for d in scenario.devices])
         self.memory = np.array([d.memory_gb * 1e9 for d in scenario.devices])
 
-    def data_parallel(self, grid: np.ndarray, layers: np.ndarray, rows: list[int] | None = None) -> np.ndarray:
+    def data_parallel(self, grid: Grid, layers: Layers, rows: list[int] | None = None) -> Seconds:
         """All-reduce seconds of the stages in `rows` (all stages when None)."""
         raise NotImplementedError
 
-    def total(self, grid: np.ndarray, layers: np.ndarray, dp: np.ndarray) -> tuple[float, float]:
+    def total(self, grid: Grid, layers: Layers, dp: Seconds) -> tuple[float, float]:
         """(score, tie-break) given each stage's all-reduce time; lower is better."""
         raise NotImplementedError
 
-    def breakdown(self, grid: np.ndarray, layers: np.ndarray) -> Breakdown:
+    def breakdown(self, grid: Grid, layers: Layers) -> Breakdown:
         """The iteration time of `grid` split into compute, pipeline and data-parallel parts."""
         raise NotImplementedError
 
-    def score(self, grid: np.ndarray, layers: np.ndarray) -> float:
+    def score(self, grid: Grid, layers: Layers) -> float:
         """Seconds per iteration of `grid` exactly as given (>= INFEASIBLE when it cannot fit)."""
         return self.total(grid, layers, self.data_parallel(grid, layers))[0]
 
-    def arrange(self, grid: np.ndarray, layers: np.ndarray) -> np.ndarray:
+    def arrange(self, grid: Grid, layers: Layers) -> Grid:
         """The grid this model runs for `grid`'s stage groups; `full`: the grid itself."""
         return grid
 
-    def arranged_score(self, grid: np.ndarray, layers: np.ndarray) -> float:
+    def arranged_score(self, grid: Grid, layers: Layers) -> float:
         """`score` of `arrange(grid)`: how a placement (baselines included) is priced."""
         return self.score(self.arrange(grid, layers), layers)
 
-    def _pairs(self, grid: np.ndarray, rows: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    def _pairs(self, grid: Grid, rows: list[int] | None) -> tuple[Grid, Grid]:
         group = grid if rows is None else grid[rows]
         return group[:, :, None], group[:, None, :]
 
@@ -117,16 +124,24 @@ class DtfmCost(CostModel):
 
     name = "dtfm"
 
-    def data_parallel(self, grid, layers, rows=None):
-        params = self.work.params(layers) if rows is None else self.work.params(layers)[rows]
-        c_dp = 2.0 * params
+    def __init__(self, scenario: Scenario, stages: int, replicas: int) -> None:
+        super().__init__(scenario, stages, replicas)
+        self.c_pp = self.work.micro_batches * self.work.frame_size(DTFM_CODEC, self.work.boundary_values)
+
+    def c_dp(self, layers: Layers) -> PerStage:
+        """(S,) bytes of each stage's whole gradient in fp16."""
+        return self.work.gradient_bytes(layers, DTFM_CODEC)
+
+    def data_parallel(self, grid: Grid, layers: Layers, rows: list[int] | None = None) -> Seconds:
+        c_dp = self.c_dp(layers) if rows is None else self.c_dp(layers)[rows]
         a, b = self._pairs(grid, rows)
         pair = 2 * (self.net.latency(a, b) + c_dp[:, None, None] / (self.replicas * self.net.bandwidth(a, b)))
         idx = np.arange(self.replicas)
         pair[:, idx, idx] = 0.0
-        return pair.sum(axis=2).max(axis=1)
+        seconds: Seconds = pair.sum(axis=2).max(axis=1)
+        return seconds
 
-    def arrange(self, grid, layers):
+    def arrange(self, grid: Grid, layers: Layers) -> Grid:
         """DT-FM's arrangement of the stage groups (rows) of `grid`; `grid` if that is no cheaper.
 
         The bottleneck matching of every pair of groups gives a group-to-group cost; the open
@@ -136,9 +151,9 @@ class DtfmCost(CostModel):
         stages = len(grid)
         if stages == 1:
             return grid
-        pair = self.net.link_cost(grid[:, None, :, None], grid[None, :, None, :], self._c_pp())
+        pair = self.net.link_cost(grid[:, None, :, None], grid[None, :, None, :], self.c_pp)
         weight = np.zeros((stages, stages))
-        matches = {}
+        matches: dict[tuple[int, int], Grid] = {}
         for i in range(stages):
             for j in range(i + 1, stages):
                 weight[i, j], matches[i, j] = bottleneck_assignment(pair[i, j])
@@ -147,25 +162,22 @@ class DtfmCost(CostModel):
         order = open_path_order(weight)
         cols = np.arange(self.replicas)
         rows = [grid[order[0]]]
-        for a, b in zip(order, order[1:]):
+        for a, b in pairwise(order):
             cols = matches[a, b][cols]   # the partner in group b of each column's device
             rows.append(grid[b][cols])
         arranged = np.array(rows)
         return arranged if self.score(arranged, layers) < self.score(grid, layers) else grid
 
-    def _c_pp(self) -> float:
-        return 2.0 * self.work.boundary_values * self.work.micro_batches
+    def _edges(self, grid: Grid) -> Seconds:
+        return self.net.link_cost(grid[:-1], grid[1:], self.c_pp)
 
-    def _edges(self, grid):
-        return self.net.link_cost(grid[:-1], grid[1:], self._c_pp())
-
-    def total(self, grid, layers, dp):
+    def total(self, grid: Grid, layers: Layers, dp: Seconds) -> tuple[float, float]:
         edges = self._edges(grid)
-        pipeline = edges.max(axis=1).sum() if len(edges) else 0.0
-        soft = _soft_max(dp) + 2 * (sum(_soft_max(row) for row in edges) if len(edges) else 0.0)
+        pipeline = float(edges.max(axis=1).sum()) if len(edges) else 0.0
+        soft = _soft_max(dp) + 2 * sum(_soft_max(row) for row in edges)
         return float(dp.max() + 2 * pipeline), float(soft)
 
-    def breakdown(self, grid, layers):
+    def breakdown(self, grid: Grid, layers: Layers) -> Breakdown:
         dp = self.data_parallel(grid, layers)
         edges = self._edges(grid)
         pipeline = float(edges.max(axis=1).sum()) if len(edges) else 0.0
@@ -177,28 +189,29 @@ class FullCost(CostModel):
 
     name = "full"
 
-    def data_parallel(self, grid, layers, rows=None):
+    def data_parallel(self, grid: Grid, layers: Layers, rows: list[int] | None = None) -> Seconds:
         if self.replicas == 1:
             return np.zeros(self.stages if rows is None else len(rows))
-        comp = self.scenario.compression
-        grad = self.work.gradient_bytes(layers, comp.gradient_bits)
-        chunk = (grad if rows is None else grad[rows]) / self.replicas
+        chunk = self.work.gradient_chunk_bytes(layers)
+        if rows is not None:
+            chunk = chunk[rows]
         a, b = self._pairs(grid, rows)
         send = chunk[:, None, None] / self.net.bandwidth(a, b)
         lat = self.net.latency(a, b)
         idx = np.arange(self.replicas)
         send[:, idx, idx] = 0.0
         lat[:, idx, idx] = 0.0
-        return 2 * (send.sum(axis=2) + lat.max(axis=2)).max(axis=1)
+        seconds: Seconds = 2 * (send.sum(axis=2) + lat.max(axis=2)).max(axis=1)
+        return seconds
 
-    def _pipeline(self, grid, layers):
+    def _pipeline(self, grid: Grid, layers: Layers) -> tuple[Seconds, Seconds]:
         """(done (S, R): backward compute and sends finished, compute-only makespan per column (R,))."""
-        comp, m = self.scenario.compression, self.work.micro_batches
+        m = self.work.micro_batches
         f = self.work.forward_flops(layers)[:, None] / self.flops[grid]
-        b = 3 * f
+        b = BACKWARD_COMPUTE * f
         bw = self.net.bandwidth(grid[:-1], grid[1:])
-        x = self.work.activation_bytes(comp.forward_bits) / bw
-        y = self.work.activation_bytes(comp.backward_bits) / bw
+        x = self.work.activation_bytes("forward") / bw
+        y = self.work.activation_bytes("backward") / bw
         lat = self.net.latency(grid[:-1], grid[1:])
         slowest = f.max(axis=0) if not len(x) else np.maximum(f.max(axis=0), x.max(axis=0))
         t_fwd = f.sum(axis=0) + x.sum(axis=0) + lat.sum(axis=0) + (m - 1) * slowest
@@ -213,18 +226,19 @@ class FullCost(CostModel):
         compute = f.sum(axis=0) + b.sum(axis=0) + (m - 1) * (f.max(axis=0) + b.max(axis=0))
         return done, compute
 
-    def _overflow(self, grid, layers):
+    def _overflow(self, grid: Grid, layers: Layers) -> npt.NDArray[np.bool_]:
         need = self.work.memory_bytes(layers)[:, None]
-        return need > self.memory[grid]
+        overflow: npt.NDArray[np.bool_] = need > self.memory[grid]
+        return overflow
 
-    def total(self, grid, layers, dp):
+    def total(self, grid: Grid, layers: Layers, dp: Seconds) -> tuple[float, float]:
         done, _ = self._pipeline(grid, layers)
         finish = done.max(axis=1) + dp
         unfit = int(self._overflow(grid, layers).sum())
         soft = _soft_max(finish) + _soft_max(done.max(axis=0))
         return float(finish.max() + INFEASIBLE * unfit), float(soft)
 
-    def breakdown(self, grid, layers):
+    def breakdown(self, grid: Grid, layers: Layers) -> Breakdown:
         done, compute = self._pipeline(grid, layers)
         dp = self.data_parallel(grid, layers)
         end = done.max(axis=1)
@@ -235,16 +249,16 @@ class FullCost(CostModel):
                          fits=not self._overflow(grid, layers).any())
 
 
-def _soft_max(values: np.ndarray, power: int = 8) -> float:
+def _soft_max(values: Seconds, power: int = 8) -> float:
     """A smooth stand-in for max (a power mean): it drops when any near-maximal value drops,
     which lets the search make progress on the plateaus of a max-of-maxes cost."""
     top = float(values.max())
     if top <= 0:
         return 0.0
-    return top * float(np.mean((values / top) ** power)) ** (1 / power)
+    return top * float(np.mean((values / top) ** power) ** (1 / power))
 
 
-COST_MODELS = {"full": FullCost, "dtfm": DtfmCost}
+COST_MODELS: dict[str, type[CostModel]] = {"full": FullCost, "dtfm": DtfmCost}
 
 
 def cost_model(name: str, scenario: Scenario, stages: int, replicas: int) -> CostModel:

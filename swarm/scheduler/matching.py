@@ -4,7 +4,7 @@ DT-FM prices a partition of the devices into stage groups, not a grid: two conse
 are joined by the perfect matching that minimises the slowest pair's link cost (a bottleneck
 assignment), and the groups are put in the order that minimises the sum of those bottleneck
 costs along the pipeline (an open-path travelling-salesman problem over the groups).
-`arrange_groups` turns any grid into the grid DT-FM would run for the same groups.
+`DtfmCost.arrange` (cost.py) turns any grid into the grid DT-FM would run for the same groups.
 
 - `bottleneck_assignment`: exact. The answer is one of the matrix's values: the smallest
   threshold whose "cost <= threshold" bipartite graph has a perfect matching. Thresholds are
@@ -17,24 +17,26 @@ costs along the pipeline (an open-path travelling-salesman problem over the grou
 from __future__ import annotations
 
 from bisect import bisect_right
+from itertools import pairwise
 
 import numpy as np
+import numpy.typing as npt
 
-__all__ = ["bottleneck_assignment", "open_path_order", "path_cost"]
+__all__ = ["bottleneck_assignment", "open_path_order"]
 
 
-def bottleneck_assignment(cost: np.ndarray) -> tuple[float, np.ndarray]:
+def bottleneck_assignment(cost: npt.ArrayLike) -> tuple[float, npt.NDArray[np.int64]]:
     """(value, perm): the perfect matching of an R x R matrix minimising its largest entry.
 
     `perm[a]` is the column matched to row a; `value = max_a cost[a, perm[a]]`.
     Example: bottleneck_assignment(np.array([[1, 9], [2, 3]])) == (3.0, array([0, 1])).
     """
-    cost = np.asarray(cost, dtype=np.float64)
-    size = len(cost)
-    by_cost = np.argsort(cost, axis=1, kind="stable")
-    sorted_cost = np.take_along_axis(cost, by_cost, axis=1).tolist()
-    columns = by_cost.tolist()
-    floor = max(max(row[0] for row in sorted_cost), float(cost.min(axis=0).max()))
+    matrix = np.asarray(cost, dtype=np.float64)
+    size = len(matrix)
+    by_cost = np.argsort(matrix, axis=1, kind="stable")
+    sorted_cost: list[list[float]] = np.take_along_axis(matrix, by_cost, axis=1).tolist()
+    columns: list[list[int]] = by_cost.tolist()
+    floor = max(max(row[0] for row in sorted_cost), float(matrix.min(axis=0).max()))
     owner = [-1] * size  # column -> row
     matched = [False] * size
     for value in sorted({v for row in sorted_cost for v in row if v >= floor}):
@@ -49,19 +51,13 @@ def bottleneck_assignment(cost: np.ndarray) -> tuple[float, np.ndarray]:
     raise AssertionError("unreachable: the complete bipartite graph has a perfect matching")
 
 
-def path_cost(weight: np.ndarray, order: list[int] | np.ndarray) -> float:
-    """Sum of `weight` along consecutive entries of `order`."""
-    order = np.asarray(order)
-    return float(weight[order[:-1], order[1:]].sum())
-
-
-def open_path_order(weight: np.ndarray) -> list[int]:
+def open_path_order(weight: npt.ArrayLike) -> list[int]:
     """A short open path through all S nodes of the symmetric matrix `weight` (see module doc)."""
-    size = len(weight)
+    w: list[list[float]] = np.asarray(weight, dtype=np.float64).tolist()
+    size = len(w)
     if size <= 2:
         return list(range(size))
-    w = np.asarray(weight, dtype=np.float64).tolist()
-    best, best_cost = None, float("inf")
+    best, best_cost = list(range(size)), float("inf")
     for start in range(size):
         order, left = [start], set(range(size)) - {start}
         while left:
@@ -69,7 +65,7 @@ def open_path_order(weight: np.ndarray) -> list[int]:
             order.append(min(sorted(left), key=lambda k: w[here][k]))
             left.remove(order[-1])
         order = _two_opt(w, order)
-        cost = sum(w[a][b] for a, b in zip(order, order[1:]))
+        cost = sum(w[a][b] for a, b in pairwise(order))
         if cost < best_cost - 1e-12:
             best, best_cost = order, cost
     return best

@@ -17,10 +17,12 @@ import time
 
 import numpy as np
 
+from swarm.scheduler.cost import CostModel, Grid
 from swarm.scheduler.cost import cost_model as make_model
 from swarm.scheduler.plan import Plan
 from swarm.scheduler.scenario import Scenario
 from swarm.scheduler.search import Candidate, refine, search, to_plan
+from swarm.scheduler.workload import Layers
 
 __all__ = ["replan", "moved_peers"]
 
@@ -102,7 +104,7 @@ def _aligned(fresh: Candidate, current: Plan) -> Candidate:
     return min((_priced(model, grid, layers) for layers in splits), key=lambda c: c.score)
 
 
-def _priced(model, grid: np.ndarray, layers: np.ndarray) -> Candidate:
+def _priced(model: CostModel, grid: Grid, layers: Layers) -> Candidate:
     grid, layers = np.ascontiguousarray(grid), np.ascontiguousarray(layers)
     return Candidate(model, grid, layers, model.score(grid, layers))
 
@@ -122,7 +124,7 @@ def _patch(scenario: Scenario, current: Plan, cost_model: str, rng: np.random.Ge
     grid = grid[:, columns]
     model = make_model(cost_model, scenario, stages, keep_replicas)
     layers = np.array(current.layers, dtype=np.int64)
-    holes = list(zip(*np.nonzero(grid < 0)))
+    holes = list(zip(*np.nonzero(grid < 0), strict=True))
     used = np.zeros(n, dtype=bool)
     used[grid[grid >= 0]] = True
     spare = list(np.flatnonzero(~used))  # at least len(holes): the kept columns fit in n devices

@@ -20,13 +20,16 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from swarm.scheduler.construct import even_layers, locality_dp, locality_pipeline, proportional_layers, shapes
-from swarm.scheduler.cost import INFEASIBLE, Breakdown, CostModel
+from models import even_layers
+from swarm.scheduler.construct import locality_dp, locality_pipeline, proportional_layers, shapes
+from swarm.scheduler.cost import INFEASIBLE, Breakdown, CostModel, Grid
 from swarm.scheduler.cost import cost_model as make_model
 from swarm.scheduler.localsearch import LocalSearch
 from swarm.scheduler.plan import Plan, PlanError
 from swarm.scheduler.scenario import Scenario
+from swarm.scheduler.workload import Layers
 
 __all__ = ["plan", "predict", "Candidate", "search", "to_plan"]
 
@@ -42,11 +45,11 @@ class Candidate:
     """A grid of device positions with its layer split, priced by `model`."""
 
     model: CostModel
-    grid: np.ndarray
-    layers: np.ndarray
+    grid: Grid
+    layers: Layers
     score: float
 
-    def spare(self) -> np.ndarray:
+    def spare(self) -> npt.NDArray[np.int64]:
         """Positions of the scenario's devices the grid leaves out."""
         used = np.zeros(len(self.model.scenario.devices), dtype=bool)
         used[self.grid.ravel()] = True
@@ -117,15 +120,14 @@ def refine(start: Candidate, rng: np.random.Generator, deadline: float, target: 
     best = walk.state()
     if n < KICK_FROM:
         budget = walk.evals  # small swarms: one converged run is enough
-    while walk.evals < budget and time.monotonic() < deadline and (target is None or best[4] > target):
+    while walk.evals < budget and time.monotonic() < deadline and (target is None or best.score > target):
         walk.kick(max(2, walk.grid.size // 16))
         walk.run(max_evals=budget, patience=patience, deadline=deadline, target=target)
-        if walk.score < best[4]:
+        if walk.score < best.score:
             best = walk.state()
         else:
             walk.restore(best)
-    grid, layers, _, _, score, _ = best
-    return Candidate(start.model, grid, layers, score)
+    return Candidate(start.model, best.grid, best.layers, best.score)
 
 
 def to_plan(candidate: Candidate) -> Plan:
@@ -140,16 +142,14 @@ def to_plan(candidate: Candidate) -> Plan:
 
 def _best_start(model: CostModel) -> Candidate:
     scenario, stages = model.scenario, model.stages
-    best = None
+    starts = []
     for grid in (locality_dp(scenario, stages, model.replicas),
                  locality_pipeline(scenario, stages, model.replicas)):
         speed = model.flops[grid].min(axis=1)
-        for layers in (even_layers(scenario.model.layers, stages),
+        for layers in (np.asarray(even_layers(scenario.model.layers, stages), dtype=np.int64),
                        proportional_layers(scenario.model.layers, speed)):
-            candidate = _arranged(Candidate(model, grid, layers, model.score(grid, layers)))
-            if best is None or candidate.score < best.score:
-                best = candidate
-    return best
+            starts.append(_arranged(Candidate(model, grid, layers, model.score(grid, layers))))
+    return min(starts, key=lambda c: c.score)
 
 
 def _arranged(candidate: Candidate) -> Candidate:
@@ -167,7 +167,7 @@ def _memory_hint(candidate: Candidate) -> str:
     work = model.work
     need = work.memory_bytes(candidate.layers)[:, None] + np.zeros(grid.shape)
     s, r = np.unravel_index(int(np.argmax(need - model.memory[grid])), grid.shape)
-    stash = work.micro_batches * work.boundary_values * 2 / 1e9
+    stash = work.stash_bytes() / 1e9
     return (f"no placement fits device memory: in the best shape ({model.stages} stages x "
             f"{model.replicas} replicas) stage {s} needs {need[s, r] / 1e9:.3g} GB ({stash:.3g} GB "
             f"of it the stashed inputs of {work.micro_batches} micro-batches) but device "

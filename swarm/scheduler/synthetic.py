@@ -7,6 +7,8 @@ seed gives the same swarm.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from swarm.scheduler.scenario import Scenario
@@ -23,8 +25,8 @@ DEFAULT_MODEL = {"layers": 24, "d_model": 2048, "heads": 16, "seq_len": 2048, "v
 
 
 def volunteer_scenario(devices: int, sites: int, seed: int = 0, name: str | None = None,
-                       model: dict | None = None, global_sequences: int = 1024,
-                       parallelism: dict | None = None) -> Scenario:
+                       model: dict[str, int] | None = None, global_sequences: int = 1024,
+                       parallelism: dict[str, int] | None = None) -> Scenario:
     """A random heterogeneous volunteer swarm of `devices` GPUs over `sites` sites."""
     if sites > devices:
         raise ValueError(f"sites ({sites}) must not exceed devices ({devices})")
@@ -52,7 +54,7 @@ def volunteer_scenario(devices: int, sites: int, seed: int = 0, name: str | None
             links.append({"between": [names[a], names[b]],
                           "latency_ms": round(5.0 + 450.0 * distance, 2),
                           "bandwidth_gbps": round(max(0.1, 1.2 - 1.8 * distance), 3)})
-    data = {"name": name or f"volunteers-{devices}x{sites}-seed{seed}", "devices": device_list,
+    data: dict[str, Any] = {"name": name or f"volunteers-{devices}x{sites}-seed{seed}", "devices": device_list,
             "sites": site_data, "links": links, "model": model or DEFAULT_MODEL,
             "batch": {"global_sequences": global_sequences, "micro_sequences": 1},
             "compression": {"forward_bits": 3, "backward_bits": 6, "gradient_bits": 4}}

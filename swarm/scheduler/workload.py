@@ -1,14 +1,15 @@
 """What one stage costs: parameters, FLOPs, bytes on each channel and memory, from the scenario.
 
-The formulas (a GPT-style decoder, DESIGN.md section 3):
-- parameters of a stage with L layers: 12 * d^2 * L; the first and the last stage also hold the
-  token embedding / output head, vocab * d each (untied; one stage holding both holds 2x).
-- forward FLOPs per token and layer: 24 * d^2 (the four projections and the MLP, 2 FLOPs per
-  multiply-add) + 4 * seq * d (attention scores and their weighted sum); the last stage adds
-  2 * vocab * d per token for the head. Backward = 3 x forward: the gradient costs 2 x forward and
-  activations are recomputed once (GPipe re-materialisation, which the memory model assumes).
-- bytes on the wire for n values at k bits: ceil(n * k / 8), plus one fp16 scale per block when
-  k <= 8 (blocks of 128 for activations, buckets of 512 for gradients); k = 16 or 32 is raw.
+The model math is `models.stages` (the counts of the stages the peers build) and the bytes are
+`compression.frame_size` (the exact frames the peers send: header, scales and payload), so the
+scheduler, the simulator and the runtime price a stage alike:
+- a micro-batch crosses a stage boundary as one frame of `boundary_values` values, in the
+  "forward" codec going down the pipeline and in the "backward" codec coming back;
+- a stage's all-reduce cuts its gradient into R chunks, one per owner replica: each device sends
+  R - 1 reduce-scatter frames and R - 1 all-gather frames of ceil(parameters / R) values, in the
+  "gradient" codec;
+- backward compute is (BACKWARD_FLOPS_FACTOR + 1) x forward: the gradient and one recomputed
+  forward pass (GPipe re-materialisation, which the memory model assumes);
 - memory per device: 16 bytes per parameter (fp16 weights and gradients, fp32 master copy and two
   Adam moments) + the stashed boundary input of every micro-batch in flight (fp16) + the working
   activations of one layer during recomputation (34 * s * d + 5 * heads * s^2 bytes per sequence,
@@ -17,64 +18,81 @@ The formulas (a GPT-style decoder, DESIGN.md section 3):
 from __future__ import annotations
 
 import math
+from typing import Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
+from models import BACKWARD_FLOPS_FACTOR, boundary_values, forward_flops_per_token, stage_parameters
 from swarm.scheduler.scenario import Scenario
 
-__all__ = ["Workload", "wire_bytes"]
+__all__ = ["Workload", "BACKWARD_COMPUTE", "BYTES_PER_PARAMETER"]
 
-ACTIVATION_BLOCK = 128
-GRADIENT_BUCKET = 512
+BACKWARD_COMPUTE = BACKWARD_FLOPS_FACTOR + 1.0
 BYTES_PER_PARAMETER = 16
+STASH_BYTES_PER_VALUE = 2  # stashed boundary inputs are kept in fp16
 
-
-def wire_bytes(values: float, bits: int, block: int) -> float:
-    """Bytes that `values` numbers take on the wire at `bits` bits (scales included)."""
-    if bits >= 16:
-        return values * bits / 8
-    return math.ceil(values * bits / 8) + 2 * math.ceil(values / block)
+Layers = npt.NDArray[np.int64]
+PerStage = npt.NDArray[np.float64]
 
 
 class Workload:
-    """Per-stage quantities for one scenario and one stage count; all methods take `layers`."""
+    """Per-stage quantities for one scenario and one S x R shape; the methods take `layers`."""
 
     def __init__(self, scenario: Scenario, stages: int, replicas: int):
+        # compression loads torch: imported here so that importing the scheduler stays light
+        from compression import frame_size
+
         model, batch = scenario.model, scenario.batch
         self.scenario, self.stages, self.replicas = scenario, stages, replicas
+        self.config = model.config
+        self.codecs = scenario.compression.codecs
+        self.frame_size = frame_size
         self.micro_batches = math.ceil(batch.global_sequences / (batch.micro_sequences * replicas))
         self.tokens = batch.micro_sequences * model.seq_len
-        self.layer_params = 12 * model.d_model ** 2
-        self.embedding_params = model.vocab * model.d_model
-        self.layer_flops = self.tokens * (24 * model.d_model ** 2 + 4 * model.seq_len * model.d_model)
-        self.head_flops = self.tokens * 2 * model.vocab * model.d_model
-        self.boundary_values = self.tokens * model.d_model
+        self.boundary_values = boundary_values(self.config, batch.micro_sequences)
+        self._cache: dict[tuple[object, ...], PerStage] = {}
 
-    def params(self, layers: np.ndarray) -> np.ndarray:
+    def params(self, layers: Layers) -> PerStage:
         """(S,) parameters held by each stage."""
-        params = np.asarray(layers, dtype=np.float64) * self.layer_params
-        params[0] += self.embedding_params
-        params[-1] += self.embedding_params
-        return params
+        return self._memo("params", layers, lambda split: [stage_parameters(self.config, split, s)
+                                                           for s in range(len(split))])
 
-    def forward_flops(self, layers: np.ndarray) -> np.ndarray:
+    def forward_flops(self, layers: Layers) -> PerStage:
         """(S,) FLOPs of one micro-batch's forward pass through each stage."""
-        flops = np.asarray(layers, dtype=np.float64) * self.layer_flops
-        flops[-1] += self.head_flops
-        return flops
+        return self._memo("flops", layers, lambda split: [self.tokens * forward_flops_per_token(self.config, split, s)
+                                                          for s in range(len(split))])
 
-    def activation_bytes(self, bits: int) -> float:
-        """Bytes of one micro-batch crossing one stage boundary at `bits` bits."""
-        return wire_bytes(self.boundary_values, bits, ACTIVATION_BLOCK)
+    def activation_bytes(self, channel: str) -> int:
+        """Bytes of one micro-batch crossing one stage boundary on `channel` ("forward" or "backward")."""
+        return self.frame_size(self.codecs[channel], self.boundary_values)
 
-    def gradient_bytes(self, layers: np.ndarray, bits: int) -> np.ndarray:
-        """(S,) bytes of each stage's full gradient at `bits` bits."""
-        return np.array([wire_bytes(p, bits, GRADIENT_BUCKET) for p in self.params(layers)])
+    def gradient_bytes(self, layers: Layers, codec: str, parts: int = 1) -> PerStage:
+        """(S,) bytes of one frame of 1/`parts` of each stage's gradient in `codec`."""
+        params = self.params(layers)
+        return self._memo(("gradient", codec, parts), layers,
+                          lambda _: [self.frame_size(codec, -(-int(p) // parts)) for p in params])
 
-    def memory_bytes(self, layers: np.ndarray) -> np.ndarray:
+    def gradient_chunk_bytes(self, layers: Layers) -> PerStage:
+        """(S,) bytes of one all-reduce frame of each stage: 1/R of its gradient, "gradient" codec."""
+        return self.gradient_bytes(layers, self.codecs["gradient"], self.replicas)
+
+    def stash_bytes(self) -> int:
+        """Bytes of the boundary inputs a device keeps for the backward passes of its micro-batches."""
+        return self.micro_batches * self.boundary_values * STASH_BYTES_PER_VALUE
+
+    def memory_bytes(self, layers: Layers) -> PerStage:
         """(S,) bytes a device needs to hold stage s (see the module docstring)."""
         model, batch = self.scenario.model, self.scenario.batch
-        stash = self.micro_batches * self.boundary_values * 2
-        working = batch.micro_sequences * (34 * model.seq_len * model.d_model
-                                           + 5 * model.heads * model.seq_len ** 2)
-        return BYTES_PER_PARAMETER * self.params(layers) + stash + working
+        working = batch.micro_sequences * (34 * model.seq_len * model.d_model + 5 * model.heads * model.seq_len ** 2)
+        return BYTES_PER_PARAMETER * self.params(layers) + self.stash_bytes() + working
+
+    def _memo(self, what: object, layers: Layers, compute: Callable[[list[int]], Sequence[float]]) -> PerStage:
+        """`compute(split)` as a read-only array, once per layer split: the search prices a split many times."""
+        split = [int(n) for n in layers]
+        key = (what, *split)
+        value = self._cache.get(key)
+        if value is None:
+            value = self._cache[key] = np.array(compute(split), dtype=np.float64)
+            value.flags.writeable = False
+        return value

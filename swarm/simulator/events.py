@@ -17,7 +17,7 @@ class EventQueue:
     def __init__(self) -> None:
         self.now = 0.0
         self.processed = 0
-        self._heap: list[tuple[float, int, Callable[..., Any], tuple]] = []
+        self._heap: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
         self._order = itertools.count()
 
     def at(self, time: float, callback: Callable[..., Any], *args: Any) -> None:

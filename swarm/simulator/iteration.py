@@ -15,10 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from swarm.scheduler.network import Network
 from swarm.scheduler.scenario import Scenario
-from swarm.scheduler.workload import Workload
+from swarm.scheduler.workload import BACKWARD_COMPUTE, Workload
 from swarm.simulator.events import EventQueue
 
 __all__ = ["IterationResult", "simulate_iteration", "allreduce_finish"]
@@ -29,13 +30,13 @@ class IterationResult:
     """The outcome of one simulated iteration."""
 
     seconds: float             # from the first forward pass to the end of the last all-reduce
-    stage_finish: np.ndarray   # (S,) when each stage's all-reduce ended
+    stage_finish: npt.NDArray[np.float64]  # (S,) when each stage's all-reduce ended
     events: int                # discrete events processed
 
 
-def simulate_iteration(scenario: Scenario, grid: np.ndarray, layers: np.ndarray,
+def simulate_iteration(scenario: Scenario, grid: npt.ArrayLike, layers: npt.ArrayLike,
                        rng: np.random.Generator | None = None, jitter: float = 0.0,
-                       slowdown: np.ndarray | None = None) -> IterationResult:
+                       slowdown: npt.ArrayLike | None = None) -> IterationResult:
     """Simulate one iteration of `grid` (device positions, S x R) with `layers` per stage.
 
     `jitter` is the log-normal sigma of every compute time; `slowdown` (one factor per device of
@@ -45,8 +46,9 @@ def simulate_iteration(scenario: Scenario, grid: np.ndarray, layers: np.ndarray,
                       jitter, slowdown).run()
 
 
-def allreduce_finish(net: Network, group: np.ndarray, chunk: float, ready: np.ndarray) -> float:
-    """When a reduce-scatter + all-gather of `chunk`-byte shards among `group` ends.
+def allreduce_finish(net: Network, group: npt.NDArray[np.int64], chunk: float,
+                     ready: npt.NDArray[np.float64]) -> float:
+    """When a reduce-scatter + all-gather among `group` ends, each frame `chunk` bytes.
 
     `ready[i]` is when device i can start sending (its backward done and its uplink free).
     """
@@ -67,18 +69,18 @@ def allreduce_finish(net: Network, group: np.ndarray, chunk: float, ready: np.nd
 
 
 class _Iteration:
-    def __init__(self, scenario, grid, layers, rng, jitter, slowdown):
+    def __init__(self, scenario: Scenario, grid: npt.NDArray[np.int64], layers: npt.NDArray[np.int64],
+                 rng: np.random.Generator, jitter: float, slowdown: npt.ArrayLike | None) -> None:
         stages, replicas = grid.shape
         work = Workload(scenario, stages, replicas)
-        comp = scenario.compression
         self.net, self.grid, self.m = scenario.network, grid, work.micro_batches
         flops = np.array([d.tflops * 1e12 for d in scenario.devices])
         factor = np.ones(len(flops)) if slowdown is None else np.asarray(slowdown)
         self.forward = work.forward_flops(layers)[:, None] / flops[grid] * factor[grid]
         shape = (2, stages, replicas, self.m)
         self.noise = (rng.lognormal(-jitter ** 2 / 2, jitter, size=shape) if jitter > 0 else np.ones(shape))
-        self.volume = {"f": work.activation_bytes(comp.forward_bits), "b": work.activation_bytes(comp.backward_bits)}
-        self.chunk = work.gradient_bytes(layers, comp.gradient_bits) / replicas
+        self.volume = {"f": work.activation_bytes("forward"), "b": work.activation_bytes("backward")}
+        self.chunk = work.gradient_chunk_bytes(layers)
         self.compute_free = np.zeros((stages, replicas))
         self.uplink_free = np.zeros((stages, replicas))
         self.done = {k: np.zeros((stages, replicas), dtype=np.int64) for k in "fb"}
@@ -100,7 +102,7 @@ class _Iteration:
         """A micro-batch (forward input or backward gradient) reaches device (s, r)."""
         job = self.started[kind][s, r]
         self.started[kind][s, r] += 1
-        base = self.forward[s, r] * (1.0 if kind == "f" else 3.0)
+        base = self.forward[s, r] * (1.0 if kind == "f" else BACKWARD_COMPUTE)
         start = max(self.queue.now, self.compute_free[s, r])
         end = start + base * self.noise[0 if kind == "f" else 1, s, r, job]
         self.compute_free[s, r] = end

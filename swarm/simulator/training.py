@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
+import msgspec
 import numpy as np
 
 from swarm.scheduler import Device, Plan, Scenario, moved_peers, predict, replan
@@ -62,7 +63,7 @@ class SimulationReport:
         """Sequences per second of each committed step, in order."""
         return [s.sequences_per_s for s in self.steps]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready report with totals (`effective_sequences_per_s` counts aborts and waits)."""
         data = {k: v for k, v in dataclasses.asdict(self).items() if k != "steps"}
         data["steps"] = [dataclasses.asdict(s) for s in self.steps]
@@ -162,7 +163,7 @@ class _Churn:
         while min(self.next_join, self.next_leave) <= clock and devices:
             if self.next_join <= self.next_leave:
                 profile = devices[int(self.rng.integers(len(devices)))]
-                devices.append(dataclasses.replace(profile, id=f"joined-{self.joined}"))
+                devices.append(msgspec.structs.replace(profile, id=f"joined-{self.joined}"))
                 self.joined += 1
                 report.joined += 1
                 self.next_join += self._gap()

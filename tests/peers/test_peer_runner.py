@@ -9,7 +9,7 @@ import pytest
 import models
 from peers.daemon.stage_runner import PlanAborted, StageRunner
 from peers.daemon.timeouts import derive_timeouts
-from peers.protocol import PlanRecord
+from peers.protocol import Codecs, PlanChange, PlanReason, PlanRecord, SourceKind, StateSource, TrainingSpec
 from peers.transport import InProcessHub
 
 NAMES = ["a", "b", "c", "d"]  # grid [[a, b], [c, d]]: stage 0 = a, b; stage 1 = c, d
@@ -23,15 +23,15 @@ def data():
     return models.SequenceDataset(models.read_corpus(models.default_corpus_path()), 128, max_train=64)
 
 
-def _plan(version=1, start_step=1, sources="init"):
+def _plan(version=1, start_step=1, sources=SourceKind.INIT):
     timeouts = derive_timeouts(message_bytes=1e5, bandwidth_gbps=1.0, latency_ms=0.1, step_flops=1e9, tflops=0.1,
                                stages=2, micro_batches=2)
     return PlanRecord(version=version, start_step=start_step, grid=[["a", "b"], ["c", "d"]], layers=[2, 2],
                       addresses=dict.fromkeys(NAMES, "tcp://127.0.0.1:1"),
-                      sources=dict.fromkeys(NAMES, sources) if isinstance(sources, str) else sources,
-                      codecs={"fwd": "q3", "bwd": "q6", "grad": "q4"},
-                      hyper={"model": "tiny", "batch": 4, "micro_batches": 2, "lr": 3e-3, "seed": 0, "steps": 10,
-                             "timeouts": timeouts.to_wire()})
+                      sources=(dict.fromkeys(NAMES, StateSource(sources)) if isinstance(sources, SourceKind)
+                               else sources),
+                      codecs=Codecs(), reason=PlanReason(PlanChange.FIRST, "test"),
+                      training=TrainingSpec(batch=4, micro_batches=2, steps=10, timeouts=timeouts))
 
 
 def _runners(data, plan, hub=None, previous=None, abort=None):
@@ -87,11 +87,11 @@ def test_keep_carries_the_state_into_the_next_plan(data):
     _prepare_all(first, 1)
     for name in NAMES:
         first[name].apply(1)
-    second = _runners(data, _plan(version=2, start_step=2, sources="keep"), previous=first)
+    second = _runners(data, _plan(version=2, start_step=2, sources=SourceKind.KEEP), previous=first)
     assert second["c"].checksum() == first["c"].checksum() and second["c"].applied_step == 1
     with pytest.raises(RuntimeError, match="does not hold it"):
-        StageRunner(_plan(version=3, start_step=5, sources="keep"), "c", first["endpoints"]["c"], data, first["c"],
-                    "cpu", threading.Event())
+        StageRunner(_plan(version=3, start_step=5, sources=SourceKind.KEEP), "c", first["endpoints"]["c"], data,
+                    first["c"], "cpu", threading.Event())
 
 
 def test_a_plan_change_interrupts_a_waiting_step_at_once(data):

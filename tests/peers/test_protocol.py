@@ -5,43 +5,65 @@ import pytest
 import torch
 
 from peers.daemon.stage_state import pack_state, unpack_state
-from peers.daemon.timeouts import HEARTBEAT_S, PEER_TTL_S, Timeouts, derive_timeouts
-from peers.protocol import ControlRecord, PeerRecord, PlanRecord, RecordError, peer_subkey, subkey_name, subkey_owner
+from peers.daemon.timeouts import HEARTBEAT_S, PEER_TTL_S, derive_timeouts
+from peers.protocol import (
+    ControlRecord,
+    Link,
+    PeerRecord,
+    PlanRecord,
+    RecordError,
+    SourceKind,
+    StateSource,
+    Timeouts,
+    TrainingSpec,
+    from_builtins,
+    peer_subkey,
+    subkey_name,
+    subkey_owner,
+    to_builtins,
+)
 
 OWNER = b"[owner:ssh-rsa AAAAB3Nza]"
+
+
+TIMEOUTS = {"transfer_s": 0.1, "step_s": 1.0, "message_s": 10.0, "heartbeat_s": 2.0, "peer_ttl_s": 10.0,
+            "commit_s": 60.0}
 
 
 def _plan(**changes):
     wire = {"version": 2, "start_step": 11, "grid": [["a", "b"], ["c", "d"]], "layers": [2, 2],
             "addresses": {n: f"tcp://127.0.0.1:{7000 + i}" for i, n in enumerate("abcd")},
-            "sources": dict.fromkeys("abcd", "keep"), "codecs": {"fwd": "q3", "bwd": "q6", "grad": "q4"},
-            "hyper": {"model": "tiny"}, "standby": ["e"], "reason": "because"}
+            "sources": dict.fromkeys("abcd", {"kind": "keep"}),
+            "codecs": {"forward": "q3", "backward": "q6", "gradient": "q4"},
+            "training": {"model": "tiny", "batch": 4, "micro_batches": 2, "timeouts": TIMEOUTS},
+            "standby": ["e"], "reason": {"change": "first", "text": "because"}}
     wire.update(changes)
     return wire
 
 
 def test_peer_record_round_trips_through_the_wire():
     record = PeerRecord(name="p1", address="tcp://127.0.0.1:7000", device="cpu", tflops=0.2, memory_gb=8.0,
-                        state="training", links={"p2": {"bandwidth_gbps": 1.0, "latency_ms": 0.2}}, step=7,
+                        state="training", links={"p2": Link(bandwidth_gbps=1.0, latency_ms=0.2)}, step=7,
                         bytes_sent={"forward": 10}, loss=3.5)
     assert PeerRecord.from_wire(record.to_wire()) == record
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("name", 5, "'name' must be str"),
-    ("tflops", "fast", "'tflops' must be float"),
-    ("step", True, "'step' must be int, got a bool"),
-    ("state", "dancing", "'state' must be one of"),
-    ("links", [1], "'links' must be a dict"),
-    ("links", {"p2": {"bandwidth_gbps": "fast", "latency_ms": 1}}, "'links' must map names"),
-    ("links", {"p2": {"bandwidth_gbps": 0, "latency_ms": 1}}, "'links' must map names"),
-    ("links", {"p2": {"bandwidth_gbps": 1.0, "latency_ms": float("nan")}}, "'links' must map names"),
-    ("tflops", 0.0, "'tflops' must be a positive number"),
-    ("tflops", float("inf"), "'tflops' must be a positive number"),
-    ("memory_gb", -1.0, "'memory_gb' must be a non-negative number"),
-    ("heartbeat", float("nan"), "'heartbeat' must be a finite number"),
-    ("bytes_sent", {"forward": 1.5}, "'bytes_sent' must map channel names to integers"),
-    ("dht_addrs", [3], "'dht_addrs' must be a list of multiaddr strings"),
+    ("name", 5, r"Expected `str`, got `int` - at `\$.name`"),
+    ("tflops", "fast", r"Expected `float`, got `str` - at `\$.tflops`"),
+    ("step", True, r"Expected `int`, got `bool` - at `\$.step`"),
+    ("state", "dancing", r"Invalid enum value 'dancing' - at `\$.state`"),
+    ("links", [1], r"Expected `object`, got `array` - at `\$.links`"),
+    ("links", {"p2": {"bandwidth_gbps": "fast", "latency_ms": 1}}, r"at `\$.links\[...\].bandwidth_gbps`"),
+    ("links", {"p2": {"bandwidth_gbps": 0, "latency_ms": 1}}, r"> 0.0 - at `\$.links\[...\].bandwidth_gbps`"),
+    ("links", {"p2": {"bandwidth_gbps": 1.0, "latency_ms": float("nan")}}, r"at `\$.links\[...\].latency_ms`"),
+    ("tflops", 0.0, r"Expected `float` > 0.0 - at `\$.tflops`"),
+    ("tflops", float("inf"), r"Expected `float` <= 1e\+30 - at `\$.tflops`"),
+    ("memory_gb", -1.0, r"Expected `float` >= 0.0 - at `\$.memory_gb`"),
+    ("heartbeat", float("nan"), r"at `\$.heartbeat`"),
+    ("bytes_sent", {"forward": 1.5}, r"Expected `int`, got `float` - at `\$.bytes_sent\[...\]`"),
+    ("bytes_sent", {"sideways": 1}, "name unknown channels"),
+    ("dht_addrs", [3], r"Expected `str`, got `int` - at `\$.dht_addrs\[0\]`"),
 ])
 def test_peer_record_rejects_mistyped_fields_by_name(field, value, message):
     wire = PeerRecord(name="p1", address="tcp://x:1", device="cpu", tflops=1.0, memory_gb=1.0).to_wire()
@@ -51,9 +73,9 @@ def test_peer_record_rejects_mistyped_fields_by_name(field, value, message):
 
 
 def test_missing_required_field_and_non_mapping_are_errors():
-    with pytest.raises(RecordError, match="lacks field 'address'"):
+    with pytest.raises(RecordError, match="peer record: Object missing required field `address`"):
         PeerRecord.from_wire({"name": "p1", "device": "cpu", "tflops": 1.0, "memory_gb": 1.0})
-    with pytest.raises(RecordError, match="must be a mapping"):
+    with pytest.raises(RecordError, match="control record: Expected `object`, got `array`"):
         ControlRecord.from_wire([1, 2])
 
 
@@ -69,14 +91,26 @@ def test_plan_record_round_trip_and_positions():
     ({"grid": [["a", "b"], ["c"]]}, "rectangle"),
     ({"grid": [["a", "b"], ["c", "a"]]}, "names a peer twice"),
     ({"layers": [4]}, "'layers' has 1 entries for 2 stages"),
-    ({"layers": [0, 4]}, "positive layer counts"),
-    ({"sources": {"a": "keep"}}, "lack grid peers"),
-    ({"codecs": {"fwd": "q3"}}, "'codecs' must name exactly"),
-    ({"version": 0}, "must be positive"),
+    ({"layers": [0, 4]}, r"Expected `int` >= 1 - at `\$.layers\[0\]`"),
+    ({"sources": {"a": {"kind": "keep"}}}, "lack grid peers"),
+    ({"sources": dict.fromkeys("abcd", {"kind": "peer"})}, "'donor' must name a peer exactly when kind is 'peer'"),
+    ({"codecs": {"fwd": "q3"}}, r"Object contains unknown field `fwd` - at `\$.codecs`"),
+    ({"version": 0}, r"Expected `int` >= 1 - at `\$.version`"),
+    ({"training": {"model": "tiny"}}, "'training.timeouts' is required"),
+    ({"training": {"model": "tiny", "batch": 6, "micro_batches": 2, "timeouts": TIMEOUTS}}, "must split evenly"),
+    ({"training": {"model": "huge", "timeouts": TIMEOUTS}}, "unknown preset 'huge'"),
+    ({"reason": {"change": "whim", "text": ""}}, r"Invalid enum value 'whim' - at `\$.reason.change`"),
 ])
 def test_plan_record_validation_names_the_problem(changes, message):
     with pytest.raises(RecordError, match=message):
         PlanRecord.from_wire(_plan(**changes))
+
+
+def test_typed_values_survive_the_wire():
+    plan = PlanRecord.from_wire(_plan(sources={**dict.fromkeys("abc", {"kind": "keep"}),
+                                               "d": {"kind": "peer", "donor": "c"}}))
+    assert plan.sources["d"] == StateSource(SourceKind.PEER, "c") and str(plan.sources["d"]) == "peer c"
+    assert plan.training == TrainingSpec(batch=4, micro_batches=2, timeouts=Timeouts(**TIMEOUTS))
 
 
 def test_subkeys_carry_the_name_and_the_signing_owner():
@@ -97,7 +131,7 @@ def test_timeouts_form_a_hierarchy_from_link_speed():
                            stages=2, micro_batches=2)
     assert slow.transfer_s == pytest.approx(0.2 + 80.0)
     assert slow.message_s == pytest.approx(3 * slow.step_s) and slow.message_s > fast.message_s
-    assert Timeouts.from_wire(slow.to_wire()) == slow
+    assert from_builtins(to_builtins(slow), Timeouts, "timeouts") == slow
     with pytest.raises(ValueError, match="positive"):
         derive_timeouts(message_bytes=1, bandwidth_gbps=0, latency_ms=1, step_flops=1, tflops=1, stages=1,
                         micro_batches=1)

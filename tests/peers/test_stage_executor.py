@@ -7,12 +7,14 @@ import pytest
 import torch
 
 import models
-from peers.pipeline import ChannelCodecs, OptimizerSettings, StageExecutor
+from peers.pipeline import OptimizerSettings, StageExecutor
+from peers.protocol import Codecs
 from peers.transport import InProcessHub, PeerTimeout
 from tests.threads import run_concurrently
 
 CONFIG = models.get_config("tiny")
 LAYERS = [2, 2]
+DEFAULT_OPTIMIZER = OptimizerSettings()
 
 
 pytestmark = pytest.mark.usefixtures("eager_codecs")
@@ -23,7 +25,7 @@ def data():
     return models.SequenceDataset(models.read_corpus(models.default_corpus_path()), 32, max_train=64)
 
 
-def _grid(codecs, replicas=2, timeout=30.0, wrap=lambda transport: transport, optimizer=OptimizerSettings()):
+def _grid(codecs, replicas=2, timeout=30.0, wrap=lambda transport: transport, optimizer=DEFAULT_OPTIMIZER):
     """workers[s][r] of a 2-stage grid, each on its own endpoint named s{s}r{r} (passed through `wrap`)."""
     hub = InProcessHub()
     workers = []
@@ -45,11 +47,11 @@ def _step(workers, data, step, plan_version=0, apply=True):
         [lambda s=s, r=r: workers[s][r].run_step(step, shares[r], plan_version, apply=apply) for s, r in cells],
         timeout=120, what="a stage worker")
     assert not errors, errors
-    return dict(zip(cells, results))
+    return dict(zip(cells, results, strict=True))
 
 
 def test_compressed_step_keeps_replicas_identical_and_reports_channels(data):
-    _, workers = _grid(ChannelCodecs("q3", "q6", "q4", fwd_delta=True))
+    _, workers = _grid(Codecs("q3", "q6", "q4", forward_delta=True))
     for step in (1, 2, 3):
         results = _step(workers, data, step)
         for row in workers:
@@ -77,16 +79,16 @@ def test_every_message_of_a_step_carries_its_plan_version(data):
         def recv(self, *args, **kwargs):
             return self.inner.recv(*args, **kwargs)
 
-    _, workers = _grid(ChannelCodecs("none", "none", "q4"), wrap=Stamped)
+    _, workers = _grid(Codecs("none", "none", "q4"), wrap=Stamped)
     _step(workers, data, 1, plan_version=7)
     assert stamps == {("act", 7), ("grad", 7), ("ar-reduce", 7), ("ar-gather", 7)}
 
 
 def test_state_dict_carries_parameters_and_optimizer_state(data):
-    _, workers = _grid(ChannelCodecs("none", "none", "none"), replicas=1)
+    _, workers = _grid(Codecs("none", "none", "none"), replicas=1)
     for step in (1, 2):
         _step(workers, data, step)
-    hub, fresh = _grid(ChannelCodecs("none", "none", "none"), replicas=1)
+    hub, fresh = _grid(Codecs("none", "none", "none"), replicas=1)
     for s in range(2):
         fresh[s][0].load_state_dict(workers[s][0].state_dict())
         assert fresh[s][0].param_checksum() == workers[s][0].param_checksum()
@@ -104,7 +106,7 @@ def _snapshot(workers):
 
 def _same_state(a, b):
     flat_a, flat_b = _tensors(a), _tensors(b)
-    return len(flat_a) == len(flat_b) and all(torch.equal(x, y) for x, y in zip(flat_a, flat_b))
+    return len(flat_a) == len(flat_b) and all(torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True))
 
 
 def _tensors(tree):
@@ -118,7 +120,7 @@ def _tensors(tree):
 
 
 def test_a_discarded_update_leaves_parameters_and_adam_state_untouched(data):
-    _, workers = _grid(ChannelCodecs("q3", "q6", "q4"))
+    _, workers = _grid(Codecs("q3", "q6", "q4"))
     _step(workers, data, 1)
     before = _snapshot(workers)
     results = _step(workers, data, 2, apply=False)
@@ -138,7 +140,7 @@ def test_a_discarded_update_leaves_parameters_and_adam_state_untouched(data):
 def test_prepare_then_apply_equals_run_step_even_after_a_discard(data):
     """Two-phase steps change no number: same parameters, moments and losses as plain run_step,
     with the warm-up learning rate of the prepared step (not of the call to apply)."""
-    codecs, settings = ChannelCodecs("q3", "q6", "q4"), OptimizerSettings(warmup_steps=4)
+    codecs, settings = Codecs("q3", "q6", "q4"), OptimizerSettings(warmup_steps=4)
     _, plain = _grid(codecs, optimizer=settings)
     _, two_phase = _grid(codecs, optimizer=settings)
     _step(two_phase, data, 1, apply=False)
@@ -156,7 +158,7 @@ def test_prepare_then_apply_equals_run_step_even_after_a_discard(data):
 
 
 def test_missing_neighbour_times_out_without_touching_parameters(data):
-    _, workers = _grid(ChannelCodecs("none", "none", "q4"), replicas=1, timeout=0.3)
+    _, workers = _grid(Codecs("none", "none", "q4"), replicas=1, timeout=0.3)
     first = workers[0][0]
     before = first.param_checksum()
     with pytest.raises(PeerTimeout, match="grad"):
@@ -166,7 +168,7 @@ def test_missing_neighbour_times_out_without_touching_parameters(data):
 
 
 def test_missing_replica_aborts_the_all_reduce_before_the_optimizer(data):
-    _, workers = _grid(ChannelCodecs("none", "none", "q4"), replicas=2, timeout=0.3)
+    _, workers = _grid(Codecs("none", "none", "q4"), replicas=2, timeout=0.3)
     solo = workers[0][0]
     solo_last = workers[1][0]
     before = solo.param_checksum(), solo_last.param_checksum()
@@ -194,6 +196,6 @@ def test_wiring_and_batch_errors():
     with pytest.raises(ValueError, match="prev"):
         StageExecutor(stage, stage_index=0, num_stages=2, transport=hub.endpoint("a"), prev="x", next="b", group=["a"])
     worker = StageExecutor(stage, stage_index=0, num_stages=2, transport=hub.endpoint("b"), prev=None, next="c",
-                         group=["b"], codecs=ChannelCodecs("none", "none", "none"))
+                         group=["b"], codecs=Codecs("none", "none", "none"))
     with pytest.raises(ValueError, match="needs this replica's batch"):
         worker.run_step(1, None)

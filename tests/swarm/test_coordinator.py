@@ -1,4 +1,5 @@
-"""The coordinator's decisions without processes: refills and growth by the scheduler, state sources, checkpoints, flags."""
+"""The coordinator's decisions without processes: refills and growth by the scheduler, state sources,
+checkpoints, flags."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,19 @@ import time
 import pytest
 
 from peers.daemon.stage_state import pack_state
-from peers.protocol import PeerRecord, PlanRecord
+from peers.daemon.timeouts import derive_timeouts
+from peers.protocol import (
+    Codecs,
+    Departure,
+    Link,
+    PeerRecord,
+    PlanChange,
+    PlanReason,
+    PlanRecord,
+    SourceKind,
+    StateSource,
+    TrainingSpec,
+)
 from peers.zmq_transport import ZmqTransport
 from swarm.coordinator.checkpoint import fetch_stage, read_latest, write_checkpoint
 from swarm.coordinator.config import add_arguments, from_args
@@ -26,98 +39,108 @@ from swarm.coordinator.planning import (
 )
 from swarm.coordinator.report import RunReport
 
+TRAINING, CODECS = TrainingSpec(batch=8, micro_batches=2), Codecs()
+KEEP, CHECKPOINT = StateSource(SourceKind.KEEP), StateSource(SourceKind.CHECKPOINT)
+TIMEOUTS = derive_timeouts(message_bytes=1e5, bandwidth_gbps=1.0, latency_ms=0.1, step_flops=1e9, tflops=0.1,
+                           stages=2, micro_batches=2)
+
 
 def _plan(grid, standby=()):
     names = [n for row in grid for n in row]
     return PlanRecord(version=3, start_step=5, grid=[list(r) for r in grid], layers=[2] * len(grid),
-                      addresses=dict.fromkeys(names, "tcp://127.0.0.1:1"), sources=dict.fromkeys(names, "keep"),
-                      codecs={"fwd": "q3", "bwd": "q6", "grad": "q4"}, hyper={}, standby=list(standby))
+                      addresses=dict.fromkeys(names, "tcp://127.0.0.1:1"), sources=dict.fromkeys(names, KEEP),
+                      codecs=CODECS, training=TrainingSpec(batch=8, micro_batches=2, timeouts=TIMEOUTS),
+                      reason=PlanReason(PlanChange.FIRST, "test"), standby=list(standby))
 
 
-HYPER, CODECS = {"model": "tiny", "batch": 8, "micro_batches": 2}, {"fwd": "q3", "bwd": "q6", "grad": "q4"}
+def _reason(text=""):
+    return PlanReason(PlanChange.FIRST, text)
 
 
 def _records(names, slow=()):
     """Records of peers on one fast LAN; the `slow` ones compute 10x slower."""
     return {n: PeerRecord(name=n, address="tcp://127.0.0.1:1", device="cpu", tflops=0.01 if n in slow else 0.1,
-                          memory_gb=4.0, links={m: {"bandwidth_gbps": 1.0, "latency_ms": 0.1} for m in names if m != n})
+                          memory_gb=4.0, links={m: Link(bandwidth_gbps=1.0, latency_ms=0.1) for m in names if m != n})
             for n in names}
 
 
 def test_a_lost_member_is_replaced_by_a_standby_peer_through_the_scheduler():
     plan = _plan([["a", "b"], ["c", "d"]], standby=["e"])
-    placement = refill(plan, _records("acde"), {"b": "left"}, HYPER, CODECS)
+    placement = refill(plan, _records("acde"), {"b": Departure.LEFT}, TRAINING, CODECS)
     assert placement.grid == [["a", "e"], ["c", "d"]] and placement.layers == [2, 2]
     assert placement.standby == []
-    assert placement.reason == "b left: grid stays 2 x 2, 1 peers move (e)"
+    assert placement.reason.change is PlanChange.REPAIRED and placement.reason.lost == {"b": Departure.LEFT}
+    assert placement.reason.text == "b left: grid stays 2 x 2, 1 peers move (e)"
 
 
 def test_the_cheapest_spare_fills_the_hole():
     plan = _plan([["a", "b"], ["c", "d"]], standby=["e", "f"])
-    placement = refill(plan, _records("acdef", slow="e"), {"b": "stopped heartbeating"}, HYPER, CODECS)
+    placement = refill(plan, _records("acdef", slow="e"), {"b": Departure.EXPIRED}, TRAINING, CODECS)
     assert placement.grid == [["a", "f"], ["c", "d"]] and placement.standby == ["e"]
 
 
 def test_without_standby_the_grid_shrinks_to_the_replicas_every_stage_can_fill():
     plan = _plan([["a", "b"], ["c", "d"]])
-    placement = refill(plan, _records("acd"), {"b": "stopped heartbeating"}, HYPER, CODECS)
+    placement = refill(plan, _records("acd"), {"b": Departure.EXPIRED}, TRAINING, CODECS)
     assert placement.grid == [["a"], ["c"]] and placement.layers == [2, 2]
-    assert placement.standby == ["d"] and "grid 2 x 2 -> 2 x 1, 0 peers move" in placement.reason
+    assert placement.standby == ["d"] and "grid 2 x 2 -> 2 x 1, 0 peers move" in placement.reason.text
 
 
 def test_too_few_peers_for_the_stages_cannot_be_refilled():
     with pytest.raises(RuntimeError, match="cannot fill 2 stages"):
-        refill(_plan([["a"], ["b"]]), _records("a"), {"b": "left"}, HYPER, CODECS)
+        refill(_plan([["a"], ["b"]]), _records("a"), {"b": Departure.LEFT}, TRAINING, CODECS)
 
 
 def test_growth_waits_for_hysteresis_and_a_whole_replica_that_the_batch_splits_over():
     plan = _plan([["a"], ["b"]], standby=["c"])
-    assert growth_target(plan, _records("abc"), 2, 10, HYPER) is None  # one peer short
+    assert growth_target(plan, _records("abc"), 2, 10, TRAINING) is None  # one peer short
     live = _records("abcdef")
-    assert growth_target(plan, live, 2, MIN_STEPS_BETWEEN_CHANGES - 1, HYPER) is None
-    assert growth_target(plan, live, 1, 10, HYPER) is None  # already at the target
-    assert growth_target(plan, live, 8, MIN_STEPS_BETWEEN_CHANGES, HYPER) == 2  # 8 sequences never split 3 x 2
-    assert growth_target(plan, live, 8, 10, {**HYPER, "batch": 6}) == 3
+    assert growth_target(plan, live, 2, MIN_STEPS_BETWEEN_CHANGES - 1, TRAINING) is None
+    assert growth_target(plan, live, 1, 10, TRAINING) is None  # already at the target
+    assert growth_target(plan, live, 8, MIN_STEPS_BETWEEN_CHANGES, TRAINING) == 2  # 8 sequences never split 3 x 2
+    assert growth_target(plan, live, 8, 10, TrainingSpec(batch=6, micro_batches=2)) == 3
 
 
 def test_growth_is_placed_by_the_scheduler_and_keeps_the_layers():
     plan = _plan([["a"], ["b"]], standby=["c", "d"])
-    grown = grow(plan, _records("abcd"), 2, HYPER, CODECS)
+    grown = grow(plan, _records("abcd"), 2, TRAINING, CODECS)
     assert len(grown.grid) == 2 and sorted(n for row in grown.grid for n in row) == ["a", "b", "c", "d"]
     assert grown.layers == [2, 2] and grown.standby == []
-    assert grown.reason.startswith("c, d join the grid: grid 2 x 1 -> 2 x 2, ")
+    assert grown.reason.change is PlanChange.GROWN and grown.reason.joined == ["c", "d"]
+    assert grown.reason.text.startswith("c, d join the grid: grid 2 x 1 -> 2 x 2, ")
 
 
 def test_growth_pins_the_layer_split_the_peers_hold():
     """The scheduler would rebalance [3, 1] to [2, 2]; live state cannot be re-split, so it stays."""
     plan = PlanRecord.from_wire({**_plan([["a"], ["b"]], standby=["c", "d"]).to_wire(), "layers": [3, 1]})
-    grown = grow(plan, _records("abcd"), 2, HYPER, CODECS)
-    assert grown.layers == [3, 1] and len(grown.grid[0]) == 2
+    grown = grow(plan, _records("abcd"), 2, TRAINING, CODECS)
+    assert grown is not None and grown.layers == [3, 1] and len(grown.grid[0]) == 2
 
 
 def test_sources_keep_holders_and_spread_newcomers_over_live_donors():
     previous = _plan([["a", "b"], ["c", "d"]])
     grid = [["a", "b", "x", "y"], ["c", "d", "z", "w"]]
-    sources = assign_sources(grid, previous, live={"a", "b", "c", "d", "x", "y", "z", "w"}, origin="continue")
-    assert [sources[n] for n in "abcd"] == ["keep"] * 4
-    assert {sources["x"], sources["y"]} == {"peer:a", "peer:b"}  # two newcomers, two different donors
-    assert {sources["z"], sources["w"]} == {"peer:c", "peer:d"}
+    sources = assign_sources(grid, previous, live={"a", "b", "c", "d", "x", "y", "z", "w"}, origin=None)
+    assert [sources[n] for n in "abcd"] == [KEEP] * 4
+    assert {sources["x"].donor, sources["y"].donor} == {"a", "b"}  # two newcomers, two different donors
+    assert {sources["z"].donor, sources["w"].donor} == {"c", "d"}
+    assert {sources[n].kind for n in "xyzw"} == {SourceKind.PEER}
 
 
 def test_a_stage_with_no_live_holder_restores_from_the_checkpoint():
     previous = _plan([["a"], ["b"]])
-    sources = assign_sources([["a"], ["x"]], previous, live={"a", "x"}, origin="continue")
-    assert sources == {"a": "keep", "x": "checkpoint"}
-    assert set(assign_sources([["a"], ["x"]], previous, {"a", "x"}, origin="init").values()) == {"init"}
+    sources = assign_sources([["a"], ["x"]], previous, live={"a", "x"}, origin=None)
+    assert sources == {"a": KEEP, "x": CHECKPOINT}
+    fresh = assign_sources([["a"], ["x"]], previous, {"a", "x"}, origin=SourceKind.INIT)
+    assert set(fresh.values()) == {StateSource(SourceKind.INIT)}
 
 
 def test_first_placement_uses_the_scheduler_on_measured_records():
     records = {n: PeerRecord(name=n, address="tcp://127.0.0.1:1", device="cpu", tflops=0.1 * (i + 1),
-                             memory_gb=4.0, links={m: {"bandwidth_gbps": 1.0, "latency_ms": 0.1}
+                             memory_gb=4.0, links={m: Link(bandwidth_gbps=1.0, latency_ms=0.1)
                                                    for m in "abcde" if m != n})
                for i, n in enumerate("abcde")}
-    hyper = {"model": "tiny", "batch": 4, "micro_batches": 2}
-    scenario = scenario_from_records(records, hyper, {"fwd": "q3", "bwd": "q6", "grad": "q4"}, 2, 2)
+    scenario = scenario_from_records(records, TrainingSpec(batch=4, micro_batches=2), CODECS, 2, 2)
     placement = first_placement(records, scenario, seed=0)
     placed = [n for row in placement.grid for n in row]
     assert len(placement.grid) == 2 and len(placement.grid[0]) == 2 and sum(placement.layers) == 4
@@ -127,11 +150,11 @@ def test_first_placement_uses_the_scheduler_on_measured_records():
 def test_plan_changes_are_priced_by_the_cost_model():
     records = {n: PeerRecord(name=n, address="tcp://127.0.0.1:1", device="cpu", tflops=0.02, memory_gb=4.0)
                for n in "abcd"}
-    hyper, codecs = {"model": "tiny", "batch": 8, "micro_batches": 2}, {"fwd": "q3", "bwd": "q6", "grad": "q4"}
-    full = predicted_step_s(Placement([["a", "b"], ["c", "d"]], [2, 2], [], ""), records, hyper, codecs)
-    shrunk = predicted_step_s(Placement([["a"], ["c"]], [2, 2], ["b"], ""), records, hyper, codecs)
+    full = predicted_step_s(Placement([["a", "b"], ["c", "d"]], [2, 2], [], _reason()), records, TRAINING, CODECS)
+    shrunk = predicted_step_s(Placement([["a"], ["c"]], [2, 2], ["b"], _reason()), records, TRAINING, CODECS)
+    assert full is not None and shrunk is not None
     assert 0 < full < shrunk  # half the replicas: each does twice the work
-    assert predicted_step_s(Placement([["a"], ["zz"]], [2, 2], [], ""), records, hyper, codecs) is None
+    assert predicted_step_s(Placement([["a"], ["zz"]], [2, 2], [], _reason()), records, TRAINING, CODECS) is None
 
 
 def test_a_silent_replica_holds_a_checkpoint_fetch_only_for_its_share_of_the_patience():
@@ -173,7 +196,7 @@ def _args(*flags):
     ([], "give --stages S --replicas R, or --min-peers K"),
     (["--stages", "2", "--replicas", "2", "--min-peers", "4"], "not both"),
     (["--stages", "9", "--replicas", "1"], "--stages 9: model 'tiny' has only 4 layers"),
-    (["--min-peers", "4", "--batch", "0"], "--batch must be positive"),
+    (["--min-peers", "4", "--batch", "0"], "--batch 0: expected `int` >= 1"),
     (["--stages", "2", "--replicas", "2", "--batch", "6"], "--batch 6 must split evenly"),
     (["--min-peers", "4", "--fwd", "q99"], "--fwd:"),
     (["--min-peers", "4", "--listen", "nowhere"], "--listen: expected HOST:PORT"),

@@ -1,20 +1,25 @@
-"""Each cost formula on a tiny swarm whose numbers are worked out by hand in the comments.
+"""Each cost formula on a tiny swarm, composed by hand from the model's and the codecs' sizes.
 
 The swarm: sites A and B, two devices each; inside a site 8 Gbps (1e9 B/s) and 1 ms, between the
-sites 0.8 Gbps (1e8 B/s) and 10 ms. The model: 2 layers, d = 4, seq 2, vocab 8, so a layer has
-12 * 16 = 192 parameters and the embedding 8 * 4 = 32. Global batch 4, micro 1, grid 2 x 2:
-M = 4 / (1 * 2) = 2 micro-batches per pipeline; a boundary carries 1 * 2 * 4 = 8 values.
+sites 0.8 Gbps (1e8 B/s) and 10 ms. The model: 2 layers, d = 4, seq 2, vocab 8. Global batch 4,
+micro 1, grid 2 x 2: M = 4 / (1 * 2) = 2 micro-batches per pipeline; a boundary carries
+1 * 2 * 4 = 8 values. Parameter counts come from `models.stages` and bytes from
+`compression.frame_size` (the frames the peers send); the tests check how the cost models
+compose them (alpha + bytes / beta, the flow shop, the all-reduce).
 """
 import copy
+import math
 
 import numpy as np
 import pytest
 
+from compression import frame_size
+from models import BACKWARD_FLOPS_FACTOR, GPTConfig, forward_flops_per_token, layer_parameters, stage_parameters
 from swarm.scheduler import Scenario
 from swarm.scheduler.cost import INFEASIBLE, DtfmCost, FullCost
 from swarm.scheduler.matching import bottleneck_assignment, open_path_order
 from swarm.scheduler.network import GBPS
-from swarm.scheduler.workload import Workload, wire_bytes
+from swarm.scheduler.workload import Workload
 
 TINY = {
     "name": "tiny",
@@ -29,6 +34,32 @@ TINY = {
 # stage 0 = [a0, b0] (a data-parallel group across the slow link), pipelines a0->a1 and b0->b1
 GRID = np.array([[0, 2], [1, 3]])
 LAYERS = np.array([1, 1])
+
+CONFIG = GPTConfig(layers=2, d_model=4, heads=1, context=2, vocab=8)
+P0, P1 = (stage_parameters(CONFIG, [1, 1], s) for s in (0, 1))
+BOUNDARY = 8          # values of one micro-batch at a stage boundary
+BACKWARD = BACKWARD_FLOPS_FACTOR + 1   # the gradient, then one recomputed forward pass
+
+
+def fp16(values: int) -> int:
+    """Bytes of one fp16 frame of `values` values (DT-FM's volumes, and the tiny scenario's codec)."""
+    return frame_size("fp16", values)
+
+
+def full_by_hand() -> dict[str, float]:
+    """The full model's iteration of GRID, composed term by term (shared with the simulator's test)."""
+    # forward FLOPs of a micro-batch (2 tokens) at 1e-9 TFLOPS = 1000 FLOP/s
+    f0, f1 = (2 * forward_flops_per_token(CONFIG, [1, 1], s) / 1000 for s in (0, 1))
+    b0, b1 = BACKWARD * f0, BACKWARD * f1
+    hop, lat, m = fp16(BOUNDARY) / 1e9, 0.001, 2   # one frame per micro-batch, inside a site
+    t_fwd = f0 + f1 + hop + lat + (m - 1) * max(f0, f1, hop)
+    done0 = t_fwd + b1 + b0 + hop + lat + (m - 1) * max(b0, b1, hop)
+    # all-reduce: two frames of half the gradient each (one per phase), one peer across the A-B link;
+    # stage 0 ends the iteration: its backward passes finish last and P0 == P1 (284 parameters)
+    assert P0 == P1 == 284
+    allreduce = 2 * (fp16(math.ceil(P0 / 2)) / 1e8 + 0.010)
+    compute = f0 + f1 + f1 + b0 + b1 + b1
+    return {"iteration": done0 + allreduce, "compute": compute, "allreduce": allreduce}
 
 
 def tiny(**changes) -> Scenario:
@@ -48,30 +79,46 @@ def test_network_caps_bandwidth_by_both_uplinks():
     assert net.latency(2, 3) == pytest.approx(0.001)
 
 
-def test_wire_bytes_count_packed_values_and_scales():
-    assert wire_bytes(1000, 4, 512) == 500 + 2 * 2     # 4000 bits, two fp16 bucket scales
-    assert wire_bytes(10, 3, 128) == 4 + 2             # ceil(30 / 8) bytes, one block scale
-    assert wire_bytes(10, 16, 128) == 20               # fp16 is raw
+def test_channel_bytes_are_the_codecs_frames():
+    bits = {"forward_bits": 3, "backward_bits": 6, "gradient_bits": 4}
+    work = Workload(tiny(compression=bits), 2, 2)
+    # a micro-batch crosses a boundary as one frame; the gradient travels in chunks of 1/R
+    assert work.activation_bytes("forward") == frame_size("q3", BOUNDARY)
+    assert work.activation_bytes("backward") == frame_size("q6", BOUNDARY)
+    assert list(work.gradient_chunk_bytes(LAYERS)) == [frame_size("q4", math.ceil(p / 2)) for p in (P0, P1)]
+    # 16 bits is fp16 and 32 the raw float32 frame; a channel left out is fp16
+    assert Workload(tiny(compression={"forward_bits": 32}), 2, 2).codecs == {
+        "forward": "none", "backward": "fp16", "gradient": "fp16"}
+    # codec names price exactly like the bit-widths they stand for, and any codec can be named
+    named = Workload(tiny(compression={"forward": "q3", "backward": "q6", "gradient": "q4"}), 2, 2)
+    assert named.activation_bytes("forward") == work.activation_bytes("forward")
+    assert list(named.gradient_chunk_bytes(LAYERS)) == list(work.gradient_chunk_bytes(LAYERS))
+    sparse = Workload(tiny(compression={"gradient": "cocktail"}), 2, 2)
+    assert list(sparse.gradient_chunk_bytes(LAYERS)) == [frame_size("cocktail", math.ceil(p / 2)) for p in (P0, P1)]
 
 
 def test_workload_parameters_flops_and_memory():
     work = Workload(tiny(), 2, 2)
     assert work.micro_batches == 2
-    assert list(work.params(LAYERS)) == [192 + 32, 192 + 32]
-    assert list(Workload(tiny(), 1, 2).params(np.array([2]))) == [2 * 192 + 2 * 32]
+    # stage 0: a layer and the token and position embeddings; the last stage: a layer, the final
+    # norm and the untied head
+    assert P0 == layer_parameters(CONFIG) + (8 + 2) * 4 and P1 == layer_parameters(CONFIG) + 2 * 4 + 8 * 4
+    assert list(work.params(LAYERS)) == [P0, P1]
+    assert list(Workload(tiny(), 1, 2).params(np.array([2]))) == [stage_parameters(CONFIG, [2], 0)]
     # forward FLOPs per micro-batch: 2 tokens * (24 * 16 + 4 * 2 * 4) = 832; the head adds 2 * 2 * 8 * 4
     assert list(work.forward_flops(LAYERS)) == [832, 832 + 128]
-    # memory: 16 B x 224 params + 2 stashed inputs x 8 values x 2 B + (34 * 2 * 4 + 5 * 1 * 4) B
-    assert list(work.memory_bytes(LAYERS)) == [3584 + 32 + 292] * 2
+    # memory: 16 B per parameter + 2 stashed inputs x 8 values x 2 B + (34 * 2 * 4 + 5 * 1 * 4) B
+    assert list(work.memory_bytes(LAYERS)) == [16 * P0 + 32 + 292, 16 * P1 + 32 + 292]
 
 
 def test_dtfm_data_parallel_and_pipeline_by_hand():
     model = DtfmCost(tiny(), 2, 2)
-    # c_DP = 2 B x 224 = 448; the one pair (a0, b0): 2 * (0.010 + 448 / (2 * 1e8))
-    dp = 2 * (0.010 + 448 / 2e8)
-    assert model.data_parallel(GRID, LAYERS) == pytest.approx([dp, dp], rel=1e-12)
-    # c_PP = 2 B x 8 values x 2 micro-batches = 32; both edges inside a site: 0.001 + 32 / 1e9
-    edge = 0.001 + 32 / 1e9
+    # c_DP = the stage's fp16 gradient; the one pair (a0, b0): 2 * (alpha + c_DP / (R * beta))
+    dp0, dp1 = (2 * (0.010 + fp16(p) / (2 * 1e8)) for p in (P0, P1))
+    assert model.data_parallel(GRID, LAYERS) == pytest.approx([dp0, dp1], rel=1e-12)
+    dp = max(dp0, dp1)
+    # c_PP = the fp16 activations of 2 micro-batches; both edges inside a site: alpha + c_PP / beta
+    edge = 0.001 + 2 * fp16(BOUNDARY) / 1e9
     breakdown = model.breakdown(GRID, LAYERS)
     assert breakdown.iteration_s == pytest.approx(dp + 2 * edge, rel=1e-12)
     assert breakdown.pipeline_s == pytest.approx(2 * edge, rel=1e-12)
@@ -82,24 +129,18 @@ def test_dtfm_data_parallel_and_pipeline_by_hand():
 def test_dtfm_pipeline_takes_the_slowest_pair_of_each_edge():
     model = DtfmCost(tiny(), 2, 2)
     crossed = np.array([[0, 1], [2, 3]])   # pipelines a0->b0 and a1->b1, both over the slow link
-    edge = 0.010 + 32 / 1e8
-    dp = 2 * (0.001 + 448 / (2 * 1e9))
+    edge = 0.010 + 2 * fp16(BOUNDARY) / 1e8
+    dp = 2 * (0.001 + fp16(max(P0, P1)) / (2 * 1e9))
     assert model.score(crossed, LAYERS) == pytest.approx(dp + 2 * edge, rel=1e-12)
 
 
 def test_full_pipeline_flow_shop_and_all_reduce_by_hand():
     model = FullCost(tiny(), 2, 2)
-    f0, f1 = 832 / 1000, 960 / 1000            # 1e-9 TFLOPS = 1000 FLOP/s
-    b0, b1 = 3 * f0, 3 * f1
-    hop, lat, m = 16 / 1e9, 0.001, 2           # 8 fp16 values inside a site
-    t_fwd = f0 + f1 + hop + lat + (m - 1) * max(f0, f1, hop)
-    done0 = t_fwd + b1 + b0 + hop + lat + (m - 1) * max(b0, b1, hop)
-    # all-reduce: 448 B of fp16 gradient, chunk 224 B, one peer across the A-B link
-    allreduce = 2 * (224 / 1e8 + 0.010)
+    hand = full_by_hand()
     breakdown = model.breakdown(GRID, LAYERS)
-    assert breakdown.iteration_s == pytest.approx(done0 + allreduce, rel=1e-12)
-    assert breakdown.compute_s == pytest.approx(f0 + f1 + f1 + b0 + b1 + b1, rel=1e-12)
-    assert breakdown.data_parallel_s == pytest.approx(allreduce, rel=1e-12)
+    assert breakdown.iteration_s == pytest.approx(hand["iteration"], rel=1e-12)
+    assert breakdown.compute_s == pytest.approx(hand["compute"], rel=1e-12)
+    assert breakdown.data_parallel_s == pytest.approx(hand["allreduce"], rel=1e-12)
     parts = breakdown.compute_s + breakdown.pipeline_s + breakdown.data_parallel_s
     assert parts == pytest.approx(breakdown.iteration_s, rel=1e-12)
     assert breakdown.fits
@@ -108,14 +149,15 @@ def test_full_pipeline_flow_shop_and_all_reduce_by_hand():
 def test_full_uses_the_channel_bit_widths():
     wide = FullCost(tiny(), 2, 2).data_parallel(GRID, LAYERS)
     narrow = FullCost(tiny(compression={"gradient_bits": 4}), 2, 2).data_parallel(GRID, LAYERS)
-    # 224 params at 4 bits = 112 B + one bucket scale (2 B); chunk 57 B instead of 224 B
-    assert narrow[0] == pytest.approx(2 * (57 / 1e8 + 0.010), rel=1e-12)
+    # each phase sends one q4 frame of half the stage's gradient over the A-B link
+    assert narrow[0] == pytest.approx(2 * (frame_size("q4", math.ceil(P0 / 2)) / 1e8 + 0.010), rel=1e-12)
     assert narrow[0] < wide[0]
 
 
 def test_full_marks_a_plan_that_does_not_fit_memory():
     devices = copy.deepcopy(TINY["devices"])
-    devices[1]["memory_gb"] = 3.9e-6            # 3,900 B < the 3,908 B stage 1 needs
+    need = 16 * P1 + 32 + 292                   # stage 1's parameters, stash and working memory
+    devices[1]["memory_gb"] = (need - 8) / 1e9
     model = FullCost(tiny(devices=devices), 2, 2)
     assert not model.breakdown(GRID, LAYERS).fits
     assert model.score(GRID, LAYERS) >= INFEASIBLE
@@ -123,16 +165,19 @@ def test_full_marks_a_plan_that_does_not_fit_memory():
 
 
 def test_all_reduce_sums_every_peer_of_the_group():
-    # one stage of 2 layers on all four devices: 2 * 192 + 2 * 32 = 448 parameters
+    # one stage of 2 layers on all four devices: the whole model
+    params = stage_parameters(CONFIG, [2], 0)
     model_full = FullCost(tiny(parallelism={"stages": 1, "replicas": 4}), 1, 4)
     grid, layers = np.array([[0, 1, 2, 3]]), np.array([2])
-    # full: fp16 gradient 896 B, chunk 224 B; a0 sends to a1 (1e9 B/s) and b0, b1 (1e8 B/s),
-    # and waits for the slowest latency (10 ms) once per phase
-    a0 = 224 / 1e9 + 2 * 224 / 1e8 + 0.010
+    # full: one fp16 frame of a quarter of the gradient per peer and phase; a0 sends to a1
+    # (1e9 B/s) and b0, b1 (1e8 B/s), and waits for the slowest latency (10 ms) once per phase
+    chunk = fp16(math.ceil(params / 4))
+    a0 = chunk / 1e9 + 2 * chunk / 1e8 + 0.010
     assert model_full.data_parallel(grid, layers) == pytest.approx([2 * a0], rel=1e-12)
-    # dtfm: c_DP = 896 B; every peer costs 2 * (alpha + 896 / (4 * beta)), latency included each time
+    # dtfm: every peer costs 2 * (alpha + c_DP / (4 * beta)), latency included each time
     model_dtfm = DtfmCost(tiny(parallelism={"stages": 1, "replicas": 4}), 1, 4)
-    a0 = 2 * (0.001 + 224 / 1e9) + 2 * 2 * (0.010 + 224 / 1e8)
+    c_dp = fp16(params)
+    a0 = 2 * (0.001 + c_dp / (4 * 1e9)) + 2 * 2 * (0.010 + c_dp / (4 * 1e8))
     assert model_dtfm.data_parallel(grid, layers) == pytest.approx([a0], rel=1e-12)
 
 
@@ -159,9 +204,10 @@ def test_dtfm_arrangement_rematches_pipelines_and_keeps_the_stage_groups():
     crossed = np.array([[0, 2], [3, 1]])   # groups {a0, b0}, {b1, a1}: pipelines a0->b1, b0->a1
     arranged = model.arrange(crossed, LAYERS)
     assert arranged.tolist() == GRID.tolist()              # a0->a1 and b0->b1, inside the sites
-    dp, edge = 2 * (0.010 + 448 / 2e8), 0.001 + 32 / 1e9
+    c_pp = 2 * fp16(BOUNDARY)
+    dp, edge = 2 * (0.010 + fp16(max(P0, P1)) / 2e8), 0.001 + c_pp / 1e9
     assert model.arranged_score(crossed, LAYERS) == pytest.approx(dp + 2 * edge, rel=1e-12)
-    assert model.score(crossed, LAYERS) == pytest.approx(dp + 2 * (0.010 + 32 / 1e8), rel=1e-12)
+    assert model.score(crossed, LAYERS) == pytest.approx(dp + 2 * (0.010 + c_pp / 1e8), rel=1e-12)
     assert FullCost(tiny(), 2, 2).arrange(crossed, LAYERS) is crossed   # full prices the grid as given
 
 
@@ -175,11 +221,12 @@ def test_dtfm_arrangement_orders_stages_along_the_shortest_path():
     data["model"]["layers"] = 3
     data["parallelism"] = {"stages": 3, "replicas": 1}
     model = DtfmCost(Scenario.from_dict(data), 3, 1)
-    # M = 4 micro-batches of 8 fp16 values: c_PP = 64 B; A -> C -> B pays the slow A-C link
+    # M = 4 micro-batches of 8 fp16 values; A -> C -> B pays the slow A-C link
+    c_pp = 4 * fp16(BOUNDARY)
     layers = np.array([1, 1, 1])
     arranged = model.arrange(np.array([[0], [2], [1]]), layers)
     assert arranged.ravel().tolist() in ([0, 1, 2], [2, 1, 0])  # A -> B -> C
-    assert model.breakdown(arranged, layers).pipeline_s == pytest.approx(2 * 2 * (0.001 + 64 / 1e9))
+    assert model.breakdown(arranged, layers).pipeline_s == pytest.approx(2 * 2 * (0.001 + c_pp / 1e9))
 
 
 def test_full_pipeline_uses_the_forward_and_backward_bit_widths():
@@ -187,8 +234,11 @@ def test_full_pipeline_uses_the_forward_and_backward_bit_widths():
         scenario = tiny(compression={"forward_bits": 16, "backward_bits": 16, "gradient_bits": 16, **bits})
         return FullCost(scenario, 2, 2).breakdown(GRID, LAYERS).iteration_s
 
-    # 8 values: 16 B in fp16; 3 bits: 3 B + one 2-byte scale = 5 B; 6 bits: 6 B + 2 B = 8 B.
-    # Each hop is sent once per micro-batch on the critical path at 1e9 B/s (compute dominates
-    # the (M - 1) x slowest term), so the iteration shrinks by exactly the saved bytes / 1e9.
-    assert iteration() - iteration(forward_bits=3) == pytest.approx((16 - 5) / 1e9, abs=1e-13)
-    assert iteration() - iteration(backward_bits=6) == pytest.approx((16 - 8) / 1e9, abs=1e-13)
+    # Each hop is one frame of 8 values, sent once per micro-batch on the critical path at 1e9 B/s
+    # (compute dominates the (M - 1) x slowest term), so the iteration shrinks by exactly the
+    # bytes the narrower frame saves / 1e9.
+    saved_forward = fp16(BOUNDARY) - frame_size("q3", BOUNDARY)
+    saved_backward = fp16(BOUNDARY) - frame_size("q6", BOUNDARY)
+    assert saved_forward > 0 and saved_backward > 0
+    assert iteration() - iteration(forward_bits=3) == pytest.approx(saved_forward / 1e9, abs=1e-13)
+    assert iteration() - iteration(backward_bits=6) == pytest.approx(saved_backward / 1e9, abs=1e-13)

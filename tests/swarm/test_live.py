@@ -1,4 +1,4 @@
-"""Must-show 1 and 5 of the live swarm: real processes on loopback train `tiny` end to end.
+"""The live swarm: real processes on loopback train `tiny` end to end.
 
 One run (a coordinator and 4 peers, 2 stages x 2 replicas, 30 steps) serves several checks: the
 loss falls and equals the in-process reference step for step, the bytes on the wire match the
@@ -17,6 +17,8 @@ import pytest
 import zmq
 
 from peers.dht import SwarmDHT
+from peers.protocol import TrainingSpec
+from peers.torch_threads import torch_threads
 from swarm.cli.status import collect
 from swarm.launcher import LocalSwarm
 from swarm.local import LocalConfig, run_local
@@ -75,8 +77,10 @@ def test_losses_match_the_in_process_reference(run):
     """The same grid in one process (swarm-sim local, InProcessHub) gives the same numbers: the
     network, processes and step protocol change nothing about the training itself."""
     layers = run["report"]["plans"][0]["layers"]
-    reference = run_local(LocalConfig(stages=2, replicas=2, micro_batches=2, batch=4, steps=STEPS, layers=layers,
-                                      eval_samples=8))
+    config = LocalConfig(TrainingSpec(batch=4, micro_batches=2, steps=STEPS), stages=2, replicas=2, layers=layers,
+                         eval_samples=8)
+    with torch_threads(run["swarm"].threads):  # the peers' thread count: reductions round alike
+        reference = run_local(config)
     live = [entry["loss"] for entry in run["report"]["steps"]]
     assert live == pytest.approx([entry["loss"] for entry in reference["steps"]], rel=1e-4)
 

@@ -1,4 +1,4 @@
-"""Must-show 2 and 3 of the live swarm: a peer joins mid-run, then a training peer is SIGKILLed.
+"""Churn in the live swarm: a peer joins mid-run, then a training peer is SIGKILLed.
 
 One scripted run on loopback: 4 peers train 2 stages x 2 replicas; once training runs a fifth
 peer joins and the plan names it standby without stopping training; two steps later (at step 12
@@ -65,26 +65,26 @@ def test_run_finishes_and_survivors_exit_cleanly(run):
 def test_joining_peer_is_named_standby_without_stopping_training(run):
     plans = run["report"]["plans"]
     joined = next(p for p in plans if "p5" in p["standby"])
-    assert "p5 joined" in joined["reason"]
+    assert joined["reason"]["change"] == "joined" and joined["reason"]["joined"] == ["p5"]
     previous = plans[plans.index(joined) - 1]
     assert joined["grid"] == previous["grid"]
-    assert set(joined["sources"].values()) == {"keep"}  # nobody reloads or restarts anything
+    assert {s["kind"] for s in joined["sources"].values()} == {"keep"}  # nobody reloads or restarts anything
     assert joined["start_step"] > 1
 
 
 def test_killed_peer_is_replaced_within_30_s(run):
     victim = run["victim"]
-    repaired = next(p for p in run["report"]["plans"] if victim in p["reason"] and "aborted" in p["reason"])
+    repaired = next(p for p in run["report"]["plans"] if victim in p["reason"]["lost"])
     assert repaired["time"] - run["killed_at"] < 30
-    assert "stopped heartbeating" in repaired["reason"]
+    assert repaired["reason"]["change"] == "repaired" and repaired["reason"]["lost"][victim] == "expired"
     assert victim not in [n for row in repaired["grid"] for n in row]
     assert "p5" in [n for row in repaired["grid"] for n in row]
-    assert repaired["sources"]["p5"].startswith("peer:")  # state from the surviving replica
+    assert repaired["sources"]["p5"]["kind"] == "peer"  # state from the surviving replica
 
 
 def test_a_graceful_leave_is_handled_without_waiting_for_a_timeout(run):
     leaver = run["leaver"]
-    replanned = next(p for p in run["report"]["plans"] if f"{leaver} left" in p["reason"])
+    replanned = next(p for p in run["report"]["plans"] if p["reason"]["lost"].get(leaver) == "left")
     assert replanned["time"] - run["left_at"] < 5  # well under the 10 s heartbeat TTL
     assert leaver not in [n for row in replanned["grid"] for n in row]
 

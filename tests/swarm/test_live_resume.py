@@ -1,4 +1,4 @@
-"""Must-show 4 of the live swarm: the coordinator dies after a checkpoint and comes back with --resume.
+"""The live swarm's resume: the coordinator dies after a checkpoint and comes back with --resume.
 
 The coordinator listens on a fixed port and keeps its identity in the checkpoint directory, so the
 restarted process has the same multiaddr and the running peers find it again. It publishes a plan
@@ -49,10 +49,10 @@ def test_resumed_coordinator_finishes_and_peers_exit_cleanly(run):
 
 def test_training_continues_from_the_checkpointed_step(run):
     k = run["checkpointed"]
-    resumed = next(p for p in run["report"]["plans"] if p["reason"].startswith("resumed"))
-    assert f"step {k}" in resumed["reason"]
+    resumed = next(p for p in run["report"]["plans"] if p["reason"]["change"] == "resumed")
+    assert f"step {k}" in resumed["reason"]["text"]
     assert resumed["start_step"] == k + 1
-    assert set(resumed["sources"].values()) == {"checkpoint"}
+    assert {s["kind"] for s in resumed["sources"].values()} == {"checkpoint"}
     assert resumed["version"] > max(p["version"] for p in run["before"]["plans"])
     # steps the first coordinator committed after its checkpoint were abandoned by the rollback and rerun
     # once: the report's timeline is every step exactly once

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from peers.protocol import Codecs, TrainingSpec
 from swarm.cli.sim import main
 from swarm.local import LocalConfig, LocalGrid, run_local
 
@@ -18,7 +19,8 @@ def _params(grid):
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
 def test_4x2_grid_equals_one_process(schedule):
-    common = dict(batch=4, micro_batches=2, fwd="none", bwd="none", grad="none", schedule=schedule, seq_len=64)
+    common = dict(training=TrainingSpec(batch=4, micro_batches=2), codecs=Codecs("none", "none", "none"),
+                  schedule=schedule, seq_len=64)
     single = LocalGrid(LocalConfig(stages=1, replicas=1, **common))
     grid = LocalGrid(LocalConfig(stages=4, replicas=2, **common))
     try:
@@ -48,8 +50,9 @@ def test_compressed_run_meets_bit_budget_and_learns(tmp_path):
                  "--report", str(report_path)])
     assert code == 0
     report = json.loads(report_path.read_text())
-    assert report["config"] | {"model": "tiny", "stages": 4, "replicas": 2, "fwd": "q3", "bwd": "q6", "grad": "q4",
-                               "seed": 0} == report["config"]
+    assert report["config"]["training"] | {"model": "tiny", "seed": 0, "batch": 8} == report["config"]["training"]
+    assert report["config"]["codecs"] == {"forward": "q3", "backward": "q6", "gradient": "q4", "forward_delta": False}
+    assert (report["config"]["stages"], report["config"]["replicas"]) == (4, 2)
     assert [entry["step"] for entry in report["steps"]] == list(range(1, 13))
     for entry in report["steps"]:
         assert set(entry["bytes"]) == {"forward", "backward", "gradient"} and entry["tokens_per_s"] > 0
@@ -65,8 +68,8 @@ def test_compressed_run_meets_bit_budget_and_learns(tmp_path):
 
 
 def test_delta_runs_repeat_exactly_and_settle_at_the_codec_width():
-    config = LocalConfig(stages=2, replicas=2, micro_batches=1, batch=4, steps=3, seq_len=64, fwd_delta=True,
-                         train_samples=4, eval_samples=8)
+    config = LocalConfig(TrainingSpec(batch=4, micro_batches=1, steps=3), Codecs(forward_delta=True), stages=2,
+                         replicas=2, seq_len=64, train_samples=4, eval_samples=8)
     first, second = run_local(config), run_local(config)
     assert first["final"]["param_checksum"] == second["final"]["param_checksum"]
     assert [e["loss"] for e in first["steps"]] == [e["loss"] for e in second["steps"]]
@@ -78,14 +81,15 @@ def test_delta_runs_repeat_exactly_and_settle_at_the_codec_width():
 def test_schedules_change_timing_never_numbers():
     """GPipe and 1F1B send the same frames (seeded per message) and accumulate in the same order."""
     checksums = {
-        schedule: run_local(LocalConfig(stages=4, replicas=2, micro_batches=4, batch=16, steps=2, schedule=schedule,
-                                        fwd_delta=True, train_samples=32, eval_samples=8, seq_len=32))["final"]["param_checksum"]
+        schedule: run_local(LocalConfig(TrainingSpec(batch=16, micro_batches=4, steps=2), Codecs(forward_delta=True),
+                                        stages=4, replicas=2, schedule=schedule, train_samples=32, eval_samples=8,
+                                        seq_len=32))["final"]["param_checksum"]
         for schedule in ("gpipe", "1f1b")}
     assert checksums["gpipe"] == checksums["1f1b"]
 
 
 def test_a_failing_worker_aborts_the_step_instead_of_hanging():
-    grid = LocalGrid(LocalConfig(stages=3, replicas=2, micro_batches=2, batch=4, seq_len=32))
+    grid = LocalGrid(LocalConfig(TrainingSpec(batch=4, micro_batches=2), stages=3, replicas=2, seq_len=32))
     try:
         broken = grid.workers[1][1]
 
@@ -126,7 +130,7 @@ def test_user_data_file_trains(tmp_path, capsys):
     report = tmp_path / "out" / "report.json"
     assert main(["local", "--data", str(corpus), "--steps", "2", "--batch", "4", "--seq-len", "32",
                  "--report", str(report)]) == 0
-    assert json.loads(report.read_text())["config"]["data"] == str(corpus)
+    assert json.loads(report.read_text())["config"]["training"]["data"] == str(corpus)
     assert "eval loss" in capsys.readouterr().err
     (tmp_path / "broken.jsonl").write_text('{"title": "no text field"}\n')
     assert main(["local", "--quiet", "--data", str(tmp_path / "broken.jsonl")]) == 2
@@ -134,7 +138,8 @@ def test_user_data_file_trains(tmp_path, capsys):
 
 
 def test_device_cpu_trains_and_a_missing_gpu_is_named(capsys, monkeypatch):
-    config = LocalConfig(stages=2, replicas=1, batch=2, steps=1, seq_len=16, eval_samples=4, device="cpu")
+    config = LocalConfig(TrainingSpec(batch=2, micro_batches=1, steps=1), stages=2, replicas=1, seq_len=16,
+                         eval_samples=4, device="cpu")
     report = run_local(config)
     assert report["config"]["device"] == "cpu" and report["final"]["eval_loss"] > 0
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -1,4 +1,4 @@
-"""Scenario and plan files: the JSON contract of DESIGN.md section 3 and its strict validation."""
+"""Scenario and plan files: the JSON contract shared with the coordinator, and its strict validation."""
 import copy
 import json
 
@@ -14,25 +14,39 @@ def broken(**changes):
     return data
 
 
+LINK = {"between": ["A", "B"], "bandwidth_gbps": 0.8, "latency_ms": 1.0}
+
+
 @pytest.mark.parametrize("change, message", [
-    ({"devices": TINY["devices"] + [dict(TINY["devices"][0])]}, "devices[4].id: duplicate id 'a0'"),
-    ({"devices": [dict(TINY["devices"][0], site="C")]}, "devices[0].site: unknown site 'C'"),
+    ({"devices": TINY["devices"] + [dict(TINY["devices"][0])]},
+     "duplicate id 'a0'; ids must be unique - at `$.devices[4].id`"),
+    ({"devices": [dict(TINY["devices"][0], site="C")]},
+     "unknown site 'C'; add it to \"sites\" - at `$.devices[0].site`"),
     ({"links": []}, "no link between sites 'A' and 'B'"),
-    ({"links": [{"between": ["A", "B"], "bandwidth_gbps": 0, "latency_ms": 1}]}, "links[0].bandwidth_gbps: must be positive"),
-    ({"links": [{"between": ["A", "B"], "bandwidth_gbps": -1.0, "latency_ms": 1}]}, "must be positive"),
-    ({"sites": {"A": {"bandwidth_gbps": 8.0, "latency_ms": -1}, "B": TINY["sites"]["B"]}}, "sites.A.latency_ms: must be non-negative"),
+    ({"links": [dict(LINK, bandwidth_gbps=0)]}, "Expected `float` > 0.0, got 0 - at `$.links[0].bandwidth_gbps`"),
+    ({"links": [dict(LINK, bandwidth_gbps=-1.0)]}, "Expected `float` > 0.0, got -1.0"),
+    ({"links": [dict(LINK, between=["A", "A"])]}, "a link joins two different sites"),
+    ({"links": [dict(LINK, between=["A", "C"])]}, "unknown site 'C'; add it to \"sites\" - at `$.links[0].between`"),
+    ({"sites": {"A": {"bandwidth_gbps": 8.0, "latency_ms": -1}, "B": TINY["sites"]["B"]}},
+     "Expected `float` >= 0.0, got -1 - at `$.sites.A.latency_ms`"),
     ({"parallelism": {"stages": 3, "replicas": 1}}, "2 layers cannot be split into 3 stages"),
     ({"parallelism": {"stages": 2, "replicas": 3}}, "needs 6 devices, the scenario has 4"),
-    ({"model": dict(TINY["model"], layers=0)}, "model.layers: expected a positive integer"),
-    ({"batch": {"global_sequences": 4, "micro_sequences": 3}}, "batch.micro_sequences: 3 does not divide"),
-    ({"compression": {"forward_bits": 12}}, "compression.forward_bits: 12 is not a supported width"),
-    ({"devices": [dict(TINY["devices"][0], tflops="fast")]}, "devices[0].tflops: expected a number"),
-    ({"extra": 1}, "scenario: unknown field 'extra'"),
-    ({"devices": [dict(TINY["devices"][0], gpu="v100")]}, "devices[0]: unknown field 'gpu'"),
-    ({"devices": [], "parallelism": None}, "scenario.devices: expected at least one device"),
-    ({"devices": [dict(TINY["devices"][0], id=5)]}, "devices[0].id: expected a non-empty string"),
-    ({"devices": [dict(TINY["devices"][0], memory_gb=float("inf"))]}, "devices[0].memory_gb: must be positive and finite"),
-    ({"links": TINY["links"] * 2}, "links[1]: a second link between 'A' and 'B'"),
+    ({"model": dict(TINY["model"], layers=0)}, "Expected `int` >= 1, got 0 - at `$.model.layers`"),
+    ({"model": dict(TINY["model"], heads=3)}, "d_model 4 is not divisible by heads 3 - at `$.model`"),
+    ({"batch": {"global_sequences": 4, "micro_sequences": 3}},
+     "micro_sequences: 3 does not divide global_sequences 4 - at `$.batch`"),
+    ({"compression": {"forward_bits": 12}}, "forward_bits: 12 is not a supported width; use 1-8, 16 or 32"),
+    ({"compression": {"gradient": "q33"}}, "gradient: unknown codec 'q33'"),
+    ({"compression": {"forward": "q3", "forward_bits": 3}}, "give either forward_bits or forward, not both"),
+    ({"compression": {"gradient": 4}}, "Expected `str | null`, got `int` - at `$.compression.gradient`"),
+    ({"devices": [dict(TINY["devices"][0], tflops="fast")]}, "Expected `float`, got `str` - at `$.devices[0].tflops`"),
+    ({"extra": 1}, "scenario: Object contains unknown field `extra`"),
+    ({"devices": [dict(TINY["devices"][0], gpu="v100")]}, "unknown field `gpu` - at `$.devices[0]`"),
+    ({"devices": [], "parallelism": None}, "Expected `array` of length >= 1, got [] - at `$.devices`"),
+    ({"devices": [dict(TINY["devices"][0], id=5)]}, "Expected `str`, got `int` - at `$.devices[0].id`"),
+    ({"devices": [dict(TINY["devices"][0], memory_gb=float("inf"))]},
+     "memory_gb: must be finite, got inf - at `$.devices[0]`"),
+    ({"links": TINY["links"] * 2}, "a second link between 'A' and 'B' - at `$.links[1]`"),
 ])
 def test_bad_scenarios_name_the_field(change, message):
     with pytest.raises(ScenarioError) as error:
@@ -43,8 +57,16 @@ def test_bad_scenarios_name_the_field(change, message):
 def test_missing_required_field():
     data = broken()
     del data["model"]
-    with pytest.raises(ScenarioError, match=r"scenario.model: required field is missing"):
+    with pytest.raises(ScenarioError, match=r"scenario: Object missing required field `model`"):
         Scenario.from_dict(data)
+
+
+def test_compression_by_codec_name():
+    named = tiny(compression={"forward": "q3", "backward": "q6", "gradient": "cocktail"})
+    assert named.compression.codecs == {"forward": "q3", "backward": "q6", "gradient": "cocktail"}
+    assert tiny(compression={"forward_bits": 3, "gradient_bits": 32}).compression.codecs == {
+        "forward": "q3", "backward": "fp16", "gradient": "none"}
+    assert Scenario.from_dict(named.to_dict()) == named
 
 
 def test_round_trip_and_file_errors(tmp_path):
@@ -67,8 +89,8 @@ def test_presets_are_packaged_and_follow_dtfm():
         assert (scenario.parallelism.stages, scenario.parallelism.replicas) == (8, 8)
         assert scenario.model.layers == 24 and scenario.batch.global_sequences == 1024
     world = Scenario.preset("dtfm-5")
-    bandwidths = [l.bandwidth_gbps for l in world.links]
-    latencies = [l.latency_ms for l in world.links]
+    bandwidths = [link.bandwidth_gbps for link in world.links]
+    latencies = [link.latency_ms for link in world.links]
     assert (min(bandwidths), max(bandwidths), min(latencies), max(latencies)) == (0.34, 1.16, 11.0, 238.0)
     with pytest.raises(ScenarioError, match="unknown preset 'dtfm-9'"):
         Scenario.preset("dtfm-9")
@@ -113,15 +135,18 @@ def test_plan_validation_against_scenario(change, message):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"stages": 3}, "plan.grid: 2 rows but stages is 3"),
-    ({"grid": [["a0"], ["a1", "b1"]]}, "plan.grid[0]: 1 devices but replicas is 2"),
-    ({"layers": [0, 2]}, "plan.layers: need one count >= 1 per stage"),
-    ({"colour": "red"}, "plan: unknown field 'colour'"),
-    ({"stages": "2"}, "plan.stages: expected a positive integer, got '2'"),
-    ({"replicas": True}, "plan.replicas: expected a positive integer, got True"),
-    ({"scenario": 3}, "plan.scenario: expected the scenario's name"),
-    ({"cost_model": "megatron"}, "plan.cost_model: unknown model 'megatron'"),
-    ({"predicted": {"iteration_s": "fast"}}, "plan.predicted.iteration_s: expected seconds"),
+    ({"stages": 3}, "plan: 2 rows but stages is 3 - at `$.grid`"),
+    ({"grid": [["a0"], ["a1", "b1"]]}, "plan: 1 devices but replicas is 2 - at `$.grid[0]`"),
+    ({"grid": [["a0", "b0"], []]}, "Expected `array` of length >= 1, got [] - at `$.grid[1]`"),
+    ({"layers": [0, 2]}, "plan: Expected `int` >= 1, got 0 - at `$.layers[0]`"),
+    ({"layers": [2]}, "plan: need one layer count per stage (2), got [2] - at `$.layers`"),
+    ({"colour": "red"}, "plan: Object contains unknown field `colour`"),
+    ({"stages": "2"}, "plan: Expected `int`, got `str` - at `$.stages`"),
+    ({"replicas": True}, "plan: Expected `int`, got `bool` - at `$.replicas`"),
+    ({"scenario": 3}, "plan: Expected `str`, got `int` - at `$.scenario`"),
+    ({"cost_model": "megatron"}, "plan: unknown model 'megatron'; one of full, dtfm - at `$.cost_model`"),
+    ({"predicted": {"iteration_s": "fast"}}, "plan: Expected `float`, got `str` - at `$.predicted.iteration_s`"),
+    ({"predicted": {"speed": 1.0}}, "plan: Invalid enum value 'speed' - at `key` in `$.predicted`"),
 ])
 def test_malformed_plans(change, message):
     with pytest.raises(PlanError) as error:

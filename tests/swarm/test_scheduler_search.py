@@ -1,9 +1,9 @@
 """The search: never worse than the baselines, deterministic per seed, memory-aware; re-planning."""
 import copy
-import dataclasses
 
 import numpy as np
 import pytest
+from msgspec.structs import replace
 
 from swarm.scheduler import PlanError, Scenario, moved_peers, plan, predict, replan
 from swarm.scheduler.baselines import best_random, genetic, locality, lower_bound
@@ -40,7 +40,8 @@ def test_world_wide_plan_beats_random_placement_as_much_as_dtfm_did():
 
 
 def test_world_wide_plan_costs_at_most_half_the_best_random_placement_under_the_full_model():
-    # the issue's bar, under our default cost model (compute, memory, compressed channels)
+    # half the best random placement's cost, under our default cost model (compute, memory,
+    # compressed channels)
     scenario = Scenario.preset("dtfm-5")
     result = plan(scenario, "full", seed=0, time_limit=120)
     assert 2.0 * result.predicted["iteration_s"] <= best_random(cost_model("full", scenario, 8, 8), 1000)
@@ -66,7 +67,7 @@ def test_same_seed_same_plan_on_a_medium_swarm_with_kicks(model_name):
 def test_open_parallelism_picks_a_shape_that_fits_memory():
     # 12 GB cards: the GPT3-XL-like model needs >= 2 stages (16 B x 1.4e9 params > 12 GB)
     scenario = volunteer_scenario(12, 3, seed=1)
-    small = [dataclasses.replace(d, memory_gb=12.0) for d in scenario.devices]
+    small = [replace(d, memory_gb=12.0) for d in scenario.devices]
     result = plan(scenario.with_devices(small), "full", seed=0, time_limit=60)
     assert result.stages >= 2
     assert predict(scenario.with_devices(small), result).fits
@@ -98,7 +99,7 @@ def test_replan_fills_a_hole_with_an_equal_spare_and_moves_one_peer():
     base = volunteers(devices=16, sites=4, parallelism={"stages": 4, "replicas": 4})
     current = plan(base, "full", seed=0, time_limit=60)
     gone = next(d for d in base.devices if d.id == current.grid[2][1])
-    twin = dataclasses.replace(gone, id="twin")   # same site, GPU and uplink
+    twin = replace(gone, id="twin")   # same site, GPU and uplink
     alive = base.with_devices([d for d in base.devices if d.id != gone.id] + [twin])
     new, moved = replan(alive, current, seed=0, time_limit=60)
     assert moved == 1 and new.grid[2][1] == "twin"
@@ -108,11 +109,11 @@ def test_replan_fills_a_hole_with_an_equal_spare_and_moves_one_peer():
 def test_replan_when_a_peer_joins_or_slows_down():
     scenario = volunteers(devices=16, sites=4, parallelism={"stages": 4, "replicas": 4})
     current = plan(scenario, "full", seed=0, time_limit=60)
-    joined = scenario.with_devices(list(scenario.devices) + [dataclasses.replace(scenario.devices[0], id="new")])
+    joined = scenario.with_devices(list(scenario.devices) + [replace(scenario.devices[0], id="new")])
     same, moved = replan(joined, current, seed=0, time_limit=60)
     assert moved <= 2
     slow_id = current.grid[0][0]
-    slower = [dataclasses.replace(d, tflops=d.tflops / 10) if d.id == slow_id else d for d in scenario.devices]
+    slower = [replace(d, tflops=d.tflops / 10) if d.id == slow_id else d for d in scenario.devices]
     slowed = scenario.with_devices(slower)
     new, moved = replan(slowed, current, seed=0, time_limit=60)
     new.validate(slowed)
