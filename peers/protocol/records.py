@@ -15,7 +15,7 @@ mistyped, out of bounds or inconsistent raises `RecordError` naming the field.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import msgspec
 
@@ -42,7 +42,7 @@ PEERS_KEY = "swarm.peers"
 PLAN_KEY = "swarm.plan"
 CONTROL_KEY = "swarm.control"
 PeerState = Literal["joining", "ready", "training", "standby", "leaving"]
-PEER_STATES: tuple[str, ...] = PeerState.__args__  # type: ignore[attr-defined]
+PEER_STATES: tuple[str, ...] = get_args(PeerState)
 
 _OWNER = b"[owner:"
 Address = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
@@ -67,6 +67,22 @@ def subkey_owner(subkey: bytes) -> bytes:
     return subkey[subkey.index(_OWNER):]
 
 
+Wired = TypeVar("Wired", bound="_Record")
+
+
+class _Record(msgspec.Struct):
+    """A DHT record: plain values on the wire, checked on the way in."""
+
+    what: ClassVar[str]  # what error messages call it
+
+    def to_wire(self) -> dict[str, Any]:
+        return to_builtins(self)
+
+    @classmethod
+    def from_wire(cls: type[Wired], value: Any) -> Wired:
+        return from_builtins(value, cls, cls.what)
+
+
 class Link(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A measured link to another peer."""
 
@@ -74,7 +90,7 @@ class Link(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     latency_ms: NonNegativeFloat
 
 
-class PeerRecord(msgspec.Struct):
+class PeerRecord(_Record):
     """What a peer announces every heartbeat (and right after each step it prepares).
 
     step: the last step it applied; prepared_step/prepared_version: the step whose gradients it
@@ -83,6 +99,8 @@ class PeerRecord(msgspec.Struct):
     (`CHANNELS`), so wire bits per value show. dht_addrs: the peer's DHT multiaddrs (a restarted
     coordinator re-enters the DHT through them).
     """
+
+    what: ClassVar[str] = "peer record"
 
     name: Name
     address: str
@@ -114,15 +132,9 @@ class PeerRecord(msgspec.Struct):
                 raise RecordError(f"peer record fields 'bytes_sent'/'values_sent' name unknown channels "
                                   f"{sorted(unknown)}; channels are {', '.join(CHANNELS)}")
 
-    def to_wire(self) -> dict[str, Any]:
-        return to_builtins(self)
-
-    @classmethod
-    def from_wire(cls, value: Any) -> PeerRecord:
-        return from_builtins(value, cls, "peer record")
 
 
-class PlanRecord(msgspec.Struct, forbid_unknown_fields=True):
+class PlanRecord(_Record, forbid_unknown_fields=True):
     """A versioned assignment of peers to the stage x replica grid, starting at `start_step`.
 
     grid[s][r] names the peer holding stage s of pipeline replica r; layers[s] its layer count;
@@ -130,6 +142,8 @@ class PlanRecord(msgspec.Struct, forbid_unknown_fields=True):
     stage state (donors are spread over a stage's holders). training: the run's spec with this
     plan's timeouts. reason: why this plan replaced the previous one (shown by `swarm status`).
     """
+
+    what: ClassVar[str] = "plan record"
 
     version: PositiveInt
     start_step: PositiveInt
@@ -180,15 +194,9 @@ class PlanRecord(msgspec.Struct, forbid_unknown_fields=True):
     def members(self) -> list[str]:
         return [name for row in self.grid for name in row]
 
-    def to_wire(self) -> dict[str, Any]:
-        return to_builtins(self)
-
-    @classmethod
-    def from_wire(cls, value: Any) -> PlanRecord:
-        return from_builtins(value, cls, "plan record")
 
 
-class ControlRecord(msgspec.Struct, forbid_unknown_fields=True):
+class ControlRecord(_Record, forbid_unknown_fields=True):
     """The step protocol's state, written by the coordinator after every decision.
 
     committed_step was applied everywhere under committed_version; the next step,
@@ -200,6 +208,8 @@ class ControlRecord(msgspec.Struct, forbid_unknown_fields=True):
     plan_version 0 means no plan yet (the coordinator is waiting for peers).
     """
 
+    what: ClassVar[str] = "control record"
+
     plan_version: NonNegativeInt
     committed_step: NonNegativeInt
     committed_version: NonNegativeInt
@@ -210,9 +220,3 @@ class ControlRecord(msgspec.Struct, forbid_unknown_fields=True):
     done: bool = False
     probe_address: str = ""
 
-    def to_wire(self) -> dict[str, Any]:
-        return to_builtins(self)
-
-    @classmethod
-    def from_wire(cls, value: Any) -> ControlRecord:
-        return from_builtins(value, cls, "control record")
