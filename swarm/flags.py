@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 
 from models.config import PRESETS
-from peers.protocol import Codecs, RecordError, TrainingSpec, from_builtins, validated
+from peers.protocol import DTYPES, Codecs, RecordError, TrainingSpec, from_builtins, validated
 
 __all__ = ["add_training_arguments", "add_codec_arguments", "training_from_args", "codecs_from_args",
            "check_training", "check_codecs"]
@@ -39,6 +39,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps_required: b
     parser.add_argument("--seed", type=int, default=spec.seed,
                         help="seed of the initial weights, the data order and stochastic rounding "
                              "[default: %(default)s]")
+    parser.add_argument("--dtype", default=spec.dtype, choices=DTYPES,
+                        help="stage compute precision: bf16 autocasts over fp32 master weights [default: %(default)s]")
     parser.add_argument("--data", metavar="PATH", help="training text (.txt/.md/.jsonl with \"text\" fields, or a "
                                                        "directory of them) [default: the bundled KJV Bible]")
 
@@ -60,7 +62,8 @@ def add_codec_arguments(parser: argparse.ArgumentParser) -> None:
 def training_from_args(args: argparse.Namespace) -> TrainingSpec:
     """The validated spec of the parsed training flags; ValueError naming the flag otherwise."""
     values = {"model": args.model, "batch": args.batch, "micro_batches": args.micro_batches, "steps": args.steps,
-              "lr": args.lr, "warmup_steps": args.warmup_steps, "seed": args.seed, "data": args.data}
+              "lr": args.lr, "warmup_steps": args.warmup_steps, "seed": args.seed, "data": args.data,
+              "dtype": args.dtype}
     try:
         spec = from_builtins(values, TrainingSpec, "training")
     except RecordError as error:

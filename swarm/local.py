@@ -116,7 +116,7 @@ class LocalGrid:
                     next=worker_name(s + 1, r) if s < stages - 1 else None,
                     group=group, codecs=config.codecs, schedule=config.schedule,
                     micro_batches=training.micro_batches, optimizer=settings, seed=training.seed,
-                    delta_capacity=self.dataset.size))
+                    delta_capacity=self.dataset.size, compute_dtype=training.dtype))
             self.workers.append(row)
         self._pool = ThreadPoolExecutor(max_workers=stages * replicas, thread_name_prefix="stage")
 

@@ -56,7 +56,8 @@ class StageRunner:
             group=list(plan.grid[self.stage]), codecs=plan.codecs, micro_batches=self.training.micro_batches,
             optimizer=OptimizerSettings(lr=self.training.lr, warmup_steps=self.training.warmup_steps),
             timeout=self.timeouts.message_s, seed=self.training.seed,
-            delta_capacity=min(dataset.train_ids.numel(), self.training.batch * self.training.steps))
+            delta_capacity=min(dataset.train_ids.numel(), self.training.batch * self.training.steps),
+            compute_dtype=self.training.dtype)
         self._load(plan.sources[name], previous)
 
     @property

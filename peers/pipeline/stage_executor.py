@@ -26,7 +26,7 @@ import compression
 from models import Batch, Stage, param_checksum
 
 from ..allreduce import GradientAverager
-from ..protocol import Codecs
+from ..protocol import Codecs, ComputeDtype
 from ..transport import Message, Transport
 from ..wire import ACT_KIND, GRAD_KIND
 from .channels import ActivationChannel, ChannelStats
@@ -83,12 +83,16 @@ class StageExecutor:
     names of this stage's replicas, in the same order on every replica. timeout: seconds any
     single receive may wait before `PeerTimeout` aborts the step (None waits forever).
     delta_capacity: samples the AQ-SGD memory must hold (with `codecs.forward_delta`).
+    compute_dtype: "bf16" runs forward and backward under bf16 autocast (activations and their
+    gradients travel as bf16 frames); parameters, gradients and AdamW state stay in the stage's
+    own dtype, so the all-reduce, checksums and checkpoints are the same as with "fp32".
     """
 
     def __init__(self, stage: Stage, *, stage_index: int, num_stages: int, transport: Transport,
                  prev: str | None, next: str | None, group: Sequence[str], codecs: Codecs = _AC_SGD_CODECS,
                  schedule: str = "1f1b", micro_batches: int = 1, optimizer: OptimizerSettings = OptimizerSettings(),
-                 timeout: float | None = None, seed: int = 0, delta_capacity: int | None = None) -> None:
+                 timeout: float | None = None, seed: int = 0, delta_capacity: int | None = None,
+                 compute_dtype: ComputeDtype = "fp32") -> None:
         if (prev is None) != (stage_index == 0) or (next is None) != (stage_index == num_stages - 1):
             raise ValueError(f"stage {stage_index} of {num_stages} needs prev only after stage 0 and next only "
                              f"before the last stage (got prev={prev!r}, next={next!r})")
@@ -113,6 +117,7 @@ class StageExecutor:
         self._incoming = ActivationChannel(codecs.forward, delta=codecs.forward_delta, capacity=delta_capacity)
         reference = list(stage.parameters())[0]  # (`next` is shadowed by a parameter here)
         self._dtype, self._device = reference.dtype, reference.device
+        self._autocast = compute_dtype == "bf16"
         self._pending: int | None = None  # the step run with apply=False, until it is settled
 
     @property
@@ -217,17 +222,20 @@ class StageExecutor:
             sample_ids = torch.tensor(message.sample_ids, dtype=torch.long)
             x = self._incoming.decode(sample_ids, message.payload, self._device).to(self._dtype).requires_grad_(True)
         work.tokens += int(x.shape[0] * x.shape[1])
-        out = self.stage(x)
-        if self.next is None:  # the last stage: the loss against this replica's targets
-            expected = work.micro[m].sample_ids
-            if not torch.equal(sample_ids, expected):
-                raise ValueError(f"step {work.step} micro-batch {m}: the pipeline delivered samples "
-                                 f"{sample_ids.tolist()} but this replica's batch holds {expected.tolist()}")
-            out = self.stage.loss(out, work.micro[m].targets.to(self._device))
+        with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self._autocast):
+            out = self.stage(x)
+            if self.next is None:  # the last stage: the loss against this replica's targets
+                expected = work.micro[m].sample_ids
+                if not torch.equal(sample_ids, expected):
+                    raise ValueError(f"step {work.step} micro-batch {m}: the pipeline delivered samples "
+                                     f"{sample_ids.tolist()} but this replica's batch holds {expected.tolist()}")
+                out = self.stage.loss(out, work.micro[m].targets.to(self._device))
+        if self.next is None:
             work.losses.append(out.item())
         else:
             work.sent.extend(sample_ids.tolist())
-            payload = self._outgoing.encode(sample_ids, out.detach(), seed=self._seed(work.step, m, 0))
+            sent = out.detach().to(torch.bfloat16) if self._autocast else out.detach()
+            payload = self._outgoing.encode(sample_ids, sent, seed=self._seed(work.step, m, 0))
             self.transport.send(self.next, Message(kind=ACT_KIND, step=work.step, index=m, payload=payload,
                                                    plan_version=work.plan_version,
                                                    sample_ids=tuple(sample_ids.tolist())))
@@ -240,7 +248,7 @@ class StageExecutor:
             torch.autograd.backward(out / self.micro_batches)  # out is this micro-batch's mean loss
         else:
             message = self.transport.recv(self.next, GRAD_KIND, work.step, m, timeout=self.timeout)
-            grad = compression.decode(message.payload, device=self._device).to(self._dtype)
+            grad = compression.decode(message.payload, device=self._device).to(out.dtype)
             if grad.shape != out.shape:
                 raise ValueError(f"step {work.step} micro-batch {m}: gradient of shape {tuple(grad.shape)} from "
                                  f"{self.next!r} does not match activations {tuple(out.shape)}")
@@ -248,7 +256,8 @@ class StageExecutor:
         if self.prev is not None:  # the received activations' gradient goes back upstream
             if inputs.grad is None:
                 raise RuntimeError(f"stage {self.stage_index}'s output does not depend on its input activations")
-            payload = compression.encode(inputs.grad, self.codecs.backward, seed=self._seed(work.step, m, 1))
+            returned = inputs.grad.to(torch.bfloat16) if self._autocast else inputs.grad
+            payload = compression.encode(returned, self.codecs.backward, seed=self._seed(work.step, m, 1))
             self.transport.send(self.prev, Message(kind=GRAD_KIND, step=work.step, index=m, payload=payload,
                                                    plan_version=work.plan_version))
             work.stats.add("backward", len(payload), inputs.grad.numel())

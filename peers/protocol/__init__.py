@@ -19,11 +19,12 @@ from .records import (
     subkey_name,
     subkey_owner,
 )
-from .training import CHANNELS, CODEC_FLAGS, Codecs, Timeouts, TrainingSpec
+from .training import CHANNELS, CODEC_FLAGS, DTYPES, Codecs, ComputeDtype, Timeouts, TrainingSpec
 from .validation import RecordError, from_builtins, to_builtins, validated
 
 __all__ = [
-    "PEERS_KEY", "PLAN_KEY", "CONTROL_KEY", "PEER_STATES", "PeerState", "CHANNELS", "CODEC_FLAGS",
+    "PEERS_KEY", "PLAN_KEY", "CONTROL_KEY", "PEER_STATES", "PeerState", "CHANNELS", "CODEC_FLAGS", "DTYPES",
+    "ComputeDtype",
     "RecordError", "PeerRecord", "PlanRecord", "ControlRecord", "Link", "Codecs", "Timeouts", "TrainingSpec",
     "SourceKind", "StateSource", "Departure", "PlanChange", "PlanReason",
     "peer_subkey", "subkey_name", "subkey_owner", "from_builtins", "to_builtins", "validated",

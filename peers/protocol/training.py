@@ -6,7 +6,7 @@ peers read typed fields, never a dict of strings.
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -14,13 +14,17 @@ from models.config import PRESETS
 
 from .validation import NonNegativeInt, PositiveFloat, PositiveInt, RecordError
 
-__all__ = ["CHANNELS", "CODEC_FLAGS", "Codecs", "Timeouts", "TrainingSpec"]
+__all__ = ["CHANNELS", "CODEC_FLAGS", "DTYPES", "ComputeDtype", "Codecs", "Timeouts", "TrainingSpec"]
 
 # The three compressed channels: activations forward, activation gradients backward, and the
 # data-parallel gradient all-reduce. Every per-channel table in the swarm uses these names.
 CHANNELS = ("forward", "backward", "gradient")
 # The command-line flag that picks each channel's codec.
 CODEC_FLAGS = {"forward": "--fwd", "backward": "--bwd", "gradient": "--grad"}
+
+# What stage compute runs in: fp32, or bf16 autocast over fp32 master weights and optimizer state.
+ComputeDtype = Literal["fp32", "bf16"]
+DTYPES: tuple[str, ...] = ("fp32", "bf16")
 
 _CodecSpec = Annotated[str, msgspec.Meta(min_length=1, max_length=48)]
 
@@ -69,7 +73,9 @@ class TrainingSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One run's training: model preset, global batch, pipeline depth, optimizer, data, seed.
 
     batch: sequences per step over the whole grid, split over the replicas, each share cut into
-    `micro_batches`. data: a corpus path (None: the bundled one). timeouts: filled in by the
+    `micro_batches`. data: a corpus path (None: the bundled one). dtype: the stage compute's
+    precision (`bf16` autocasts matmuls; weights, gradients and AdamW state stay fp32, so replicas
+    and checkpoints do not depend on it). timeouts: filled in by the
     coordinator for each plan; None in a spec that has not been planned yet.
     """
 
@@ -81,6 +87,7 @@ class TrainingSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     warmup_steps: NonNegativeInt = 0
     seed: int = 0
     data: str | None = None
+    dtype: ComputeDtype = "fp32"
     timeouts: Timeouts | None = None
 
     def __post_init__(self) -> None:

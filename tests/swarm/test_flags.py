@@ -27,9 +27,10 @@ def test_flags_become_typed_fields(tmp_path):
     corpus.write_text("text")
     args = _parse("--model", "small", "--batch", "16", "--micro-batches", "4", "--steps", "7", "--lr", "1e-4",
                   "--warmup-steps", "3", "--seed", "5", "--data", str(corpus), "--fwd", "q2", "--bwd", "fp16",
-                  "--grad", "cocktail", "--fwd-delta")
+                  "--grad", "cocktail", "--fwd-delta", "--dtype", "bf16")
     assert training_from_args(args) == TrainingSpec(model="small", batch=16, micro_batches=4, steps=7, lr=1e-4,
-                                                    warmup_steps=3, seed=5, data=str(corpus.resolve()))
+                                                    warmup_steps=3, seed=5, data=str(corpus.resolve()),
+                                                    dtype="bf16")
     assert codecs_from_args(args) == Codecs("q2", "fp16", "cocktail", forward_delta=True)
 
 
