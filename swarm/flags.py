@@ -67,7 +67,7 @@ def training_from_args(args: argparse.Namespace) -> TrainingSpec:
     try:
         spec = from_builtins(values, TrainingSpec, "training")
     except RecordError as error:
-        raise _flag_error(error, values) from None
+        raise _flag_error(error) from None
     return check_training(spec)
 
 
@@ -77,7 +77,7 @@ def codecs_from_args(args: argparse.Namespace) -> Codecs:
     try:
         codecs = from_builtins(values, Codecs, "codecs")
     except RecordError as error:
-        raise _flag_error(error, values) from None
+        raise _flag_error(error) from None
     return check_codecs(codecs)
 
 
@@ -86,7 +86,7 @@ def check_training(spec: TrainingSpec) -> TrainingSpec:
     try:
         spec = validated(spec, "training")
     except RecordError as error:
-        raise _flag_error(error, {}) from None
+        raise _flag_error(error) from None
     if spec.data is None:
         return spec
     path = Path(spec.data)
@@ -104,7 +104,7 @@ def check_codecs(codecs: Codecs) -> Codecs:
 _FLAGS = {"forward": "--fwd", "backward": "--bwd", "gradient": "--grad", "forward_delta": "--fwd-delta"}
 
 
-def _flag_error(error: RecordError, values: dict[str, object]) -> ValueError:
+def _flag_error(error: RecordError) -> ValueError:
     """A spec's validation error restated with the flag that set the field."""
     text = str(error)
     match = _PATH.search(text)
@@ -112,6 +112,5 @@ def _flag_error(error: RecordError, values: dict[str, object]) -> ValueError:
         return ValueError(text.split(": ", 1)[-1].replace("training field 'model': ", "--model: "))
     field = match.group(1)
     flag = _FLAGS.get(field, "--" + field.replace("_", "-"))
-    shown = f" {values[field]!r}" if field in values else ""
     rule = text[:match.start()].split(": ", 1)[-1]
-    return ValueError(f"{flag}{shown}: {rule[0].lower()}{rule[1:]}")
+    return ValueError(f"{flag}: {rule[0].lower()}{rule[1:]}")

@@ -8,6 +8,8 @@ path, so readers can log and skip a bad record instead of crashing.
 """
 from __future__ import annotations
 
+import re
+import reprlib
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -16,6 +18,13 @@ __all__ = ["RecordError", "from_builtins", "to_builtins", "validated", "Positive
            "NonNegativeFloat", "FiniteFloat", "Name"]
 
 T = TypeVar("T")
+Step = str | int
+
+_LOCATED = re.compile(r"(?P<rule>.*) - at `(?P<path>\$(?:\.\w+|\[\d+\]|\[\.\.\.\])*)`", re.DOTALL)
+_STEP = re.compile(r"\.(\w+)|\[(\d+)\]|\[(\.\.\.)\]")
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_MISSING = object()
 
 # Bounds that keep a lying or corrupted record from turning into infinite timeouts or a division
 # by zero: msgspec rejects NaN for any bounded float, and an upper bound excludes infinity.
@@ -32,12 +41,16 @@ class RecordError(ValueError):
     """A record that does not follow the protocol; the message names the field."""
 
 
-def from_builtins(value: Any, kind: type[T], what: str) -> T:
-    """`value` (dicts, lists, numbers, strings) as a `kind` Struct; RecordError naming the field."""
+def from_builtins(value: Any, kind: type[T], what: str, error: type[ValueError] = RecordError) -> T:
+    """`value` (dicts, lists, numbers, strings) as a `kind` Struct; a violation raises `error` naming
+    `what`, the field path (object keys included) and the offending value:
+
+        peer record: Expected `float` > 0.0, got 0 - at `$.links.p2.bandwidth_gbps`
+    """
     try:
         return msgspec.convert(value, kind)
-    except msgspec.ValidationError as error:
-        raise RecordError(f"{what}: {error}") from None
+    except msgspec.ValidationError as problem:
+        raise error(f"{what}: {_explain(str(problem), value, kind)}") from None
 
 
 def to_builtins(record: msgspec.Struct) -> dict[str, Any]:
@@ -52,3 +65,59 @@ def validated(record: T, what: str) -> T:
     """`record` checked as if it had been read from the wire (constructors do not check bounds)."""
     assert isinstance(record, msgspec.Struct)
     return from_builtins(to_builtins(record), type(record), what)
+
+
+def _explain(message: str, data: Any, kind: type[Any]) -> str:
+    """msgspec's "rule - at `$.a[...].b`" with the key in place of `[...]` and the value added."""
+    located = _LOCATED.fullmatch(message)
+    if located is None:
+        return message
+    steps: list[Step] = []
+    for key, index, hidden in _STEP.findall(located["path"]):
+        if hidden:
+            found = _failing_key(message, data, kind, steps)
+            if found is None:
+                return message
+            steps.append(found)
+        else:
+            steps.append(key or int(index))
+    rule, value = located["rule"], _value_at(data, steps)
+    if rule.startswith("Expected") and " got " not in rule and value is not _MISSING:
+        rule = f"{rule}, got {_SHORT.repr(value)}"
+    return rule + " - at `$" + "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps) + "`"
+
+
+def _value_at(data: Any, steps: list[Step]) -> Any:
+    value = data
+    for step in steps:
+        try:
+            value = value[step]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return value
+
+
+def _failing_key(message: str, data: Any, kind: type[Any], steps: list[Step]) -> str | None:
+    """The key of the object at `steps` whose entry alone gives `message` again (msgspec names no keys)."""
+    entries = _value_at(data, steps)
+    if not isinstance(entries, dict):
+        return None
+    for key, entry in entries.items():
+        try:
+            msgspec.convert(_with_entries(data, steps, {key: entry}), kind)
+        except msgspec.ValidationError as problem:
+            if str(problem) == message:
+                return str(key)
+    return None
+
+
+def _with_entries(data: Any, steps: list[Step], entries: dict[Any, Any]) -> Any:
+    """A copy of `data` with the object at `steps` replaced by `entries`."""
+    if not steps:
+        return entries
+    head, rest = steps[0], steps[1:]
+    if isinstance(data, dict):
+        return {**data, head: _with_entries(data[head], rest, entries)}
+    items = list(data)
+    items[int(head)] = _with_entries(items[int(head)], rest, entries)
+    return items

@@ -196,7 +196,7 @@ def _args(*flags):
     ([], "give --stages S --replicas R, or --min-peers K"),
     (["--stages", "2", "--replicas", "2", "--min-peers", "4"], "not both"),
     (["--stages", "9", "--replicas", "1"], "--stages 9: model 'tiny' has only 4 layers"),
-    (["--min-peers", "4", "--batch", "0"], "--batch 0: expected `int` >= 1"),
+    (["--min-peers", "4", "--batch", "0"], "--batch: expected `int` >= 1, got 0"),
     (["--stages", "2", "--replicas", "2", "--batch", "6"], "--batch 6 must split evenly"),
     (["--min-peers", "4", "--fwd", "q99"], "--fwd:"),
     (["--min-peers", "4", "--listen", "nowhere"], "--listen: expected HOST:PORT"),

@@ -35,11 +35,11 @@ def test_flags_become_typed_fields(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--batch", "0"], r"--batch 0: expected `int` >= 1"),
-    (["--micro-batches", "-2"], r"--micro-batches -2: expected `int` >= 1"),
-    (["--lr", "-1"], r"--lr -1.0: expected `float` > 0.0"),
-    (["--lr", "nan"], r"--lr nan: expected `float` > 0.0"),
-    (["--warmup-steps", "-1"], r"--warmup-steps -1: expected `int` >= 0"),
+    (["--batch", "0"], r"--batch: expected `int` >= 1, got 0"),
+    (["--micro-batches", "-2"], r"--micro-batches: expected `int` >= 1, got -2"),
+    (["--lr", "-1"], r"--lr: expected `float` > 0.0, got -1.0"),
+    (["--lr", "nan"], r"--lr: expected `float` > 0.0, got nan"),
+    (["--warmup-steps", "-1"], r"--warmup-steps: expected `int` >= 0, got -1"),
     (["--model", "huge"], "--model: unknown preset 'huge'"),
     (["--data", "/no/such/corpus"], "--data: '/no/such/corpus' does not exist"),
 ])
