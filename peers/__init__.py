@@ -9,24 +9,35 @@
     worker.run_step(step, batch, plan_version, apply=False)       # live swarm: prepare, then
     worker.apply_update() or worker.discard_update()              # settle on commit / abort
 
-The data plane and the daemon (`ZmqTransport`, `fetch_state`, `probe`, `PlanRecord`, `SwarmDHT`,
-`PeerDaemon`, ...) are listed here too but load on first use: they pull in zmq and hivemind, and
-importing hivemind installs a log handler, which `import peers` (as `swarm-sim local` does) must
-not do.
+Every name loads on first use: the engine pulls in torch, the data plane zmq, the daemon
+hivemind (whose import installs a log handler), and `peers.protocol` must stay importable without
+any of them (the scheduler validates its files through it).
 """
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .allreduce import GradientAverager
-from .pipeline import ChannelStats, OptimizerSettings, StageExecutor, StepResult
-from .protocol import Codecs
-from .transport import InProcessHub, Mailbox, Message, PeerTimeout, Transport, TransportClosed
+if TYPE_CHECKING:  # the lazy names, for type checkers
+    from .allreduce import GradientAverager
+    from .daemon import PeerDaemon, PeerOptions, UnreachableError
+    from .dht import SwarmDHT
+    from .pipeline import ChannelStats, OptimizerSettings, StageExecutor, StepResult
+    from .probe import check_reachable, measure_bandwidth, probe, unreachable_hint
+    from .profiling import DeviceProfile, check_device, measure_device
+    from .protocol import Codecs, ControlRecord, PeerRecord, PlanRecord, RecordError
+    from .state_transfer import StateTransferError, fetch_state, fetch_state_any
+    from .transport import InProcessHub, Mailbox, Message, PeerTimeout, Transport, TransportClosed
+    from .zmq_transport import ZmqTransport
 
 _LAZY = {
+    "Message": "transport", "Transport": "transport", "Mailbox": "transport", "PeerTimeout": "transport",
+    "TransportClosed": "transport", "InProcessHub": "transport",
+    "StageExecutor": "pipeline", "StepResult": "pipeline", "OptimizerSettings": "pipeline", "ChannelStats": "pipeline",
+    "GradientAverager": "allreduce",
     "ZmqTransport": "zmq_transport",
     "fetch_state": "state_transfer", "fetch_state_any": "state_transfer", "StateTransferError": "state_transfer",
     "probe": "probe", "measure_bandwidth": "probe", "check_reachable": "probe", "unreachable_hint": "probe",
-    "PeerRecord": "protocol", "PlanRecord": "protocol", "ControlRecord": "protocol", "RecordError": "protocol",
+    "Codecs": "protocol", "PeerRecord": "protocol", "PlanRecord": "protocol", "ControlRecord": "protocol",
+    "RecordError": "protocol",
     "SwarmDHT": "dht",
     "PeerDaemon": "daemon", "PeerOptions": "daemon", "UnreachableError": "daemon",
     "DeviceProfile": "profiling", "measure_device": "profiling", "check_device": "profiling",
@@ -34,13 +45,16 @@ _LAZY = {
 
 __all__ = [
     "Message", "Transport", "Mailbox", "PeerTimeout", "TransportClosed", "InProcessHub",
-    "StageExecutor", "StepResult", "OptimizerSettings", "Codecs", "ChannelStats",
-    "GradientAverager", *_LAZY,
+    "StageExecutor", "StepResult", "OptimizerSettings", "Codecs", "ChannelStats", "GradientAverager",
+    "ZmqTransport", "fetch_state", "fetch_state_any", "StateTransferError",
+    "probe", "measure_bandwidth", "check_reachable", "unreachable_hint",
+    "PeerRecord", "PlanRecord", "ControlRecord", "RecordError", "SwarmDHT",
+    "PeerDaemon", "PeerOptions", "UnreachableError", "DeviceProfile", "measure_device", "check_device",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    """Import the data-plane and daemon names on first access (see the module docstring)."""
+    """Import a name's module on first access (see the module docstring)."""
     if name not in _LAZY:
         raise AttributeError(f"module 'peers' has no attribute {name!r}")
     value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
