@@ -3,6 +3,7 @@
     frame = compression.encode(tensor, "q4", seed=step)   # bytes, self-describing
     tensor2 = compression.decode(frame)                   # same dtype and shape (CPU)
     compression.decode(frame, out=buffer)                 # into a reused buffer (fastest)
+    compression.decode(frame, codec="q4", shape=(4, 5))   # a receiver's expectations, checked first
 
 Stateless codecs are named by spec strings (`available()` lists the names): `none`, `fp16`,
 `bf16`, `q1`..`q8` (`q4@128` block size, `q4~` round to nearest) and `cocktail` (CocktailSGD's
@@ -13,6 +14,9 @@ kernels after a one-time compilation; `set_fused(False)` keeps a process on the 
 A new codec is one module calling `register(name, factory)`. `resolve(spec)` is the one place a
 codec name is validated (CodecError names what is wrong); `frame_size` and `bits_per_value` give
 exact wire sizes without encoding anything, for cost models and timeouts.
+Decoding never amplifies: a frame whose tensor exceeds its size times the codec's `max_ratio`
+(none 1x, fp16 2x, q1 28x, cocktail <= 256x) is refused from its header, as is one whose codec
+or shape differs from what the receiver passed.
 """
 from compression.delta import ActivationDelta
 from compression.errors import CodecError

@@ -13,12 +13,19 @@ Unsent values decode as zero. Alone that is biased; `ErrorFeedback("cocktail")` 
 was not sent into the next step, which is how CocktailSGD trains (its one step of staleness is
 the training loop's business, not the codec's). Default size: ~0.21 bits per value (~150x
 smaller than fp32): 0.1 mask bits + 2.5% of values at 4 bits + their scales.
+
+Ratio limit: a value costs at least (1/8 + 17 keep/32) / stride payload bytes (its mask bit, and
+its share of the kept values' 4 bits and fp16 scales), so a frame decodes to at most
+128 stride / (4 + 17 keep) float32 bytes per payload byte. Parameters beyond `MAX_RATIO` (256x)
+are refused, since decode would let a small frame claim a huge tensor: stride 10 needs keep >= 0.059,
+stride 8 takes any keep, stride 42 needs keep 1. The default is 155x.
 """
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -27,14 +34,14 @@ from compression.noise import noise_vectors
 from compression.quantize import BlockQuantizer
 from compression.registry import register
 
-__all__ = ["Cocktail"]
+__all__ = ["Cocktail", "MAX_RATIO"]
 
 _VALUES = BlockQuantizer(4, 128)
 _PARAMS = re.compile(r"@(\d{1,6}),(0?\.\d{1,6}|1(?:\.0*)?)")
 _DEFAULT = (10, 0.25)
-# The mask costs 1 bit per sampled value, so a frame of P bytes decodes to at most 8 * stride * P
-# values: capping the stride keeps a 64 KB frame from making decode allocate more than 128 MB.
-_MAX_STRIDE = 64
+_MAX_STRIDE = 64  # the parser's range; MAX_RATIO bounds stride and keep together
+MAX_RATIO = 256.0  # decoded float32 bytes per payload byte, at most (see the module docstring)
+_MASK_CHUNK = 1 << 18  # mask bytes unpacked at a time: decode's temporaries stay a few MB
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,10 @@ class Cocktail:
         # Fixed-point, not `:g`: `1e-05` would not parse back, so the frame could not be decoded.
         keep = f"{self.keep:.6f}".rstrip("0").rstrip(".")
         return "cocktail" if (self.stride, self.keep) == _DEFAULT else f"cocktail@{self.stride},{keep}"
+
+    @property
+    def max_ratio(self) -> float:
+        return 128 * self.stride / (4 + 17 * self.keep)
 
     def payload_size(self, numel: int, dtype: torch.dtype) -> int:
         sampled, kept = self._counts(numel)
@@ -80,17 +91,27 @@ class Cocktail:
         if numel and not 0 <= offset < min(self.stride, numel):
             raise CodecError(f"codec {self.spec!r}: sample offset {offset} out of range (corrupted frame)")
         values_end = 4 + _VALUES.payload_size(kept, torch.float32)  # values first: fp16 scales stay aligned
-        chosen = _unpack_bits(payload[values_end:], sampled)
-        if int(chosen.sum()) != kept:
-            raise CodecError(f"codec {self.spec!r}: mask selects {int(chosen.sum())} values, header implies "
+        # The mask is checked first and read a slice at a time, so a corrupted frame costs a few MB
+        # whatever its size; the values' own checks (scales) come before the output exists.
+        mask = payload[values_end:]
+        if sampled % 8 and int(mask[-1]) >> (sampled % 8):
+            raise CodecError(f"codec {self.spec!r}: mask has bits set past its {sampled} samples (corrupted frame)")
+        selected = sum(int(bits.sum()) for _, bits in _mask_slices(mask))
+        if selected != kept:
+            raise CodecError(f"codec {self.spec!r}: mask selects {selected} values, header implies "
                              f"{kept} (corrupted frame)")
         values = _VALUES.decode(payload[4:values_end], kept, torch.float32)
         if out is None:
             out = torch.zeros(numel, dtype=dtype, device=payload.device)
         else:
             out.zero_()
-        if kept:
-            out[self._positions(offset, sampled, numel, payload.device)[chosen]] = values.to(dtype)
+        done = 0
+        for first, bits in _mask_slices(mask) if kept else ():
+            index = bits.nonzero().view(-1)
+            if index.numel():
+                positions = (offset + self.stride * (index + first)) % numel
+                out[positions] = values[done:done + index.numel()].to(dtype)
+                done += index.numel()
         return out
 
     def _counts(self, numel: int) -> tuple[int, int]:
@@ -107,9 +128,11 @@ def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
     return (bits * weights).sum(dim=1, dtype=torch.uint8) if bits.numel() else bits.view(-1)
 
 
-def _unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
+def _mask_slices(packed: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index of the first sample, its bits as bool) for each slice of `_MASK_CHUNK` mask bytes."""
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    return ((packed[:, None] >> shifts) & 1).view(-1)[:count].bool()
+    for start in range(0, packed.numel(), _MASK_CHUNK):
+        yield 8 * start, ((packed[start:start + _MASK_CHUNK, None] >> shifts) & 1).view(-1).bool()
 
 
 def _factory(params: str) -> Cocktail:
@@ -122,7 +145,13 @@ def _factory(params: str) -> Cocktail:
     stride, keep = int(match.group(1)), float(match.group(2))
     if not 1 <= stride <= _MAX_STRIDE or not 0 < keep <= 1:
         raise CodecError(f"cocktail stride must be 1..{_MAX_STRIDE} and keep in (0, 1], got {stride}, {keep}")
-    return Cocktail(stride, keep)
+    codec = Cocktail(stride, keep)
+    if codec.max_ratio > MAX_RATIO:
+        raise CodecError(f"cocktail@{stride},{match.group(2)} compresses up to {codec.max_ratio:.0f}x, beyond "
+                         f"cocktail's limit of {MAX_RATIO:.0f}x (a small frame could claim a huge tensor): lower "
+                         f"the stride or raise keep (stride 10 needs keep >= 0.059; the default is "
+                         f"{Cocktail().max_ratio:.0f}x)")
+    return codec
 
 
 register("cocktail", _factory)

@@ -13,12 +13,16 @@ again. The frame names every row's sample id, whether it is full or delta, and f
 many updates the sender's m has seen, so a receiver that fell out of step (a lost or aborted
 frame, a missed `forget`) raises CodecError instead of computing on a wrong m; `forget` those
 samples on the sender (their next visit goes in full, which resets m on both sides).
+
+A receiver checks the two parts' headers before decoding either: first visits must be codec
+`none` and deltas this link's codec, each with its rows' count and m's row shape (and, given
+`shape=`, the micro-batch shape the receiver expects), so a frame cannot make it decode more.
 """
 from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -79,14 +83,18 @@ class ActivationDelta:
             memory = torch.stack(list(held.values())).to(acts.device, torch.float32)
             diff = acts[delta_rows].to(torch.float32) - memory
             delta_frame = encode(diff.to(acts.dtype), self.codec, seed=seed, generator=self._generator)
-            updates.update({ids[r]: m for r, m in zip(delta_rows, _add_delta(memory, delta_frame, dtype), strict=True)})
+            added = _add_delta(memory, delta_frame, self.codec, dtype)
+            updates.update({ids[r]: m for r, m in zip(delta_rows, added, strict=True)})
         counts = [0 if f else self._updates[i] for i, f in zip(ids, fresh, strict=True)]
         self._commit(updates, ids, {ids[r] for r in full_rows})
         return _pack(ids, fresh, counts, full_frame, delta_frame)
 
     def decode(self, sample_ids: Iterable[int], frame: bytes | memoryview, *,
-               device: torch.device | str | None = None) -> torch.Tensor:
-        """m for each row of the micro-batch the frame carries, in the sender's dtype."""
+               device: torch.device | str | None = None, shape: Sequence[int] | None = None) -> torch.Tensor:
+        """m for each row of the micro-batch the frame carries, in the sender's dtype.
+
+        shape: the micro-batch shape [batch, ...] the receiver expects, checked from the headers.
+        """
         ids = self._check_ids(sample_ids, None)
         sent_ids, fresh, counts, full_frame, delta_frame = _unpack(frame)
         if sent_ids != ids:
@@ -103,6 +111,7 @@ class ActivationDelta:
             raise CodecError(f"delta frame for samples {stale[:8]} was computed on another m than this receiver "
                              "holds (a frame was lost or aborted); sender and receiver are out of step: "
                              "forget() these samples on the sender so their next visit goes in full")
+        row_shape = _row_shape(shape, len(ids), held)
         first = full_frame if full_frame is not None else delta_frame
         assert first is not None  # ids is never empty, so _unpack returns at least one part
         out_dtype = describe(first).dtype
@@ -111,17 +120,17 @@ class ActivationDelta:
         # leave this side's m half-updated (out of step with the sender's).
         rows: list[torch.Tensor] = [torch.empty(0)] * len(ids)
         updates: dict[int, torch.Tensor] = {}
-        if full_frame is not None:
-            full = decode(full_frame, device=device)
-            if full.ndim == 0 or full.shape[0] != len(full_rows):
-                raise CodecError("activation frame's full-precision part does not match its row flags")
+        if full_frame is not None:  # one row per flag, shaped like m's rows (or as expected)
+            row_shape = describe(full_frame).shape[1:] if row_shape is None else row_shape
+            full = decode(full_frame, device=device, codec="none", shape=(len(full_rows), *row_shape))
             for r, row in zip(full_rows, full, strict=True):
                 rows[r] = row
                 updates[ids[r]] = row.to(dtype, copy=True)
         if delta_frame is not None:
             memory = torch.stack(held)
             target = device if device is not None else memory.device
-            for r, m in zip(delta_rows, _add_delta(memory.to(target, torch.float32), delta_frame, dtype), strict=True):
+            added = _add_delta(memory.to(target, torch.float32), delta_frame, self.codec, dtype)
+            for r, m in zip(delta_rows, added, strict=True):
                 rows[r] = m.to(out_dtype)
                 updates[ids[r]] = m
         if len({row.shape for row in rows}) != 1:
@@ -186,13 +195,38 @@ class ActivationDelta:
             raise CodecError(f"micro-batch of {len(ids)} samples exceeds capacity {self.capacity}")
         return ids
 
+    @staticmethod
+    def shape_of(frame: bytes | memoryview) -> tuple[int, ...]:
+        """The micro-batch shape [batch, ...] a frame claims, from its headers alone (cheap)."""
+        sent_ids, _, _, full_frame, delta_frame = _unpack(frame)
+        first = full_frame if full_frame is not None else delta_frame
+        assert first is not None  # _unpack returns at least one part
+        claimed = describe(first).shape
+        if not claimed:
+            raise CodecError("activation frame carries a 0-d part; its rows need a batch dimension")
+        return (len(sent_ids), *claimed[1:])
 
-def _add_delta(memory: torch.Tensor, frame: bytes | memoryview, dtype: torch.dtype) -> torch.Tensor:
+
+def _row_shape(shape: Sequence[int] | None, batch: int, held: list[torch.Tensor]) -> tuple[int, ...] | None:
+    """The row shape every part must have: the expected one, else m's (the delta rows'), else unknown."""
+    if shape is not None:
+        expected = tuple(int(size) for size in shape)
+        if not expected or expected[0] != batch:
+            raise CodecError(f"expected shape {expected}, but the frame carries {batch} rows")
+        if held and tuple(held[0].shape) != expected[1:]:
+            raise CodecError(f"expected rows of shape {expected[1:]}, but this receiver's m has rows of "
+                             f"{tuple(held[0].shape)}; sender and receiver are out of step")
+        return expected[1:]
+    return tuple(held[0].shape) if held else None
+
+
+def _add_delta(memory: torch.Tensor, frame: bytes | memoryview, codec: str, dtype: torch.dtype) -> torch.Tensor:
     """m + Q(a - m) in `dtype`, for the delta rows; `memory` is their current m in fp32."""
-    delta = decode(frame, device=memory.device)
-    if delta.shape != memory.shape:
-        raise CodecError(f"delta frame has shape {tuple(delta.shape)} but m has {tuple(memory.shape)} "
-                         "(sender and receiver out of step)")
+    try:
+        delta = decode(frame, device=memory.device, codec=codec, shape=memory.shape)
+    except CodecError as error:
+        raise CodecError(f"delta frame does not fit m ({error}); sender and receiver are out of step, "
+                         "or the frame is corrupted") from None
     return (memory + delta.to(torch.float32)).to(dtype)
 
 

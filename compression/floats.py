@@ -23,6 +23,11 @@ class FloatCodec:
     spec: str
     wire_dtype: torch.dtype | None
 
+    @property
+    def max_ratio(self) -> float:
+        # `none` sends the decoded bytes themselves; a half-width cast decodes to at most float32.
+        return 1.0 if self.wire_dtype is None else 4 / self.wire_dtype.itemsize
+
     def payload_size(self, numel: int, dtype: torch.dtype) -> int:
         return numel * (self.wire_dtype or dtype).itemsize
 

@@ -10,14 +10,18 @@ Frame layout (little-endian), so a receiver needs no prior agreement with the se
     payload: codec-defined, exactly `codec.payload_size(numel, dtype)` bytes
 
 Decode validates everything it can from the header (magic, version, dtype, spec, shape, exact
-payload length) before allocating anything, so no frame can make it allocate more than the
-frame's own size times a small factor.
+payload length) before allocating anything, and refuses a frame whose tensor (numel x itemsize)
+exceeds the frame's size times its codec's `max_ratio`: `none` 1x, `fp16`/`bf16` 2x, `q<k>@<b>`
+4 / (k/8 + 4/b) (q1 28x, q4 7.8x, q8 3.9x), `cocktail` at most 256x (its parser refuses
+parameters beyond that; the default is 155x). A receiver that knows what it expects passes
+`codec=` and `shape=`, checked from the header too, so a frame cannot even claim another size.
 """
 from __future__ import annotations
 
 import secrets
 import struct
 import warnings
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -109,26 +113,60 @@ def describe(data: bytes | bytearray | memoryview) -> FrameInfo:
 
 
 def decode(data: bytes | bytearray | memoryview, *, device: torch.device | str | None = None,
-           out: torch.Tensor | None = None) -> torch.Tensor:
+           out: torch.Tensor | None = None, codec: str | None = None, shape: Sequence[int] | None = None,
+           max_ratio: float | None = None) -> torch.Tensor:
     """The tensor a frame carries, with the sender's dtype and shape.
 
     device: where to rebuild it (default CPU); decoding on the GPU moves only the compressed
     bytes across PCIe. out: a contiguous tensor of the frame's dtype and shape to decode into
     (returned); reusing one avoids the page faults of a fresh large allocation every call.
-    Raises CodecError for any truncated, corrupted or unknown frame, or an `out` that does not fit.
+    codec / shape: what the receiver expects (the plan's codec, in any spelling that resolves to
+    the same spec; the exact shape): checked from the header, before anything is allocated.
+    max_ratio: the most decoded bytes per frame byte to accept, instead of the codec's own
+    `max_ratio` (the best any legitimate frame of it achieves).
+    Raises CodecError for any truncated, corrupted, unknown or unexpected frame, an `out` that
+    does not fit, or a decode that fails for lack of memory.
     """
     view = _byte_view(data)
     info, impl = _parse(view)
+    if codec is not None and info.codec != resolve(codec).spec:
+        raise CodecError(f"expected a {resolve(codec).spec!r} frame, but the frame carries codec {info.codec!r}")
+    if shape is not None and _as_shape(shape) != info.shape:
+        raise CodecError(f"expected shape {_as_shape(shape)}, but the frame carries shape {info.shape}")
+    _check_ratio(info, impl, len(view), max_ratio)
     if out is not None:
         if out.shape != info.shape or out.dtype != info.dtype or not out.is_contiguous():
             raise CodecError(f"out is {out.dtype} {tuple(out.shape)}, but the frame holds {info.dtype} "
                              f"{info.shape}; out must match and be contiguous")
         device = out.device
     payload = _as_tensor(view, info.payload_at, len(view) - info.payload_at)
-    if device is not None:
-        payload = payload.to(device)
-    flat = impl.decode(payload, info.numel, info.dtype, None if out is None else out.view(-1))
+    try:
+        if device is not None:
+            payload = payload.to(device)
+        flat = impl.decode(payload, info.numel, info.dtype, None if out is None else out.view(-1))
+    except (RuntimeError, MemoryError) as error:  # torch's allocation failures (OutOfMemoryError too)
+        raise CodecError(f"decoding a {info.codec!r} frame of {info.dtype} {info.shape} failed "
+                         f"({type(error).__name__}: {str(error)[:200]})") from error
     return out if out is not None else flat.view(info.shape)
+
+
+def _as_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        return tuple(int(size) for size in shape)
+    except (TypeError, ValueError):
+        raise CodecError(f"shape must be a sequence of ints, got {shape!r}") from None
+
+
+def _check_ratio(info: FrameInfo, impl: Codec, frame_bytes: int, max_ratio: float | None) -> None:
+    """Refuse a frame that claims more decoded bytes than its size allows (see the module docstring)."""
+    limit = impl.max_ratio if max_ratio is None else max_ratio
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+        raise CodecError(f"max_ratio must be a positive number, got {limit!r}")
+    decoded = info.numel * info.dtype.itemsize
+    if decoded > limit * frame_bytes:
+        raise CodecError(f"frame of {frame_bytes} bytes claims {info.dtype} {info.shape} ({decoded} bytes, "
+                         f"{decoded / frame_bytes:.0f}x), beyond the {limit:g}x that codec {info.codec!r} allows "
+                         "(corrupted or hostile frame)")
 
 
 def _parse(view: memoryview) -> tuple[FrameInfo, Codec]:

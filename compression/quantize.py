@@ -36,6 +36,7 @@ _EXPONENT_BYTES = 4
 _MAX_EXPONENT = 120  # 2^±120 keeps every fp32 peak's stats finite and the division exact
 _PEAK_EXPONENT = 10  # peak * 2^e lands in [2^9, 2^10): 64x headroom below fp16's max for outliers
 _SAMPLE = 4096  # values sampled to estimate the peak
+_DECODE_SLAB = 1 << 22  # values decoded per pass: bounds decode's temporaries (eager: ~3 fp32 copies)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,12 @@ class BlockQuantizer:
     def spec(self) -> str:
         return f"q{self.bits}{'' if self.stochastic else '~'}" + (
             "" if self.block == DEFAULT_BLOCK else f"@{self.block}")
+
+    @property
+    def max_ratio(self) -> float:
+        # Every value costs at least bits/8 bytes plus its share 4/block of the block stats, so n
+        # float32 values never take fewer than n * (bits/8 + 4/block) payload bytes: q1 is 28x.
+        return 4 / (self.bits / 8 + 4 / self.block)
 
     def payload_size(self, numel: int, dtype: torch.dtype) -> int:
         return _EXPONENT_BYTES + 4 * -(-numel // self.block) + -(-numel * self.bits // 8)
@@ -98,21 +105,31 @@ class BlockQuantizer:
             raise CodecError(f"codec {self.spec!r}: frame carries a NaN/inf or negative block scale "
                              "(corrupted frame)")
         packed = payload[4 * nb:]
-        full = nb * self.block * self.bits // 8
-        if packed.numel() != full:  # ragged last block: pad its codes to a whole block
-            packed = torch.cat([packed, packed.new_zeros(full - packed.numel())])
-        codes = packed
-        if self.bits != 8:
-            codes = _scratch("codes", nb * self.block, payload.device)
-            fused.spread(_groups(packed, self.bits), self.bits, codes.view(torch.int64))
-        codes = codes.view(nb, self.block)
-        if numel == nb * self.block:
-            fused.dequantize(stats, codes, out.view(nb, self.block), factor)
-        else:
-            whole = torch.empty(nb, self.block, dtype=dtype, device=out.device)
-            fused.dequantize(stats, codes, whole, factor)
-            out.copy_(whole.view(-1)[:numel])
+        step = max(1, _DECODE_SLAB // self.block)  # blocks per slab: temporaries stay a few MB
+        for first in range(0, nb, step):
+            self._decode_slab(stats[first:first + step], packed, first, out, factor)
         return out
+
+    def _decode_slab(self, stats: torch.Tensor, packed: torch.Tensor, first: int, out: torch.Tensor,
+                     factor: torch.Tensor) -> None:
+        """Blocks first .. first + len(stats) of the frame into their values in `out`."""
+        nb, block = stats.shape[0], self.block
+        start = first * block * self.bits // 8
+        chunk = packed[start:start + nb * block * self.bits // 8]
+        if chunk.numel() != nb * block * self.bits // 8:  # ragged last block: pad its codes to a whole block
+            chunk = torch.cat([chunk, chunk.new_zeros(nb * block * self.bits // 8 - chunk.numel())])
+        codes = chunk
+        if self.bits != 8:
+            codes = _scratch("codes", nb * block, packed.device)
+            fused.spread(_groups(chunk, self.bits), self.bits, codes.view(torch.int64))
+        codes = codes.view(nb, block)
+        target = out[first * block:(first + nb) * block]
+        if target.numel() == nb * block:
+            fused.dequantize(stats, codes, target.view(nb, block), factor)
+        else:
+            whole = torch.empty(nb, block, dtype=out.dtype, device=out.device)
+            fused.dequantize(stats, codes, whole, factor)
+            target.copy_(whole.view(-1)[:target.numel()])
 
 
 _local = threading.local()

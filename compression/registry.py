@@ -26,10 +26,16 @@ class Codec(Protocol):
 
     `spec` is the canonical spec string written into frames; resolving it again gives an equal
     codec. `payload_size` must be exact and cheap: decode checks it before allocating anything.
+    `max_ratio` bounds the decoded bytes (numel x itemsize, up to float32's 4) per payload byte of
+    any frame the codec makes; decode refuses frames that claim more, so it must hold for every
+    numel (derive it from `payload_size`, and keep it small: parse away parameters that are not).
     """
 
     @property
     def spec(self) -> str: ...
+
+    @property
+    def max_ratio(self) -> float: ...
 
     def payload_size(self, numel: int, dtype: torch.dtype) -> int: ...
 

@@ -133,11 +133,12 @@ class GradientAverager:
     def _receive(self, member: int, kind: str, step: int, index: int, expected: int,
                  device: torch.device) -> torch.Tensor:
         message = self.transport.recv(self.group[member], kind, step, index, timeout=self.timeout)
-        chunk = compression.decode(message.payload, device=device).reshape(-1).float()
-        if chunk.numel() != expected:
-            raise ValueError(f"all-reduce {kind} chunk {index} from {self.group[member]!r} has {chunk.numel()} "
-                             f"values, expected {expected}: the replicas disagree on the stage's shapes")
-        return chunk
+        try:  # the group's codec and the chunk's length, checked from the header before decoding
+            return compression.decode(message.payload, device=device, codec=self.codec, shape=(expected,)).float()
+        except compression.CodecError as error:
+            raise compression.CodecError(f"all-reduce {kind} chunk {index} from {self.group[member]!r}: {error}; "
+                                         "the replicas disagree on the codec or the stage's shapes, or the frame "
+                                         "is corrupted") from None
 
 
 def _chunk_bounds(count: int, parts: int) -> list[tuple[int, int]]:

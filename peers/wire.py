@@ -166,7 +166,7 @@ def unpack(frames: Sequence[Any], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
         header = _HEADER_DECODER.decode(header_view)
     except msgspec.ValidationError as error:
         raise _header_error(error) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         raise WireError(f"header is not valid msgpack: {error}") from None
     if header.version != WIRE_VERSION:
         raise WireError(f"wire version {header.version!r} is not {WIRE_VERSION}: peer runs another release")
@@ -188,7 +188,7 @@ def unpack_body(data: Any, body_type: type[_Body]) -> _Body:
         body: _Body = _BODY_DECODERS[body_type].decode(data)
     except msgspec.ValidationError as error:
         raise WireError(f"{body_type.__name__} is invalid: {error}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         raise WireError(f"{body_type.__name__} is not valid msgpack: {error}") from None
     return body
 

@@ -60,12 +60,20 @@ class ActivationChannel:
             return compression.encode(activations, self.codec, seed=seed)
         return self._delta.encode(sample_ids, activations, seed=seed)
 
-    def decode(self, sample_ids: torch.Tensor, payload: bytes | memoryview,
-               device: torch.device | None = None) -> torch.Tensor:
-        """Receiver: the activations to compute on (m itself with delta); CodecError on a bad frame."""
+    def decode(self, sample_ids: torch.Tensor, payload: bytes | memoryview, device: torch.device | None = None,
+               *, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Receiver: the activations to compute on (m itself with delta); CodecError on a bad frame,
+        or on one that is not this channel's codec or (given `shape`) not that shape, checked from
+        the header before decoding."""
         if self._delta is None:
-            return compression.decode(payload, device=device)
-        return self._delta.decode(sample_ids, payload, device=device).clone()
+            return compression.decode(payload, device=device, codec=self.codec, shape=shape)
+        return self._delta.decode(sample_ids, payload, device=device, shape=shape).clone()
+
+    def shape_of(self, payload: bytes | memoryview) -> tuple[int, ...]:
+        """The shape a frame claims, from its header(s) alone; CodecError on a malformed one."""
+        if self._delta is None:
+            return compression.describe(payload).shape
+        return compression.ActivationDelta.shape_of(payload)
 
     def forget(self, sample_ids: list[int]) -> None:
         """Sender side of an aborted step: these samples' next visit goes in full, resyncing m."""

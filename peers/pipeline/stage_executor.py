@@ -220,7 +220,9 @@ class StageExecutor:
         else:
             message = self.transport.recv(self.prev, ACT_KIND, work.step, m, timeout=self.timeout)
             sample_ids = torch.tensor(message.sample_ids, dtype=torch.long)
-            x = self._incoming.decode(sample_ids, message.payload, self._device).to(self._dtype).requires_grad_(True)
+            shape = self._activation_shape(work, m, len(message.sample_ids), message.payload)
+            x = self._incoming.decode(sample_ids, message.payload, self._device, shape=shape)
+            x = x.to(self._dtype).requires_grad_(True)
         work.tokens += int(x.shape[0] * x.shape[1])
         with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self._autocast):
             out = self.stage(x)
@@ -248,10 +250,9 @@ class StageExecutor:
             torch.autograd.backward(out / self.micro_batches)  # out is this micro-batch's mean loss
         else:
             message = self.transport.recv(self.next, GRAD_KIND, work.step, m, timeout=self.timeout)
-            grad = compression.decode(message.payload, device=self._device).to(out.dtype)
-            if grad.shape != out.shape:
-                raise ValueError(f"step {work.step} micro-batch {m}: gradient of shape {tuple(grad.shape)} from "
-                                 f"{self.next!r} does not match activations {tuple(out.shape)}")
+            # The plan's codec and the activations' shape, checked from the header before decoding.
+            grad = compression.decode(message.payload, device=self._device, codec=self.codecs.backward,
+                                      shape=tuple(out.shape)).to(out.dtype)
             torch.autograd.backward(out, grad)
         if self.prev is not None:  # the received activations' gradient goes back upstream
             if inputs.grad is None:
@@ -261,6 +262,16 @@ class StageExecutor:
             self.transport.send(self.prev, Message(kind=GRAD_KIND, step=work.step, index=m, payload=payload,
                                                    plan_version=work.plan_version))
             work.stats.add("backward", len(payload), inputs.grad.numel())
+
+    def _activation_shape(self, work: "_Step", m: int, rows: int, payload: bytes | memoryview) -> tuple[int, ...]:
+        """[rows, length, d_model] that incoming activations must have: the length of this replica's
+        micro-batch on the last stage, elsewhere the sender's (from the header) up to the context."""
+        config = self.stage.config
+        if work.micro:
+            return (rows, int(work.micro[m].inputs.shape[-1]), config.d_model)
+        claimed = self._incoming.shape_of(payload)
+        length = claimed[1] if len(claimed) == 3 and 1 <= claimed[1] <= config.context else config.context
+        return (rows, length, config.d_model)
 
     def _seed(self, step: int, micro_batch: int, channel: int) -> int:
         """Stochastic-rounding seed: a run repeats exactly, and no two messages share noise."""

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peers import wire
 from peers.transport import Message
+from tests.peers.test_fuzz_bodies import MSGPACK, MUTATION, mutate
 
 int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
@@ -145,3 +146,38 @@ def test_random_body_bytes_never_escape_as_anything_but_wire_error(data):
             wire.unpack_body(data, body_type)
         except wire.WireError:
             pass
+
+
+# Fuzzing: mutated and random headers raise only WireError (bench/fuzz.py runs 100,000 such cases).
+
+def _only_wire_error(frames, **kwargs) -> None:
+    try:
+        message = wire.unpack(frames, **kwargs)
+    except wire.WireError:
+        return
+    assert isinstance(message, Message) and isinstance(message.payload, memoryview)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.text(min_size=1, max_size=8), step=int64, sender=st.text(max_size=8),
+       sample_ids=st.lists(int64, max_size=6), mutations=st.lists(MUTATION, min_size=1, max_size=4),
+       payload=st.binary(max_size=32), limit=st.sampled_from([0, 16, wire.DEFAULT_MAX_MESSAGE_BYTES]))
+def test_mutated_headers_raise_only_wire_error(kind, step, sender, sample_ids, mutations, payload, limit):
+    header, _ = wire.pack(Message(kind, step, 1, b"", sample_ids=tuple(sample_ids)), sender=sender, plan_version=2)
+    _only_wire_error([mutate(bytes(header), mutations), payload], max_message_bytes=limit)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(replacements=st.lists(st.tuples(st.integers(0, 8), MSGPACK), max_size=3), length=st.integers(0, 9))
+def test_headers_with_random_field_values_raise_only_wire_error(replacements, length):
+    fields = (GOOD + [0, "extra"])[:length]
+    for index, value in replacements:
+        if index < length:
+            fields[index] = value
+    _only_wire_error([msgpack.packb(fields, use_bin_type=True), b""])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(MSGPACK, max_size=3))
+def test_random_msgpack_frames_raise_only_wire_error(values):
+    _only_wire_error([msgpack.packb(value, use_bin_type=True) for value in values])
