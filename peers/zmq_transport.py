@@ -1,10 +1,9 @@
 """`Transport` over zmq: the live swarm's data plane.
 
-One ROUTER socket bound to tcp://HOST:PORT receives everything; one DEALER per neighbour sends.
-All socket I/O runs on an asyncio (uvloop) event loop in a background thread, because zmq sockets
-are not thread-safe and the engine must never block on the network: `send` hands the frames to
-the loop thread and returns, `recv` waits on a `Mailbox` the loop fills. Payloads travel as their
-own zmq frame without copies (see `peers.wire`).
+One ROUTER socket bound to tcp://HOST:PORT receives everything; one DEALER per neighbour sends. All socket
+I/O runs on an asyncio (uvloop) event loop in a background thread, because zmq sockets are not thread-safe and
+the engine must never block on the network: `send` hands the frames to the loop thread and returns, `recv` waits
+on a `Mailbox` the loop fills. Payloads travel as their own zmq frame without copies (see `peers.wire`).
 
     transport = ZmqTransport("p1", host="0.0.0.0", port=7000, advertise_host="10.0.0.5")
     transport.connect("p2", "tcp://10.0.0.6:7000")       # as the plan changes
@@ -15,14 +14,13 @@ own zmq frame without copies (see `peers.wire`).
     transport.stats()                                    # counters per message kind
     transport.close()
 
-Robustness: every socket has a maximum frame size (zmq.MAXMSGSIZE, and the parser checks again);
-malformed frames are counted and dropped; messages of an older plan version are dropped and
-counted, newer ones are held until this peer adopts that version, and data delivered but not
-yet claimed is capped at `max_unclaimed_bytes` (see `peers.zmq_mailbox`); a send to a peer
-that accepts nothing blocks at most `send_timeout` seconds once `max_pending` messages queue up
-(plus as many in zmq's own pipe: that bounds memory per neighbour), then raises PeerTimeout;
-`close` wakes every waiter with TransportClosed. The same port answers probes (`peers.probe`)
-and state requests (`peers.state_transfer`), so a peer publishes one address.
+Robustness: every socket has a maximum frame size (zmq.MAXMSGSIZE, and the parser checks again); malformed
+frames are counted and dropped; messages of an older plan version are dropped and counted, newer ones are held
+until this peer adopts that version, and data delivered but not yet claimed is capped at `max_unclaimed_bytes`
+(`peers.zmq_mailbox`); a send to a peer that accepts nothing blocks at most `send_timeout` seconds once
+`max_pending` messages queue up (plus as many in zmq's own pipe: that bounds memory per neighbour), then raises
+PeerTimeout; `close` wakes every waiter with TransportClosed. The same port answers probes (`peers.probe`) and
+state requests (`peers.state_transfer`), so a peer publishes one address.
 """
 from __future__ import annotations
 
@@ -39,6 +37,7 @@ import zmq
 import zmq.asyncio
 
 from peers import wire
+from peers.delay_line import DelayLine, hold
 from peers.probe import parse_reach_request, probe_async
 from peers.state_transfer import DEFAULT_CHUNK_BYTES, StateServer
 from peers.transport import Message, PeerTimeout, TransportClosed
@@ -52,9 +51,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _MAX_CONCURRENT_REACH = 4
-# A full zmq pipe is retried after this backoff: pyzmq's asyncio sockets wait for writability
-# through zmq's edge-triggered FD and measured 20-40x slower than polling once the high-water mark
-# is hit. The pipe still holds `max_pending` messages meanwhile, so the link never idles.
+# A full zmq pipe is retried after this backoff: pyzmq's asyncio wait for writability (zmq's edge-triggered FD)
+# measured 20-40x slower than polling at the high-water mark; the pipe holds `max_pending` messages meanwhile.
 _BACKOFF_S = (0.0002, 0.005)
 
 
@@ -64,7 +62,7 @@ class _Link:
 
     address: str
     sock: zmq.Socket[bytes]
-    queue: asyncio.Queue[tuple[list[Any], str, int]]
+    queue: asyncio.Queue[tuple[list[Any], str, int, float]]  # frames, kind, payload bytes, due time (0: now)
     writer: asyncio.Task[None] = field(init=False)  # started once the link exists
     pending: int = 0  # messages handed to `send` that zmq has not accepted yet
 
@@ -81,11 +79,13 @@ class ZmqTransport:
         link speed (the timeout hierarchy), e.g. 3 x the time the largest message needs.
     max_unclaimed_bytes: received payloads not yet taken by `recv` (default 4 x max_message_bytes);
         more is dropped and counted, so a flood cannot exhaust memory.
+    link_latency: a `peers.delay_line.DelayLine` holding each link's sends for its latency (None: off).
     """
 
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0, *, advertise_host: str | None = None,
                  max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES, max_pending: int = 64,
-                 send_timeout: float = 30.0, plan_version: int = 0, max_unclaimed_bytes: int | None = None) -> None:
+                 send_timeout: float = 30.0, plan_version: int = 0, max_unclaimed_bytes: int | None = None,
+                 link_latency: DelayLine | None = None) -> None:
         if not name or len(name) > 256:
             raise ValueError(f"transport name must be 1..256 characters, got {name!r}")
         if not 0 <= port < 65536:
@@ -96,6 +96,7 @@ class ZmqTransport:
         self.max_message_bytes = max_message_bytes
         self.max_pending = max_pending
         self.send_timeout = send_timeout
+        self._delays = link_latency or None
         self._stats = TransportStats()
         self._mailbox = GatedMailbox(plan_version, max_unclaimed_bytes or 4 * max_message_bytes, self._stats.add)
         self._states = StateServer(min(max_message_bytes, DEFAULT_CHUNK_BYTES))
@@ -119,10 +120,9 @@ class ZmqTransport:
     def send(self, to: str, message: Message) -> None:
         """Queue `message` for peer `to` and return; the payload is not copied (do not mutate it).
 
-        The message travels with its own `plan_version`, or this transport's when it is 0.
-
-        Raises ValueError for an unknown peer or an oversized payload, PeerTimeout when `to` has
-        accepted nothing for `send_timeout` seconds, TransportClosed after `close`.
+        The message travels with its own `plan_version`, or this transport's when it is 0. Raises
+        ValueError for an unknown peer or an oversized payload, PeerTimeout when `to` has accepted
+        nothing for `send_timeout` seconds, TransportClosed after `close`.
         """
         self._check_open()
         version = message.plan_version or self.plan_version
@@ -134,8 +134,9 @@ class ZmqTransport:
         if payload_bytes > self.max_message_bytes:
             raise ValueError(f"payload of {payload_bytes} bytes exceeds max_message_bytes={self.max_message_bytes}")
         link = self._reserve(to)
+        due = self._delays.due(link.address) if self._delays else 0.0
         try:
-            self._loop.call_soon_threadsafe(link.queue.put_nowait, (frames, message.kind, payload_bytes))
+            self._loop.call_soon_threadsafe(link.queue.put_nowait, (frames, message.kind, payload_bytes, due))
         except RuntimeError:  # the loop stopped between the reservation and now: we were closed
             self._release(link)
             raise TransportClosed(f"transport {self.name!r} is closed") from None
@@ -297,7 +298,9 @@ class ZmqTransport:
     async def _drain(self, link: _Link) -> None:
         """Hand queued messages to zmq in order, waiting (with backoff) while its pipe is full."""
         while True:
-            frames, kind, payload_bytes = await link.queue.get()
+            frames, kind, payload_bytes, due = await link.queue.get()
+            if due:
+                await hold(due)
             delay = _BACKOFF_S[0]
             while True:
                 try:
@@ -337,7 +340,10 @@ class ZmqTransport:
             self._stats.reject(str(error))
             return
         self._stats.count_received(message.kind, sum(len(frame) for frame in frames))
-        if message.kind == wire.PING:
+        if message.kind == wire.PING and self._delays:  # held for the emulated round trip to the pinging host
+            delay = self._delays.pong(identity)
+            self._loop.call_later(delay, self._reply, identity, wire.PONG, message.step, message.index, b"")
+        elif message.kind == wire.PING:
             self._reply(identity, wire.PONG, message.step, message.index, b"")
         elif message.kind == wire.STATE_REQUEST:
             self._reply(identity, *self._states.answer(message))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from swarm.cli import sim_local, sim_plan, sim_simulate
+from swarm.cli import sim_local, sim_net, sim_plan, sim_simulate
 
 __all__ = ["main", "build_parser"]
 
@@ -16,7 +16,7 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swarm-sim", description="Run, plan and predict swarms on one machine.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (sim_local, sim_plan, sim_simulate):
+    for module in (sim_local, sim_plan, sim_simulate, sim_net):
         module.register(subparsers)
     return parser
 
