@@ -17,6 +17,8 @@ import socket
 import sys
 import threading
 
+from peers.logs import add_log_format_argument, configure_logging
+
 __all__ = ["main"]
 
 
@@ -38,29 +40,54 @@ def main(argv: list[str] | None = None) -> int:
     join.add_argument("--no-fused", dest="fused", action="store_false",
                       help="quantize eagerly instead of compiling fused kernels (a short CPU run should not "
                            "wait seconds for torch.compile)")
+    join.add_argument("--metrics-port", type=int, metavar="P",
+                      help="serve Prometheus metrics at http://HOST:P/metrics on --host (0 picks a free port) "
+                           "[default: off]")
+    add_log_format_argument(join)
+    join.add_argument("--link-latency", metavar="FILE",
+                      help="add one-way latency to this peer's sends in user space: a JSON object "
+                           "{\"tcp://HOST:PORT\": ms} of destination data addresses (the network harness "
+                           "`swarm-sim net` writes it; off by default)")
     args = parser.parse_args(argv)
     from peers.daemon import PeerDaemon, PeerOptions, UnreachableError  # heavy imports after --help
 
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be in 0..65535, got {args.port}")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error(f"--metrics-port must be in 0..65535, got {args.metrics_port}")
     if args.threads is not None and args.threads <= 0:
         parser.error(f"--threads must be positive, got {args.threads}")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.link_latency is not None:
+        from peers.delay_line import DelayLine
+
+        try:
+            DelayLine.load(args.link_latency)
+        except ValueError as error:
+            parser.error(str(error))
+    configure_logging(args.log_format)
+    events = logging.getLogger("peers.daemon")
     name = args.name or f"{socket.gethostname()}-{secrets.token_hex(2)}"
     options = PeerOptions(initial_peers=tuple(args.initial_peers), name=name, device=args.device, host=args.host,
                           port=args.port, advertise_host=args.advertise_host, threads=args.threads,
-                          fused=args.fused)
+                          fused=args.fused, metrics_port=args.metrics_port, link_latency=args.link_latency)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        return PeerDaemon(options, on_event=lambda text: print(text, flush=True)).run(stop)
+        return PeerDaemon(options, on_event=events.info).run(stop)
     except UnreachableError as error:
-        print(f"swarm-peer: {error}", file=sys.stderr)
+        _fail(args.log_format, error)
         return 3
     except (ValueError, OSError) as error:
-        print(f"swarm-peer: {error}", file=sys.stderr)
+        _fail(args.log_format, error)
         return 2
+
+
+def _fail(log_format: str, error: Exception) -> None:
+    """Why the peer stops: on stderr as "swarm-peer: ...", and as a log record when logs are JSON."""
+    print(f"swarm-peer: {error}", file=sys.stderr)
+    if log_format == "json":
+        logging.getLogger("peers.cli").error("swarm-peer: %s", error)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Everything runs as real processes, exactly as on separate machines (`swarm-coord
 `swarm-peer join`), with the 3/6/4-bit codecs on the wire. The live view shows the step, loss,
 tokens/s, bytes per channel and the plan version; it ends by itself after `--steps` steps, and
 Ctrl-C stops every process cleanly. Either way it prints where the report and checkpoint are.
+The coordinator serves its live dashboard (`--http`) while the demo runs; the demo prints its URL.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m swarm.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50, help="steps to train [default: %(default)s]")
     parser.add_argument("--dir", type=Path, help="where logs, report and checkpoints go [default: a new temp dir]")
+    parser.add_argument("--http", default="127.0.0.1:0", metavar="HOST:PORT",
+                        help="where the coordinator serves its dashboard (port 0: a free one) [default: %(default)s]")
     args = parser.parse_args(argv)
     if args.steps <= 0:
         parser.error(f"--steps must be positive, got {args.steps}")
@@ -45,10 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         swarm.start_coordinator(["--steps", str(args.steps), "--batch", "8", "--micro-batches", "2", "--stages", "2",
-                                 "--replicas", "2", "--checkpoint-every", "25"])
+                                 "--replicas", "2", "--checkpoint-every", "25", "--http", args.http])
+        dashboard = swarm.dashboard_url()
+        console.print(f"[bold]dashboard[/]: {dashboard}  (open it in a browser while the demo runs)")
         for name in PEERS:
             swarm.start_peer(name)
-        code = _watch(swarm, args.steps, console)
+        code = _watch(swarm, args.steps, console, dashboard)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping the coordinator and peers[/]")
         code = 130
@@ -66,25 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _watch(swarm: LocalSwarm, steps: int, console: Console) -> int:
+def _watch(swarm: LocalSwarm, steps: int, console: Console, dashboard: str) -> int:
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=console)
     task = progress.add_task("waiting for peers", total=steps)
-    with Live(Group(progress, _table({})), console=console, refresh_per_second=4) as live:
+    with Live(Group(progress, _table({}, dashboard)), console=console, refresh_per_second=4) as live:
         while True:
             report = swarm.report()
             done = report.get("steps", [])
             progress.update(task, completed=done[-1]["step"] if done else 0,
                             description="training" if done else "starting up (profiling, DHT, first plan)")
-            live.update(Group(progress, _table(report)))
+            live.update(Group(progress, _table(report, dashboard)))
             coordinator = swarm.processes["coordinator"].poll()
             if coordinator is not None:
                 return coordinator
             time.sleep(0.25)
 
 
-def _table(report: dict[str, Any]) -> Table:
+def _table(report: dict[str, Any], dashboard: str) -> Table:
     table = Table(show_header=False, box=None)
+    table.add_row("dashboard", dashboard)
     steps, plans = report.get("steps", []), report.get("plans", [])
     if steps:
         last = steps[-1]

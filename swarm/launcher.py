@@ -60,6 +60,18 @@ class LocalSwarm:
         self.wait_for(path.exists, timeout, "the coordinator to write coordinator.json")
         return list(json.loads(path.read_text())["initial_peers"])
 
+    def dashboard_url(self, timeout: float = 60.0) -> str:
+        """The dashboard's URL of a coordinator started with `--http`, from its `coordinator.json`."""
+        path = self.checkpoint_dir / "coordinator.json"
+
+        def url() -> str | None:
+            try:
+                return str(json.loads(path.read_text()).get("dashboard") or "") or None
+            except (OSError, ValueError):
+                return None
+
+        return str(self.wait_for(url, timeout, "the coordinator to write its dashboard URL to coordinator.json"))
+
     def start_peer(self, name: str, args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         """Start `swarm-peer join` named `name`, pointed at the coordinator."""
         command = ["-m", "peers.cli", "join", "--initial-peers", *self.initial_peers(), "--name", name,

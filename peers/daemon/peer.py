@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import compression
 from models import SequenceDataset, default_corpus_path, get_config, read_corpus
+from peers.delay_line import DelayLine
 from peers.dht import SwarmDHT
+from peers.metrics import MetricsServer, PeerMetrics, serve_metrics
 from peers.probe import check_reachable, measure_bandwidth, probe, unreachable_hint
 from peers.profiling import measure_device
 from peers.protocol import ControlRecord, Link, PeerRecord, PlanRecord, SourceKind, StateSource
@@ -55,6 +57,8 @@ class PeerOptions:
     advertise_host: str | None = None
     threads: int | None = None
     fused: bool = True
+    metrics_port: int | None = None  # serve /metrics there (0: a free port); None: no metrics endpoint
+    link_latency: str | None = None  # a `--link-latency` file: the delay line of `peers.delay_line` (harness only)
 
 
 def _join_dht(options: PeerOptions) -> SwarmDHT:
@@ -86,6 +90,8 @@ class PeerDaemon:
         self.pin = CoordinatorPin()
         self._failed_version = 0  # a step failed under this plan: wait for the coordinator's next one
         self._datasets: dict[tuple[str, str | None], SequenceDataset] = {}
+        self.metrics = PeerMetrics(lambda: self._record, lambda: self._transport.stats() if self._transport else None)
+        self._metrics_server: MetricsServer | None = None
 
     @property
     def dht(self) -> SwarmDHT:
@@ -116,9 +122,13 @@ class PeerDaemon:
         profile = measure_device(options.device)
         watcher = threading.Thread(target=self._watch, args=(stop,), name="heartbeat", daemon=True)
         try:
+            if options.metrics_port is not None:
+                self._metrics_server = serve_metrics(self.metrics.registry, options.host, options.metrics_port)
+                self.on_event(f"{options.name}: metrics at {self._metrics_server.url}")
             self._dht = _join_dht(options)
+            delays = DelayLine.load(options.link_latency) if options.link_latency else None
             self._transport = ZmqTransport(options.name, host=options.host, port=options.port,
-                                           advertise_host=options.advertise_host)
+                                           advertise_host=options.advertise_host, link_latency=delays)
             self._record = PeerRecord(name=options.name, address=self.transport.address, device=profile.device,
                                      tflops=profile.tflops, memory_gb=profile.memory_gb, state="joining",
                                      dht_addrs=self.dht.multiaddrs())
@@ -148,6 +158,8 @@ class PeerDaemon:
                 self._transport.close()
             if self._dht is not None:
                 self._dht.close()
+            if self._metrics_server is not None:
+                self._metrics_server.close()
 
     # ---- the main thread ---------------------------------------------------------------------
 
@@ -162,6 +174,7 @@ class PeerDaemon:
             if (prepared and runner and control.committed_version == prepared[1]
                     and control.committed_step >= prepared[0]):
                 runner.apply(prepared[0])
+                self.metrics.committed()
                 prepared = None
                 self._update(step=runner.applied_step, param_checksum=runner.checksum(), prepared_step=0)
                 if control.checkpoint_step == runner.applied_step:
@@ -201,6 +214,7 @@ class PeerDaemon:
                 self._announce()
             return None  # a failed step never reached the optimizer: nothing to discard
         stats = result.stats
+        self.metrics.prepared(result.seconds, result.tokens, result.loss)
         with self._lock:
             for channel, nbytes in stats.bytes.items():
                 self.record.bytes_sent[channel] = self.record.bytes_sent.get(channel, 0) + nbytes
@@ -220,11 +234,13 @@ class PeerDaemon:
         old = self._runner
         if prepared is not None and old is not None:
             old.discard()
+            self.metrics.aborted()
         if old is not None and StateSource(SourceKind.PEER, self.options.name) in plan.sources.values():
             self.transport.serve_state(old.stage, old.blob())
         self.transport.set_plan_version(plan.version)  # purges what the old plan left unclaimed
         abort = threading.Event()
         self._current = (plan, abort)
+        self.metrics.adopted(plan)
         position = plan.position(self.options.name)
         if position is None:
             self._runner = None
@@ -245,6 +261,9 @@ class PeerDaemon:
             self._announce()
             return None
         runner = self._runner
+        if runner.loaded_bytes:
+            self.metrics.state_loaded(plan.sources[self.options.name].kind.value, runner.loaded_bytes,
+                                      runner.load_seconds)
         self._update(state="training", plan_version=plan.version, stage=runner.stage, replica=runner.replica,
                      step=runner.applied_step, param_checksum=runner.checksum(), prepared_step=0, error="")
         self._announce()
@@ -304,7 +323,8 @@ class PeerDaemon:
     def _announce(self) -> None:
         with self._lock:
             snapshot = PeerRecord.from_wire(self.record.to_wire())
-        write_peer(self.dht, snapshot, PEER_TTL_S)
+        if write_peer(self.dht, snapshot, PEER_TTL_S):
+            self.metrics.heartbeat()
 
     def _watch(self, stop: threading.Event) -> None:
         """Heartbeat, and abort a step that waits on the network when the plan moves on."""

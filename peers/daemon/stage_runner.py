@@ -93,6 +93,7 @@ class StageRunner:
 
     def _load(self, source: StateSource, previous: StageRunner | None) -> None:
         self._applied = self.plan.start_step - 1
+        self.loaded_bytes, self.load_seconds = 0, 0.0  # state fetched over the network (metrics)
         if source.kind is SourceKind.INIT:
             return
         if source.kind is SourceKind.KEEP:
@@ -103,7 +104,9 @@ class StageRunner:
             return
         address = (self.plan.checkpoint_address if source.kind is SourceKind.CHECKPOINT
                    else self.plan.addresses[source.donor])
+        started = time.monotonic()
         self.executor.load_state_dict(self._fetch(address, source).state)
+        self.load_seconds = time.monotonic() - started
 
     def _fetch(self, address: str, source: StateSource) -> StageState:
         """The donor's blob of this stage at start_step - 1 (it may publish it a moment later)."""
@@ -113,8 +116,10 @@ class StageRunner:
             if self.link.aborted():
                 raise PlanAborted("plan changed while fetching state")
             try:
-                state = unpack_state(fetch_state(address, self.stage, timeout=self.timeouts.message_s))
+                blob = fetch_state(address, self.stage, timeout=self.timeouts.message_s)
+                state = unpack_state(blob)
                 if state.step == self._applied and state.layers == list(self.plan.layers):
+                    self.loaded_bytes = len(blob)
                     return state
                 last = f"it serves step {state.step}, layers {state.layers}"
             except (StateTransferError, ValueError) as error:

@@ -6,7 +6,9 @@
 It prints its DHT address (also written to DIR/coordinator.json as {"initial_peers": [...]}),
 waits for peers, plans, drives the steps and exits 0 after the last step with a final
 checkpoint. After a crash, the same command with `--resume` continues from the last checkpoint
-with the same address, so running peers find it again.
+with the same address, so running peers find it again. `--http HOST:PORT` serves the live
+dashboard and /metrics (its URL goes to coordinator.json as "dashboard"); `--log-format json`
+logs one JSON object per line, under one logger per concern (`swarm.coordinator.logs`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import logging
 import signal
 import sys
 import threading
-import time
+
+from peers.logs import add_log_format_argument, configure_logging
 
 __all__ = ["main"]
 
@@ -27,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="Timeouts are not flags: they derive from the measured links "
                                             "(see peers/daemon/timeouts.py).")
     add_arguments(parser)
+    add_log_format_argument(parser)
     args = parser.parse_args(argv)
     from swarm.coordinator import Coordinator, from_args
 
@@ -34,20 +38,21 @@ def main(argv: list[str] | None = None) -> int:
         config = from_args(args)
     except ValueError as error:
         parser.error(str(error))
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from swarm.coordinator.logs import log_event
+
+    configure_logging(args.log_format)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
-    def say(text: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
     training = config.training
-    say(f"swarm-coordinator: {training.model}, {training.steps} steps, checkpoints in {config.checkpoint_dir}")
+    log_event(f"swarm-coordinator: {training.model}, {training.steps} steps, checkpoints in {config.checkpoint_dir}")
     try:
-        return Coordinator(config, on_event=say).run(stop)
+        return Coordinator(config, on_event=log_event).run(stop)
     except (ValueError, OSError) as error:
         print(f"swarm-coordinator: {error}", file=sys.stderr)
+        if args.log_format == "json":
+            logging.getLogger("swarm.coordinator").error("swarm-coordinator: %s", error)
         return 2
 
 

@@ -2,6 +2,7 @@
 
     swarm status --initial-peers /ip4/1.2.3.4/tcp/31337/p2p/12D3Koo...          # a table
     swarm status --initial-peers ... --json                                      # for scripts
+    swarm report RUN_DIR [--out DIR]                 # plots and report.md of a run (swarm.cli.report)
 
 Shows every peer (name, state, stage, replica, device, measured speed and links, heartbeat age,
 parameter checksum), the plan version and why it changed, the global step, the last loss and
@@ -19,14 +20,19 @@ __all__ = ["main", "collect"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="swarm", description="Inspect a running swarm.")
+    parser = argparse.ArgumentParser(prog="swarm", description="Inspect a running swarm, or plot a run.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     status = sub.add_parser("status", help="peers, plan version, step, loss and throughput",
                             description="Peers, plan version, step, loss and throughput of a running swarm.")
     status.add_argument("--initial-peers", nargs="+", required=True, metavar="MULTIADDR",
                         help="the coordinator's address (as it printed it) or any peer's")
     status.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    from swarm.cli import report  # matplotlib only when it runs
+
+    report.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return report.run(args)
     from peers.dht import SwarmDHT
 
     try:
@@ -46,13 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def collect(dht: Any) -> dict[str, Any]:
-    """The status as a JSON-ready dict (the `--json` contract)."""
+def collect(dht: Any, pin: Any = None) -> dict[str, Any]:
+    """The status as a JSON-ready dict (the `--json` contract). pin: the `CoordinatorPin` to read the
+    plan and control records through (the coordinator's dashboard pins itself); default: a new one."""
     from peers.daemon.records import CoordinatorPin, read_peers
     from peers.dht import dht_time
     from peers.protocol import to_builtins
 
-    pin = CoordinatorPin()
+    pin = pin or CoordinatorPin()
     control = pin.control(dht)
     plan = pin.plan(dht)
     now = dht_time()

@@ -10,10 +10,62 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.config import PRESETS
-from peers.protocol import Codecs, TrainingSpec
+from peers.protocol import Codecs, PeerRecord, PlanChange, PlanReason, TrainingSpec
 from swarm.flags import add_codec_arguments, add_training_arguments, codecs_from_args, training_from_args
 
-__all__ = ["CoordinatorConfig", "add_arguments", "from_args", "parse_listen"]
+from .planning import Placement
+
+__all__ = ["CoordinatorConfig", "GivenPlan", "add_arguments", "from_args", "parse_listen", "load_given_plan",
+           "given_placement"]
+
+
+@dataclass(frozen=True)
+class GivenPlan:
+    """`--plan PLAN.json`: the first placement, exactly as given (its device ids are peer names).
+
+    It exists to measure a baseline placement (a random or a locality plan) under the same
+    conditions as the scheduler's; only the first plan is fixed, repairs after churn re-plan as usual.
+    """
+
+    path: Path
+    grid: tuple[tuple[str, ...], ...]
+    layers: tuple[int, ...]
+
+    @property
+    def members(self) -> list[str]:
+        return [name for row in self.grid for name in row]
+
+
+def load_given_plan(path: Path, training: TrainingSpec) -> GivenPlan:
+    """Read a plan file as `swarm-sim plan --out` writes it; ValueError naming `--plan` and the fix."""
+    from swarm.scheduler import Plan  # the scheduler's plan-file checks: shape, one layer count per stage
+
+    try:
+        plan = Plan.load(path)
+    except ValueError as error:
+        raise ValueError(f"--plan: {error}") from None
+    names = plan.devices
+    if len(set(names)) != len(names):
+        raise ValueError(f"--plan {path}: a peer appears twice in the grid {[list(r) for r in plan.grid]}")
+    layers = PRESETS[training.model].layers
+    if sum(plan.layers) != layers:
+        raise ValueError(f"--plan {path}: layers {list(plan.layers)} add up to {sum(plan.layers)}, but model "
+                         f"{training.model!r} has {layers}; give one count per stage summing to {layers}")
+    try:
+        training.check_grid(plan.replicas)
+    except ValueError as error:
+        raise ValueError(f"--plan {path}: {error}") from None
+    return GivenPlan(Path(path), plan.grid, plan.layers)
+
+
+def given_placement(plan: GivenPlan, ready: dict[str, PeerRecord]) -> Placement | None:
+    """The first placement of `--plan` once every peer it names is ready (None before); others are standby."""
+    if any(name not in ready for name in plan.members):
+        return None
+    text = (f"first plan: {len(plan.grid)} stages x {len(plan.grid[0])} replicas as given by --plan "
+            f"{plan.path.name}")
+    return Placement([list(row) for row in plan.grid], list(plan.layers), sorted(set(ready) - set(plan.members)),
+                     PlanReason(PlanChange.FIRST, text, joined=sorted(ready)))
 
 
 @dataclass(frozen=True)
@@ -30,6 +82,8 @@ class CoordinatorConfig:
     checkpoint_dir: Path
     checkpoint_every: int
     resume: bool
+    plan: GivenPlan | None = None
+    http: tuple[str, int] | None = None  # --http: where the dashboard, its JSON API and /metrics listen
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,15 +101,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoints, coordinator.json (initial peers), report and identity live here")
     parser.add_argument("--checkpoint-every", type=int, default=10, metavar="K",
                         help="write a checkpoint every K committed steps [default: %(default)s]")
+    parser.add_argument("--plan", type=Path, metavar="PLAN.json",
+                        help="make the first plan exactly this grid and layer split (a `swarm-sim plan --out` "
+                             "file whose device ids are the peers' names) instead of the scheduler's; "
+                             "waits for every peer it names; sets --stages/--replicas")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the last checkpoint in DIR with the same identity and address")
+    parser.add_argument("--http", metavar="HOST:PORT",
+                        help="serve the live dashboard, /api/status, /api/history and /metrics here (port 0 "
+                             "picks a free one; the URL goes to DIR/coordinator.json as \"dashboard\") "
+                             "[default: off]")
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """HOST:PORT -> (host, port); ValueError naming `--listen` otherwise."""
+def parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
+    """HOST:PORT -> (host, port); ValueError naming `flag` otherwise."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--listen: expected HOST:PORT such as 0.0.0.0:31337, got {text!r}")
+        raise ValueError(f"{flag}: expected HOST:PORT such as 0.0.0.0:31337, got {text!r}")
     return host, int(port)
 
 
@@ -64,6 +126,13 @@ def from_args(args: argparse.Namespace) -> CoordinatorConfig:
     host, port = parse_listen(args.listen)
     training = training_from_args(args)
     codecs = codecs_from_args(args)
+    given = load_given_plan(args.plan, training) if getattr(args, "plan", None) is not None else None
+    if given is not None:
+        shape = (len(given.grid), len(given.grid[0]))
+        if args.min_peers is not None or (args.stages is not None and (args.stages, args.replicas) != shape):
+            raise ValueError(f"--plan sets the grid ({shape[0]} stages x {shape[1]} replicas): drop --min-peers "
+                             "and --stages/--replicas, or make them match")
+        args.stages, args.replicas = shape
     if args.checkpoint_every <= 0:
         raise ValueError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     if (args.stages is None) != (args.replicas is None):
@@ -85,4 +154,5 @@ def from_args(args: argparse.Namespace) -> CoordinatorConfig:
     return CoordinatorConfig(
         host=host, port=port, training=training, codecs=codecs, stages=args.stages, replicas=args.replicas,
         min_peers=args.min_peers if args.min_peers is not None else args.stages * args.replicas,
-        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume)
+        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume, plan=given,
+        http=parse_listen(args.http, "--http") if getattr(args, "http", None) else None)

@@ -40,7 +40,7 @@ from peers.protocol import (
 from peers.zmq_transport import ZmqTransport
 
 from .checkpoint import Checkpoint, StageUnavailable, fetch_stages, read_latest, write_checkpoint, write_json_atomic
-from .config import CoordinatorConfig
+from .config import CoordinatorConfig, given_placement
 from .planning import (
     Placement,
     assign_sources,
@@ -102,7 +102,7 @@ class Coordinator:
             addrs = self.dht.multiaddrs()
             if not self.config.host.startswith("127."):  # volunteers elsewhere need a routable address first
                 addrs.sort(key=lambda addr: addr.startswith("/ip4/127."))
-            write_json_atomic(self.dir / "coordinator.json", {"initial_peers": addrs})
+            write_json_atomic(self.dir / "coordinator.json", {"initial_peers": addrs, **self.report.serve(self)})
             self.on_event(f"DHT node up; peers join with: swarm-peer join --initial-peers {addrs[0]}")
             self.on_event(f"initial peers written to {self.dir / 'coordinator.json'}")
             if self.checkpoint is not None:
@@ -120,7 +120,7 @@ class Coordinator:
             self.on_event("interrupted: stopping (peers keep their state; restart with --resume)")
             return 130
         finally:
-            self.report.save()
+            self.report.close()  # stops the live views (dashboard, metrics) too, before the DHT goes
             if self.states is not None:
                 self.states.close()
             self.dht.close()
@@ -180,6 +180,10 @@ class Coordinator:
                                start_step=self.checkpoint.step + 1)
             return
         if len(ready) < self.config.min_peers:
+            return
+        if self.config.plan is not None:  # --plan: exactly that grid and layer split, once all its peers are ready
+            if (given := given_placement(self.config.plan, ready)) is not None:
+                self._publish_plan(given, ready, origin=SourceKind.INIT, start_step=1)
             return
         try:
             scenario = scenario_from_records(ready, self.training, self.codecs, self.config.stages,
