@@ -12,9 +12,7 @@ import json
 import subprocess
 import sys
 
-import msgpack
 import pytest
-import zmq
 
 from peers.dht import SwarmDHT
 from peers.protocol import TrainingSpec
@@ -22,12 +20,11 @@ from peers.torch_threads import torch_threads
 from swarm.cli.status import collect
 from swarm.launcher import LocalSwarm
 from swarm.local import LocalConfig, run_local
+from tests.swarm.conftest import GARBAGE, STALE, fire_garbage
 
 pytestmark = pytest.mark.slow
 
 STEPS = 30
-GARBAGE = 5
-STALE = 3
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +42,7 @@ def run(tmp_path_factory):
             swarm.wait_for(lambda: swarm.committed_step() >= 3, 180, "step 3")
             status = collect(dht)
             victim = next(p for p in status["peers"] if p["stage"] == 1)
-            _fire_garbage(victim["address"])
+            fire_garbage(victim["address"])
             fired_at = swarm.committed_step()
             swarm.wait_for(lambda: swarm.committed_step() >= fired_at + 3, 120, "three steps after the garbage")
             after = next(p for p in collect(dht)["peers"] if p["name"] == victim["name"])
@@ -134,18 +131,3 @@ def test_garbage_and_stale_frames_are_rejected_and_counted(run):
     assert victim["dropped_stale"] >= STALE
     assert victim["state"] == "training" and not victim["error"]
     assert run["report"]["steps"][-1]["step"] == STEPS  # it kept training to the end
-
-
-def _fire_garbage(address: str) -> None:
-    """Malformed frames and well-formed frames of a stale plan version at a peer's data port."""
-    context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 2000)
-    sock.connect(address)
-    for i in range(GARBAGE):
-        sock.send_multipart([b"\xff\x00garbage" * (i + 1)] if i % 2 else [b"\x93junk", b"payload", b"extra"])
-    for i in range(STALE):
-        header = msgpack.packb([1, "act", 0, 10_000 + i, 0, "intruder", []])
-        sock.send_multipart([header, b"\x00" * 16])
-    sock.close()
-    context.term()
