@@ -16,7 +16,7 @@ from models.config import PRESETS
 from peers.protocol import DTYPES, Codecs, RecordError, TrainingSpec, from_builtins, validated
 
 __all__ = ["add_training_arguments", "add_codec_arguments", "training_from_args", "codecs_from_args",
-           "check_training", "check_codecs"]
+           "check_training", "check_codecs", "as_flags"]
 
 _PATH = re.compile(r" - at `\$\.(\w+)")
 
@@ -79,6 +79,16 @@ def codecs_from_args(args: argparse.Namespace) -> Codecs:
     except RecordError as error:
         raise _flag_error(error) from None
     return check_codecs(codecs)
+
+
+def as_flags(training: TrainingSpec, codecs: Codecs) -> list[str]:
+    """The flags that `training_from_args` and `codecs_from_args` turn back into these specs."""
+    flags = ["--model", training.model, "--steps", str(training.steps), "--batch", str(training.batch),
+             "--micro-batches", str(training.micro_batches), "--lr", repr(training.lr),
+             "--warmup-steps", str(training.warmup_steps), "--seed", str(training.seed), "--dtype", training.dtype,
+             "--fwd", codecs.forward, "--bwd", codecs.backward, "--grad", codecs.gradient]
+    flags += ["--fwd-delta"] if codecs.forward_delta else []
+    return flags + (["--data", training.data] if training.data else [])
 
 
 def check_training(spec: TrainingSpec) -> TrainingSpec:

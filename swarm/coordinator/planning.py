@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import cycle
+from typing import Any
 
 from models.config import get_config
 from peers.protocol import (
@@ -38,7 +39,7 @@ from swarm.scheduler import plan as schedule
 
 __all__ = ["Placement", "MIN_STEPS_BETWEEN_CHANGES", "scenario_from_records", "first_placement",
            "describe_losses", "fit_batch", "refill", "growth_target", "grow", "to_scheduler_plan", "assign_sources",
-           "predicted_step_s"]
+           "predicted_step_s", "scenario_job"]
 
 MIN_STEPS_BETWEEN_CHANGES = 3
 _DEFAULT_LINK = (1.0, 1.0)  # (Gbit/s, ms) for a pair nobody measured
@@ -57,20 +58,24 @@ class Placement:
 def scenario_from_records(records: dict[str, PeerRecord], training: TrainingSpec, codecs: Codecs,
                           stages: int | None, replicas: int | None) -> Scenario:
     """A scheduler scenario with one site per peer and the links they measured."""
-    model = get_config(training.model)
     measured = {(name, peer): (link.bandwidth_gbps, link.latency_ms)
                 for name, record in records.items() for peer, link in record.links.items() if peer in records}
     devices = [{"id": n, "tflops": max(records[n].tflops, 1e-6), "memory_gb": max(records[n].memory_gb, 1e-3)}
                for n in sorted(records)]
-    micro = max(1, training.batch // ((replicas or 1) * training.micro_batches))
     parallelism = {"stages": stages, "replicas": replicas} if stages is not None and replicas is not None else None
-    return Scenario.from_measurements(
-        "live", devices, measured,
-        model={"layers": model.layers, "d_model": model.d_model, "heads": model.heads, "seq_len": model.context,
-               "vocab": model.vocab},
-        batch={"global_sequences": training.batch, "micro_sequences": micro},
-        compression={"forward": codecs.forward, "backward": codecs.backward, "gradient": codecs.gradient},
-        parallelism=parallelism, fallback=_DEFAULT_LINK)
+    model, batch, compression = scenario_job(training, codecs, replicas or 1)
+    return Scenario.from_measurements("live", devices, measured, model=model, batch=batch, compression=compression,
+                                      parallelism=parallelism, fallback=_DEFAULT_LINK)
+
+
+def scenario_job(training: TrainingSpec, codecs: Codecs, replicas: int) -> tuple[dict[str, Any], ...]:
+    """The `model`, `batch` and `compression` sections of a scenario for this run on `replicas` replicas."""
+    model = get_config(training.model)
+    micro = max(1, training.batch // (replicas * training.micro_batches))
+    return ({"layers": model.layers, "d_model": model.d_model, "heads": model.heads, "seq_len": model.context,
+             "vocab": model.vocab},
+            {"global_sequences": training.batch, "micro_sequences": micro},
+            {"forward": codecs.forward, "backward": codecs.backward, "gradient": codecs.gradient})
 
 
 def first_placement(records: dict[str, PeerRecord], scenario: Scenario, seed: int) -> Placement:

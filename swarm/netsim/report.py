@@ -17,6 +17,7 @@ import statistics
 from typing import TYPE_CHECKING, Any
 
 from models import get_config
+from swarm.coordinator.planning import scenario_job
 from swarm.scheduler import Plan, Scenario, predict
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def build_report(net: NetHarness, options: RunOptions, coordinator: dict[str, An
         raise RuntimeError("the coordinator published no plan: nothing ran")
     first = plans[0]
     grid, layers = [list(row) for row in first["grid"]], [int(n) for n in first["layers"]]
-    tokens_per_step = options.batch * get_config(options.model).context
+    tokens_per_step = options.training.batch * get_config(options.training.model).context
     steps = [{"step": int(e["step"]), "loss": e["loss"], "seconds": round(float(e["seconds"]), 4),
               "tokens_per_s": round(tokens_per_step / max(float(e["seconds"]), 1e-9), 1)}
              for e in coordinator.get("steps") or []]
@@ -52,7 +53,8 @@ def build_report(net: NetHarness, options: RunOptions, coordinator: dict[str, An
                    "gradient": options.codecs.gradient},
         "forward_delta": options.codecs.forward_delta,
         "latency": net.latency,
-        "model": options.model, "batch": options.batch, "micro_batches": options.micro_batches,
+        "model": options.training.model, "batch": options.training.batch,
+        "micro_batches": options.training.micro_batches,
         "tokens_per_step": tokens_per_step,
         "steps": steps,
         "skipped_steps": options.skip_steps,
@@ -60,7 +62,7 @@ def build_report(net: NetHarness, options: RunOptions, coordinator: dict[str, An
         "iteration_s": {"measured": round(statistics.median(s["seconds"] for s in counted), 4) if counted else None,
                         "predicted": None if predicted is None else round(predicted["iteration_s"], 4),
                         "predicted_breakdown": predicted},
-        "all_steps_committed": [s["step"] for s in steps] == list(range(1, options.steps + 1)),
+        "all_steps_committed": [s["step"] for s in steps] == list(range(1, options.training.steps + 1)),
         "loss_fell": len(losses) >= 2 and _mean(losses[-3:]) < _mean(losses[:3]),
         "bytes_per_step": {ch: round(n / max(committed, 1))
                            for ch, n in (coordinator.get("bytes_per_channel") or {}).items()},
@@ -93,18 +95,12 @@ def effective_tflops(records: dict[str, Any], cores: dict[str, float]) -> dict[s
 
 def prediction_scenario(net: NetHarness, options: RunOptions, replicas: int, tflops: dict[str, float]) -> Scenario:
     """The scenario the harness actually ran: its shaped paths, the trained model, batch and codecs."""
-    config = get_config(options.model)
     devices = [{"id": d.id, "tflops": tflops.get(d.id, d.tflops), "memory_gb": d.memory_gb}
                for d in net.scenario.devices]
     measured = {(p.src, p.dst): (p.mbps / 1e3, p.latency_ms) for p in net.paths}
-    micro = max(1, options.batch // (replicas * options.micro_batches))
-    return Scenario.from_measurements(
-        net.scenario.name, devices, measured,
-        model={"layers": config.layers, "d_model": config.d_model, "heads": config.heads, "seq_len": config.context,
-               "vocab": config.vocab},
-        batch={"global_sequences": options.batch, "micro_sequences": micro},
-        compression={"forward": options.codecs.forward, "backward": options.codecs.backward,
-                     "gradient": options.codecs.gradient})
+    model, batch, compression = scenario_job(options.training, options.codecs, replicas)
+    return Scenario.from_measurements(net.scenario.name, devices, measured, model=model, batch=batch,
+                                      compression=compression)
 
 
 def _predict(net: NetHarness, options: RunOptions, grid: list[list[str]], layers: list[int],

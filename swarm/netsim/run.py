@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peers.protocol import Codecs
-from swarm.flags import check_codecs, training_from_args
+from peers.protocol import Codecs, TrainingSpec
+from swarm.flags import as_flags, check_codecs, training_from_args
 from swarm.scheduler import Scenario
 from swarm.scheduler.job import Compression
 
@@ -39,11 +39,7 @@ _POLL_S = 0.25
 class RunOptions:
     """What `net run` trains: the coordinator's flags plus the harness's own."""
 
-    coordinator_args: tuple[str, ...]  # training and codec flags, passed through to swarm-coordinator
-    steps: int
-    batch: int
-    micro_batches: int
-    model: str
+    training: TrainingSpec
     codecs: Codecs
     plan: Path | None = None
     skip_steps: int = 1
@@ -67,13 +63,8 @@ def options_from_args(args: argparse.Namespace, scenario: Scenario) -> RunOption
     skip = args.skip_steps if args.skip_steps is not None else max(1, training.steps // 5)
     if not 0 <= skip < training.steps:
         raise ValueError(f"--skip-steps must be in 0..{training.steps - 1} (fewer than --steps), got {skip}")
-    passed = ["--model", training.model, "--steps", str(training.steps), "--batch", str(training.batch),
-              "--micro-batches", str(training.micro_batches), "--lr", repr(training.lr),
-              "--warmup-steps", str(training.warmup_steps), "--seed", str(training.seed),
-              "--fwd", codecs.forward, "--bwd", codecs.backward, "--grad", codecs.gradient,
-              *(["--fwd-delta"] if codecs.forward_delta else []), *(["--data", training.data] if training.data else [])]
-    return RunOptions(tuple(passed), training.steps, training.batch, training.micro_batches, training.model, codecs,
-                      Path(args.plan).resolve() if args.plan else None, skip, args.timeout, args.fused)
+    return RunOptions(training, codecs, Path(args.plan).resolve() if args.plan else None, skip, args.timeout,
+                      args.fused)
 
 
 def _check_plan_names(path: Path, scenario: Scenario) -> None:
@@ -102,7 +93,8 @@ def run_swarm(net: NetHarness, options: RunOptions, say: Callable[[str], None] =
     started = time.monotonic()
     deadline = started + options.timeout
     procs.start("coordinator", coordinator.netns, python_command(
-        "swarm.cli.coordinator", "--listen", f"{coordinator.address}:{DHT_PORT}", *options.coordinator_args, *grid,
+        "swarm.cli.coordinator", "--listen", f"{coordinator.address}:{DHT_PORT}",
+        *as_flags(options.training, options.codecs), *grid,
         "--checkpoint-dir", str(directory), "--checkpoint-every", str(10 ** 6)))
     initial = _initial_peers(net, directory / "coordinator.json", coordinator.address, min(deadline, started + 120))
     procs.start("observer", coordinator.netns, python_command(
@@ -113,8 +105,8 @@ def run_swarm(net: NetHarness, options: RunOptions, say: Callable[[str], None] =
             "peers.cli", "join", "--initial-peers", *initial, "--name", device, "--host", node.address,
             "--port", str(DATA_PORT), "--threads", "1", *([] if options.fused else ["--no-fused"]),
             *(["--link-latency", str(latency)] if latency else [])), cgroup=net.cgroup(device))
-    say(f"coordinator and {len(net.topology.devices)} peers started; training {options.steps} steps")
-    start_counters = _wait(net, directory / "report.json", deadline, say, options.steps)
+    say(f"coordinator and {len(net.topology.devices)} peers started; training {options.training.steps} steps")
+    start_counters = _wait(net, directory / "report.json", deadline, say, options.training.steps)
     end_counters = net.topology.counters()
     peers_done = time.monotonic() + 30
     while time.monotonic() < peers_done and any(procs.procs[d].poll() is None for d in net.topology.devices):

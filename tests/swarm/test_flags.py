@@ -6,7 +6,7 @@ import argparse
 import pytest
 
 from peers.protocol import Codecs, TrainingSpec
-from swarm.flags import add_codec_arguments, add_training_arguments, codecs_from_args, training_from_args
+from swarm.flags import add_codec_arguments, add_training_arguments, as_flags, codecs_from_args, training_from_args
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -56,3 +56,13 @@ def test_bad_training_flags_name_the_flag(argv, message):
 def test_bad_codecs_name_the_flag(argv, message):
     with pytest.raises(ValueError, match=message):
         codecs_from_args(_parse(*argv))
+
+
+def test_specs_survive_a_round_trip_through_their_flags(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("text")
+    training = TrainingSpec(model="small", batch=16, micro_batches=4, steps=7, lr=1e-4, warmup_steps=3, seed=5,
+                            data=str(corpus.resolve()), dtype="bf16")
+    codecs = Codecs("q2", "fp16", "cocktail", forward_delta=True)
+    args = _parse(*as_flags(training, codecs))
+    assert training_from_args(args) == training and codecs_from_args(args) == codecs
