@@ -25,12 +25,12 @@ if TYPE_CHECKING:  # the lazy names, for type checkers
     from .profiling import DeviceProfile, check_device, measure_device
     from .protocol import Codecs, ControlRecord, PeerRecord, PlanRecord, RecordError
     from .state_transfer import StateTransferError, fetch_state, fetch_state_any
-    from .transport import InProcessHub, Mailbox, Message, PeerTimeout, Transport, TransportClosed
+    from .transport import BadMessage, InProcessHub, Mailbox, Message, PeerTimeout, Transport, TransportClosed
     from .zmq_transport import ZmqTransport
 
 _LAZY = {
     "Message": "transport", "Transport": "transport", "Mailbox": "transport", "PeerTimeout": "transport",
-    "TransportClosed": "transport", "InProcessHub": "transport",
+    "TransportClosed": "transport", "InProcessHub": "transport", "BadMessage": "transport",
     "StageExecutor": "pipeline", "StepResult": "pipeline", "OptimizerSettings": "pipeline", "ChannelStats": "pipeline",
     "GradientAverager": "allreduce",
     "ZmqTransport": "zmq_transport",
@@ -44,7 +44,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "Message", "Transport", "Mailbox", "PeerTimeout", "TransportClosed", "InProcessHub",
+    "Message", "Transport", "Mailbox", "PeerTimeout", "TransportClosed", "BadMessage", "InProcessHub",
     "StageExecutor", "StepResult", "OptimizerSettings", "Codecs", "ChannelStats", "GradientAverager",
     "ZmqTransport", "fetch_state", "fetch_state_any", "StateTransferError",
     "probe", "measure_bandwidth", "check_reachable", "unreachable_hint",

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-__all__ = ["Message", "Transport", "Mailbox", "PeerTimeout", "TransportClosed", "InProcessHub"]
+__all__ = ["Message", "Transport", "Mailbox", "PeerTimeout", "TransportClosed", "BadMessage", "REJECTIONS",
+           "InProcessHub"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,26 @@ class PeerTimeout(TimeoutError):
 
 class TransportClosed(RuntimeError):
     """The transport was closed (shutdown or step abort) while someone waited on it."""
+
+
+# Why a message was refused: the keys of `rejected` in `ZmqTransport.stats()` and in a peer's record.
+REJECTIONS = ("malformed", "nonfinite", "unauthenticated", "duplicate", "flood")
+
+
+class BadMessage(ValueError):
+    """A neighbour's message arrived but cannot be used (forged, corrupted, NaN/inf, ...).
+
+    The step it belongs to fails like a timeout does (aborted, then rerun under the protocol);
+    the process goes on. `reason` is one of REJECTIONS, `sender` the neighbour to blame.
+    """
+
+    def __init__(self, sender: str, reason: str, detail: str) -> None:
+        if reason not in REJECTIONS:
+            raise ValueError(f"unknown rejection reason {reason!r}; expected one of {REJECTIONS}")
+        super().__init__(f"{reason} message from {sender!r}: {detail}")
+        self.sender = sender
+        self.reason = reason
+        self.detail = detail
 
 
 class Transport(Protocol):
