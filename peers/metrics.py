@@ -3,8 +3,8 @@
 Each `PeerMetrics` owns its own `CollectorRegistry` (never prometheus_client's global one), so two
 daemons in one process never mix their counts. Events the daemon reports as they happen become
 counters and histograms; what the peer announces anyway (bytes and values per channel, loss,
-state, cell) and its data port's counters (`ZmqTransport.stats()`: malformed, stale, early and
-overflowing frames) are read when scraped:
+state, cell) and its data port's counters (`ZmqTransport.stats()`: refused messages by category,
+stale, early and overflowing frames) are read when scraped:
 
     metrics = PeerMetrics(lambda: daemon_record, lambda: transport.stats())
     server = serve_metrics(metrics.registry, "127.0.0.1", 0)   # server.url -> http://127.0.0.1:PORT/metrics
@@ -22,19 +22,22 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from peers.protocol import CHANNELS, PeerRecord, PlanRecord
+from peers.transport import REJECTIONS
 
 __all__ = ["PeerMetrics", "MetricsServer", "serve_metrics", "STEP_BUCKETS", "REJECT_REASONS", "rejections"]
 
 # Step times from a loopback toy (tens of ms) to a large model over home uplinks (minutes).
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-# Why a data port refused frames (`peers.zmq_stats`): unparsable, an older plan, a plan not yet
-# adopted, over the unclaimed-bytes budget.
-REJECT_REASONS = ("malformed", "stale", "future", "overflow")
+# Why a data port refused frames (`peers.zmq_stats`): the categories of `peers.transport.REJECTIONS`
+# (unparsable or undecodable, NaN/inf, unauthenticated, a duplicate key, a flooding sender), then an
+# older plan, a plan not yet adopted, over the unclaimed-bytes budget.
+REJECT_REASONS = (*REJECTIONS, "stale", "future", "overflow")
 
 
 def rejections(stats: dict[str, Any]) -> dict[str, int]:
-    """Frames refused per reason, from a `ZmqTransport.stats()` snapshot."""
-    return {"malformed": int(stats.get("rejected_malformed", 0)),
+    """Frames refused per reason (REJECT_REASONS), from a `ZmqTransport.stats()` snapshot."""
+    rejected = stats.get("rejected", {})
+    return {**{category: int(rejected.get(category, 0)) for category in REJECTIONS},
             "stale": sum(stats.get("dropped_stale", {}).values()),
             "future": sum(stats.get("dropped_future", {}).values()),
             "overflow": sum(stats.get("dropped_overflow", {}).values())}

@@ -75,18 +75,26 @@ _Key = tuple[str, str, int, int]
 
 
 class Mailbox:
-    """Arrived messages keyed by (sender, kind, step, index), with blocking, timed takes."""
+    """Arrived messages keyed by (sender, kind, step, index), with blocking, timed takes.
+
+    The first message under a key wins: a second one with a key already held is refused (`put`
+    returns False), so a late forgery or a replay cannot replace what the receiver will consume.
+    """
 
     def __init__(self) -> None:
         self._messages: dict[_Key, Message] = {}
         self._cond = threading.Condition()
         self._closed: str | None = None
 
-    def put(self, message: Message) -> None:
+    def put(self, message: Message) -> bool:
+        """Store `message` for its `take`; False (and nothing stored) when its key is already held."""
         key = (message.sender, message.kind, message.step, message.index)
         with self._cond:
+            if key in self._messages:
+                return False
             self._messages[key] = message
             self._cond.notify_all()
+            return True
 
     def take(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message:
         key = (sender, kind, step, index)
@@ -126,7 +134,7 @@ class InProcessHub:
             mailbox = self._mailboxes[to]
         except KeyError:
             raise ValueError(f"no endpoint named {to!r} on this hub") from None
-        mailbox.put(message)
+        mailbox.put(message)  # a second message under a held key is refused: the first one wins
 
     def mailbox(self, name: str) -> Mailbox:
         return self._mailboxes[name]

@@ -1,46 +1,76 @@
-"""The receive side's gate: only messages of the current plan, within a memory budget, get in.
+"""The receive side's gate: only messages of the current plan, within memory budgets, get in.
 
 A peer's data port is open to anyone, and neighbours may switch plans a moment before or after
 this peer does. So every arriving data message passes one check before the engine can see it:
   - an older plan version: dropped and counted ("dropped_stale"), that plan is over;
-  - a newer plan version: held until this peer adopts that version (bounded; beyond that
-    "dropped_future"), so a fast neighbour's first messages of a new plan are not lost;
+  - the next plan version (current + 1 only): held until this peer adopts it, so a fast
+    neighbour's first messages of a new plan are not lost; any later version, or past the held
+    budget, is dropped ("dropped_future"), so forged far-future versions cannot fill it for good;
+  - a key (sender, kind, step, index) this gate already holds: refused as "duplicate", the
+    first message wins, so a late forgery or a replay never replaces what the engine consumes;
+  - past its sender's share of in-flight messages (delivered and unclaimed, plus held):
+    `max_messages_per_sender` or `max_bytes_per_sender`, refused as "flood" naming the sender, so
+    one flooding sender cannot crowd out this peer's other neighbours;
   - the current version: into the `Mailbox`, unless the bytes delivered but not yet claimed would
     pass `max_bytes`, or the unclaimed messages `max_messages` ("dropped_overflow"; the count
-    caps a flood of empty payloads under distinct keys): a flood or a runaway sender cannot
-    exhaust memory, it only makes the engine time out and abort the step.
+    caps a flood of empty payloads under distinct keys or made-up sender names).
+A flood or a runaway sender cannot exhaust memory; at worst the engine times out and aborts the step.
+Drops ("dropped_*") count per message kind, refusals ("duplicate", "flood", categories of
+`peers.transport.REJECTIONS`) with a detail naming the sender: both through `on_drop`.
 """
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from typing import Protocol
 
-from peers.transport import Mailbox, Message, PeerTimeout
+from peers.transport import Mailbox, Message, PeerTimeout, TransportClosed
 
-__all__ = ["GatedMailbox"]
+__all__ = ["GatedMailbox", "OnDrop", "DEFAULT_MAX_MESSAGES", "DEFAULT_MAX_MESSAGES_PER_SENDER"]
 
 _MAX_HELD_MESSAGES = 1024
 # Unclaimed messages of the current plan: a step needs one per micro-batch and all-reduce peer,
 # far fewer than this; each costs ~1 KB of bookkeeping even with an empty payload.
 DEFAULT_MAX_MESSAGES = 16384
+# One sender's in-flight messages: a step needs at most micro_batches activations (or gradients)
+# plus 2 all-reduce chunks from any one neighbour.
+DEFAULT_MAX_MESSAGES_PER_SENDER = 256
+
+_Key = tuple[str, str, int, int]
+
+
+class OnDrop(Protocol):
+    """Counts what the gate refused: `counter` is "dropped_stale" / "dropped_future" /
+    "dropped_overflow" (per message kind), or a REJECTIONS category with a `detail` naming the sender."""
+
+    def __call__(self, counter: str, kind: str, detail: str = "", /) -> None: ...
 
 
 class GatedMailbox:
-    """A `Mailbox` behind the plan-version check and a byte budget; `on_drop(counter, kind)` counts."""
+    """A `Mailbox` behind the plan-version check, duplicate refusal and budgets; `on_drop` counts.
 
-    def __init__(self, version: int, max_bytes: int, on_drop: Callable[[str, str], None], *,
-                 max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
+    max_bytes / max_messages: unclaimed payload bytes and messages of the current plan, all senders.
+    max_messages_per_sender / max_bytes_per_sender (default max_bytes // 2): one sender's messages
+    in flight (unclaimed plus held); sized so a normal step never reaches them.
+    """
+
+    def __init__(self, version: int, max_bytes: int, on_drop: OnDrop, *, max_messages: int = DEFAULT_MAX_MESSAGES,
+                 max_messages_per_sender: int = DEFAULT_MAX_MESSAGES_PER_SENDER,
+                 max_bytes_per_sender: int | None = None) -> None:
         self.max_bytes = max_bytes
         self.max_messages = max_messages
+        self.max_messages_per_sender = max_messages_per_sender
+        self.max_bytes_per_sender = max_bytes // 2 if max_bytes_per_sender is None else max_bytes_per_sender
         self._version = version
         self._on_drop = on_drop
         self._mailbox = Mailbox()
         self._lock = threading.Lock()
-        self._held: list[Message] = []
-        # key -> (payload bytes, the message itself): take() only releases the bytes of the message
-        # it got, even when a same-key message arrives between its mailbox pop and its bookkeeping.
-        self._sizes: dict[tuple[str, str, int, int], tuple[int, Message]] = {}
+        self._held: dict[_Key, Message] = {}  # of version current + 1, until set_version
+        self._held_bytes = 0
+        # key -> (payload bytes, the message itself): take() only releases the bookkeeping of the
+        # message it got (the mailbox holds exactly these keys, but pops before take's bookkeeping).
+        self._sizes: dict[_Key, tuple[int, Message]] = {}
         self._bytes = 0
+        self._load: dict[str, tuple[int, int]] = {}  # sender -> (messages, bytes) unclaimed or held
 
     @property
     def version(self) -> int:
@@ -53,45 +83,35 @@ class GatedMailbox:
         Unclaimed messages of an older version leave the mailbox too (counted as stale), so a
         rerun of the same step under the new plan never takes a leftover of the old one.
         """
+        refused: list[tuple[str, str, Message]] = []
         with self._lock:
             self._version = version
-            held, self._held = self._held, []
-            stale = [(key, message) for key, (_, message) in self._sizes.items() if message.plan_version < version]
-            for key, _message in stale:
-                self._bytes -= self._sizes.pop(key)[0]
+            held, self._held, self._held_bytes = self._held, {}, 0
+            for message in held.values():
+                self._release(message.sender, _size(message))
+            stale = [(key, entry) for key, entry in self._sizes.items() if entry[1].plan_version < version]
+            for key, (size, message) in stale:
+                del self._sizes[key]
+                self._bytes -= size
+                self._release(message.sender, size)
                 try:
                     self._mailbox.take(*key, timeout=0)
-                except PeerTimeout:  # an engine thread took it a moment ago
+                except (PeerTimeout, TransportClosed):  # an engine thread took it a moment ago, or closed
                     pass
-        for _key, message in stale:
-            self._on_drop("dropped_stale", message.kind)
-        for message in held:
-            self.deliver(message)
+                refused.append(("dropped_stale", "", message))
+            for message in held.values():  # under the lock: a newer same-key arrival cannot jump ahead
+                verdict = self._admit(message)
+                if verdict is not None:
+                    refused.append((*verdict, message))
+        for counter, detail, message in refused:
+            self._on_drop(counter, message.kind, detail)
 
     def deliver(self, message: Message) -> None:
-        """Gate one arrived message: into the mailbox, held for a newer plan, or dropped and counted."""
-        size = memoryview(message.payload).nbytes
+        """Gate one arrived message: into the mailbox, held for the next plan, or refused and counted."""
         with self._lock:
-            if message.plan_version > self._version:
-                held_bytes = sum(memoryview(held.payload).nbytes for held in self._held)
-                if len(self._held) < _MAX_HELD_MESSAGES and held_bytes + size <= self.max_bytes:
-                    self._held.append(message)
-                    return
-                verdict = "dropped_future"
-            elif message.plan_version < self._version:
-                verdict = "dropped_stale"
-            else:
-                key = (message.sender, message.kind, message.step, message.index)
-                replaced = self._sizes[key][0] if key in self._sizes else 0
-                if (self._bytes - replaced + size > self.max_bytes
-                        or (key not in self._sizes and len(self._sizes) >= self.max_messages)):
-                    verdict = "dropped_overflow"
-                else:
-                    self._bytes += size - replaced
-                    self._sizes[key] = (size, message)
-                    self._mailbox.put(message)
-                    return
-        self._on_drop(verdict, message.kind)
+            verdict = self._admit(message)
+        if verdict is not None:
+            self._on_drop(verdict[0], message.kind, verdict[1])
 
     def take(self, sender: str, kind: str, step: int, index: int, timeout: float | None) -> Message:
         """The message (sender, kind, step, index) once delivered; PeerTimeout after `timeout` s."""
@@ -102,6 +122,7 @@ class GatedMailbox:
             if entry is not None and entry[1] is message:
                 del self._sizes[key]
                 self._bytes -= entry[0]
+                self._release(sender, entry[0])
         return message
 
     def close(self, reason: str) -> None:
@@ -117,3 +138,45 @@ class GatedMailbox:
         """Payload bytes delivered to the mailbox and not yet taken."""
         with self._lock:
             return self._bytes
+
+    def _admit(self, message: Message) -> tuple[str, str] | None:
+        """Deliver or hold `message`, or say why not: (counter, detail). Call with the lock held."""
+        version, sender = message.plan_version, message.sender
+        if version < self._version:
+            return "dropped_stale", ""
+        if version > self._version + 1:
+            return "dropped_future", ""
+        key = (sender, message.kind, message.step, message.index)
+        future = version > self._version
+        what = f"{message.kind!r} message for step {message.step}, index {message.index} (plan {version})"
+        if key in (self._held if future else self._sizes):
+            return "duplicate", f"{sender!r} sent a second {what}; the first one is kept"
+        size = _size(message)
+        count, nbytes = self._load.get(sender, (0, 0))
+        if count >= self.max_messages_per_sender or nbytes + size > self.max_bytes_per_sender:
+            return "flood", (f"{sender!r} has {count} messages of {nbytes} bytes in flight (caps "
+                             f"{self.max_messages_per_sender} / {self.max_bytes_per_sender} bytes); its {what} "
+                             f"of {size} bytes was dropped")
+        if future:
+            if len(self._held) >= _MAX_HELD_MESSAGES or self._held_bytes + size > self.max_bytes:
+                return "dropped_future", ""
+            self._held[key] = message
+            self._held_bytes += size
+        else:
+            if self._bytes + size > self.max_bytes or len(self._sizes) >= self.max_messages:
+                return "dropped_overflow", ""
+            self._sizes[key] = (size, message)
+            self._bytes += size
+            self._mailbox.put(message)
+        self._load[sender] = (count + 1, nbytes + size)
+        return None
+
+    def _release(self, sender: str, size: int) -> None:
+        """One of `sender`'s in-flight messages left (taken, purged or moved). Call with the lock held."""
+        count, nbytes = self._load.pop(sender, (1, size))
+        if count > 1:
+            self._load[sender] = (count - 1, nbytes - size)
+
+
+def _size(message: Message) -> int:
+    return memoryview(message.payload).nbytes

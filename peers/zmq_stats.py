@@ -2,6 +2,7 @@
 
 The live swarm reports bytes per channel (activations, gradients, all-reduce) from these, and the
 churn tests read the drop counters to prove garbage and stale frames were seen and refused.
+Refused messages count under `rejected`, by why (`peers.transport.REJECTIONS`).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 from collections import Counter
 from typing import Any
 
+from peers.transport import REJECTIONS
 from peers.wire import CONTROL_KINDS, TRAINING_KINDS
 
 __all__ = ["TransportStats", "MAX_KINDS", "OTHER_KIND"]
@@ -29,8 +31,11 @@ class TransportStats:
 
     received counts every well-formed message (probes and state requests included) before the
     plan-version check, whose drops land in dropped_stale / dropped_future (and dropped_overflow
-    past the unclaimed-bytes budget, see `peers.zmq_mailbox`); frames that fail to
-    parse count only in rejected_malformed. bytes_* count header and payload frames (what crossed
+    past the unclaimed-bytes budget, see `peers.zmq_mailbox`). rejected counts refusals by
+    category (REJECTIONS): frames that fail to parse ("malformed", counted only there), a second
+    message under a held key ("duplicate"), a sender past its in-flight share ("flood"), and what
+    the engine refused after decoding (`BadMessage`: "malformed", "nonfinite"); last_rejection
+    says what the latest one was and who sent it. bytes_* count header and payload frames (what crossed
     the wire, less zmq's own framing); payload_bytes_sent counts the compression frames alone, to
     compare with codec bit-widths. send_failed: messages zmq refused (its error is logged).
     At most MAX_KINDS kinds are told apart; later new kinds share the row OTHER_KIND.
@@ -40,13 +45,20 @@ class TransportStats:
         self._lock = threading.Lock()
         self._tables: dict[str, Counter[str]] = {name: Counter() for name in _PER_KIND}
         self._kinds: set[str] = set()
-        self._rejected = 0
+        self._rejected: Counter[str] = Counter()
         self._last_rejection = ""
 
-    def add(self, table: str, kind: str, amount: int = 1) -> None:
-        """Add `amount` to counter `table` (one of the per-kind tables) for `kind`."""
+    def add(self, table: str, kind: str, detail: str = "") -> None:
+        """Count one `kind` message in `table`: a per-kind table, or a category of REJECTIONS
+        (then it counts under `rejected`, and `detail` becomes last_rejection; see `reject`).
+
+        The signature of `peers.zmq_mailbox.OnDrop`, so the receive gate counts straight into these.
+        """
+        if table in REJECTIONS:
+            self.reject(detail or f"{table} {kind!r} message", table)
+            return
         with self._lock:
-            self._tables[table][self._row(kind)] += amount
+            self._tables[table][self._row(kind)] += 1
 
     def count_sent(self, kind: str, header_bytes: int, payload_bytes: int) -> None:
         """One message handed to zmq: its count, wire bytes and compression-frame bytes."""
@@ -63,17 +75,21 @@ class TransportStats:
             self._tables["received"][kind] += 1
             self._tables["bytes_received"][kind] += nbytes
 
-    def reject(self, reason: str) -> None:
-        """A frame that failed to parse or was not allowed; `reason` is kept as last_rejection."""
+    def reject(self, detail: str, category: str = "malformed") -> None:
+        """One refused message, counted under `rejected[category]` (one of REJECTIONS); `detail`
+        (what was wrong, and from whom) is kept as last_rejection."""
+        if category not in REJECTIONS:
+            raise ValueError(f"unknown rejection category {category!r}; expected one of {REJECTIONS}")
         with self._lock:
-            self._rejected += 1
-            self._last_rejection = reason
+            self._rejected[category] += 1
+            self._last_rejection = detail
 
     def snapshot(self) -> dict[str, Any]:
-        """{"received": {kind: n}, ..., "rejected_malformed": n, "last_rejection": "why"}."""
+        """{"received": {kind: n}, ..., "rejected": {category: n for every REJECTIONS}, "last_rejection": "why"}."""
         with self._lock:
             tables = {name: dict(counter) for name, counter in self._tables.items()}
-            return {**tables, "rejected_malformed": self._rejected, "last_rejection": self._last_rejection}
+            rejected = {category: self._rejected[category] for category in REJECTIONS}
+            return {**tables, "rejected": rejected, "last_rejection": self._last_rejection}
 
     def _row(self, kind: str) -> str:
         """The table row for `kind` (call with the lock held)."""

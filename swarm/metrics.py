@@ -93,7 +93,8 @@ class _SwarmCollector(Collector):
                 ratio.add_metric([channel], FP32_BITS * values / (8 * nbytes))
         yield from (sent_b, sent_v, bits, ratio)
         rejected = CounterMetricFamily("swarm_frames_rejected", "Frames refused by data ports, by peer and reason "
-                                       "(malformed, stale, future, overflow)", labels=["peer", "reason"])
+                                       "(malformed, nonfinite, unauthenticated, duplicate, flood, stale, future, "
+                                       "overflow)", labels=["peer", "reason"])
         for (peer, reason), count in sorted(view.rejected.items()):
             rejected.add_metric([peer, reason], count)
         yield rejected

@@ -4,10 +4,10 @@ Transport-agnostic: a `StageExecutor` reaches its neighbours only through `peers
 """
 from .channels import ActivationChannel, ChannelStats
 from .schedule import SCHEDULES, get_schedule, gpipe, one_f_one_b
-from .stage_executor import OptimizerSettings, StageExecutor, StepResult
+from .stage_executor import NonFiniteStep, OptimizerSettings, StageExecutor, StepResult
 
 __all__ = [
-    "StageExecutor", "StepResult", "OptimizerSettings",
+    "StageExecutor", "StepResult", "OptimizerSettings", "NonFiniteStep",
     "ChannelStats", "ActivationChannel",
     "SCHEDULES", "get_schedule", "gpipe", "one_f_one_b",
 ]

@@ -11,7 +11,7 @@ from peers.allreduce import GradientAverager
 from peers.pipeline import StageExecutor
 from peers.pipeline.channels import ActivationChannel
 from peers.protocol import Codecs
-from peers.transport import InProcessHub
+from peers.transport import BadMessage, InProcessHub
 from tests.threads import run_concurrently
 
 CONFIG = models.get_config("tiny")
@@ -67,7 +67,8 @@ def test_all_reduce_refuses_a_replicas_chunk_of_another_codec():
     before = [g[0].clone() for g in grads]
     _, errors = run_concurrently([lambda a=a, g=g: a.average(1, g) for a, g in zip(averagers, grads, strict=True)],
                                  timeout=60, what="an all-reduce replica")
-    assert len(errors) == 2 and all(isinstance(e, CodecError) for e in errors), errors
+    assert len(errors) == 2 and all(isinstance(e, BadMessage) and e.reason == "malformed" for e in errors), errors
+    assert {e.sender for e in errors} == {"r0", "r1"}
     assert "disagree on the codec" in str(errors[0]) and "expected a 'q" in str(errors[0])
     assert all(torch.equal(g[0], b) for g, b in zip(grads, before, strict=True))
 
@@ -84,6 +85,8 @@ def test_stage_refuses_an_activation_gradient_of_another_codec():
     before = workers[0].param_checksum()
     results, errors = run_concurrently([lambda w=w: w.run_step(1, batch) for w in workers], timeout=60,
                                        what="a stage worker")
-    assert len(errors) == 1 and isinstance(errors[0], CodecError), errors
+    # A neighbour's unusable frame fails the step as a BadMessage naming it (a CodecError would end the process).
+    assert len(errors) == 1 and isinstance(errors[0], BadMessage), errors
+    assert (errors[0].sender, errors[0].reason) == ("s1", "malformed")
     assert "expected a 'q4' frame, but the frame carries codec 'q6'" in str(errors[0])
     assert workers[0].param_checksum() == before

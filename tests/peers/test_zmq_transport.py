@@ -141,7 +141,7 @@ def test_garbage_from_a_raw_zmq_socket_is_rejected_while_training_goes_on(pair):
             raw.send_multipart(frames)
         a.send("b", Message("act", 1, 0, b"real"))
         assert bytes(b.recv("a", "act", 1, 0, timeout=5).payload) == b"real"
-        _wait_for(lambda: b.stats()["rejected_malformed"] == len(garbage))
+        _wait_for(lambda: b.stats()["rejected"]["malformed"] == len(garbage))
         assert b.stats()["last_rejection"]
     finally:
         raw.close()
@@ -169,7 +169,7 @@ def test_oversized_message_is_refused_by_the_parser_the_socket_and_the_sender():
         intruder.send_multipart(wire.pack(Message("act", 0, 2, bytes(300 * 1024)), sender="big", plan_version=0))
         big.send("small", Message("act", 0, 1, bytes(64 * 1024)))
         assert small.recv("big", "act", 0, 1, timeout=5).payload.nbytes == 64 * 1024
-        _wait_for(lambda: small.stats()["rejected_malformed"] == 1)
+        _wait_for(lambda: small.stats()["rejected"]["malformed"] == 1)
         assert "max_message_bytes" in small.stats()["last_rejection"]
         for index in (0, 2):  # the 300 KiB frame never got past zmq.MAXMSGSIZE
             with pytest.raises(PeerTimeout):

@@ -127,7 +127,7 @@ def test_status_cli_prints_the_json_contract(run):
 
 def test_garbage_and_stale_frames_are_rejected_and_counted(run):
     victim = run["victim"]
-    assert victim["rejected"] >= GARBAGE
+    assert victim["rejected"]["malformed"] >= GARBAGE
     assert victim["dropped_stale"] >= STALE
     assert victim["state"] == "training" and not victim["error"]
     assert run["report"]["steps"][-1]["step"] == STEPS  # it kept training to the end

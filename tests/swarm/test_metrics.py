@@ -29,12 +29,14 @@ def value(parsed, metric, /, **labels):
     return parsed[(metric, frozenset(labels.items()))]
 
 
-STATS = {"rejected_malformed": 2, "dropped_stale": {"act": 3, "grad": 1}, "dropped_future": {}, "send_failed": {},
+STATS = {"rejected": {"malformed": 2, "nonfinite": 1, "unauthenticated": 0, "duplicate": 0, "flood": 7},
+         "dropped_stale": {"act": 3, "grad": 1}, "dropped_future": {}, "send_failed": {},
          "dropped_overflow": {"act": 5}}
 
 
 def test_rejections_by_reason():
-    assert rejections(STATS) == {"malformed": 2, "stale": 4, "future": 0, "overflow": 5}
+    assert rejections(STATS) == {"malformed": 2, "nonfinite": 1, "unauthenticated": 0, "duplicate": 0, "flood": 7,
+                                 "stale": 4, "future": 0, "overflow": 5}
 
 
 def test_peer_metrics_expose_events_and_what_the_peer_announces():

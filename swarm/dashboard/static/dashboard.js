@@ -17,6 +17,11 @@ function el(tag, attrs, ...children) {
 }
 function fmt(value, digits) { return value === null || value === undefined ? "-" : Number(value).toFixed(digits); }
 function tflops(value) { return value >= 10 ? value.toFixed(0) : value.toPrecision(3); }
+// A peer's refused messages by reason ({malformed: n, nonfinite: n, ...}): the total, and the reasons seen.
+function rejectedTotal(counts) { return Object.values(counts || {}).reduce((a, b) => a + b, 0); }
+function rejectedWhy(counts) {
+  return Object.entries(counts || {}).filter(([, n]) => n > 0).map(([why, n]) => `${why} ${n}`).join(", ");
+}
 function bytes(n) {
   const units = ["B", "KB", "MB", "GB", "TB"];
   let i = 0;
@@ -223,7 +228,9 @@ function renderPeers(status) {
   const rows = status.peers.map((p) => el("tr", {"data-peer": p.name}, el("td", {}, p.name), el("td", {}, p.state),
     el("td", {}, p.stage < 0 ? "-" : `s${p.stage} r${p.replica}`), el("td", {}, p.device),
     el("td", {class: "num"}, tflops(p.tflops)), el("td", {class: "num"}, `${p.heartbeat_age_s.toFixed(1)} s`),
-    el("td", {class: "num"}, p.step), el("td", {class: "num"}, p.rejected), el("td", {class: "num"}, p.dropped_stale),
+    el("td", {class: "num"}, p.step),
+    el("td", {class: "num", title: rejectedWhy(p.rejected)}, rejectedTotal(p.rejected)),
+    el("td", {class: "num"}, p.dropped_stale),
     el("td", {}, p.error || "")));
   $("peers").replaceChildren(head, ...rows);
 }
