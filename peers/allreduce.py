@@ -8,21 +8,35 @@ Every replica, the owner included, writes back the *decoded* broadcast, so all r
 bit-identical. Each replica sends 2 (R-1)/R of the gradient, like a ring, in two rounds: the
 all-to-all "butterfly" exchange that suits links where latency, not bandwidth, is scarce.
 
+The owner combines the R shares of its chunk with the plan's rule (`--aggregate`, see
+`peers.aggregation`): `mean` by default, or `clip`, `trimmed-mean`, `centered-clip`, which survive a
+minority of replicas sending garbage. A share that cannot be used (undecodable, NaN/inf) fails the
+step under `mean` (`BadMessage`, so it is aborted and rerun, never applied) and is left out of the
+aggregate under a robust rule. Either way the owner names the sender: `suspects` counts the steps
+each peer was flagged (an unusable share, or one the rule judged an outlier), with one logged
+warning per step and sender.
+
 A missing share raises `PeerTimeout` (from the transport) before anything is written back: the
 caller aborts the step and the tensors are left as they were.
 """
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
 
 import compression
 
-from .transport import Message, Transport
+from .aggregation import aggregate, check_rule
+from .attack import Attack
+from .transport import BadMessage, Message, Transport
 from .wire import GATHER_KIND, REDUCE_KIND
 
 __all__ = ["GradientAverager"]
+
+_log = logging.getLogger(__name__)
 
 
 class GradientAverager:
@@ -36,10 +50,17 @@ class GradientAverager:
     `codec` is the `--grad` codec; `error_feedback` keeps what compression dropped and adds it
     to the next step's message (needed below ~8 bits). A new group (re-plan) needs a new averager:
     chunk ownership and error buffers belong to one group.
+
+    `aggregate` is the plan's rule (`TrainingSpec.aggregate`): keep `mean` among trusted replicas,
+    pick `centered-clip` (or `trimmed-mean`) when a peer may lie; it needs R >= 3 to outvote one
+    (see `peers.aggregation` for R <= 2). `suspects` counts, per peer name, the steps this owner
+    flagged it. `attack` is the fault injector (`peers.attack`): it acts only when this replica is
+    the attack's `replica`, and then tampers with the shares this replica sends.
     """
 
     def __init__(self, transport: Transport, group: Sequence[str], codec: str = "q4", *,
-                 error_feedback: bool = True, timeout: float | None = None, plan_version: int = 0) -> None:
+                 error_feedback: bool = True, timeout: float | None = None, plan_version: int = 0,
+                 aggregate: str = "mean", attack: Attack | None = None) -> None:
         if transport.name not in group:
             raise ValueError(f"{transport.name!r} is not in its all-reduce group {list(group)}")
         if len(set(group)) != len(group):
@@ -50,10 +71,16 @@ class GradientAverager:
         self.codec = codec
         self.timeout = timeout
         self.plan_version = plan_version
+        self.aggregate = check_rule(aggregate)
+        self.attack = attack if attack is not None and attack.replica == self.rank else None
+        self.suspects: Counter[str] = Counter()
         self.bytes_sent = 0
         self.values_sent = 0
         self._sender_feedback = compression.ErrorFeedback(codec) if error_feedback else None
         self._owner_feedback = compression.ErrorFeedback(codec) if error_feedback else None
+        if self.attack is not None:
+            _log.warning("FAULT INJECTOR ACTIVE: %s (replica %d of %s) sends tampered all-reduce shares (%s)",
+                         transport.name, self.rank, self.group, self.attack)
 
     def average(self, step: int, tensors: Sequence[torch.Tensor]) -> None:
         """Replace every tensor by its average over the group (same shapes on every replica).
@@ -87,23 +114,52 @@ class GradientAverager:
             offset += count
 
     def _reduce_scatter(self, step: int, flat: torch.Tensor, bounds: list[tuple[int, int]]) -> bytes:
-        """Send every other owner its share, sum the shares of this replica's chunk: the encoded average."""
+        """Send every other owner its share, aggregate the shares of this replica's chunk: the encoded result."""
         for owner, (start, stop) in enumerate(bounds):
             if owner != self.rank:
-                payload = self._encode(self._sender_feedback, ("reduce", owner), flat[start:stop], step)
+                payload = self._share(step, owner, flat[start:stop])
                 self._send(owner, REDUCE_KIND, step, payload, stop - start)
         start, stop = bounds[self.rank]
-        total = torch.zeros(stop - start, device=flat.device)
-        for member in range(len(self.group)):  # fixed order: the sum never depends on arrival order
+        shares, members, flagged = [], [], {}
+        for member in range(len(self.group)):  # fixed order: the result never depends on arrival order
             if member == self.rank:
-                total += flat[start:stop]
-            else:
-                total += self._receive(member, REDUCE_KIND, step, self.rank, stop - start, flat.device)
-        total /= len(self.group)
-        return self._encode(self._owner_feedback, ("gather", self.rank), total, step)
+                shares.append(flat[start:stop])
+                members.append(member)
+                continue
+            try:
+                shares.append(self._receive(member, REDUCE_KIND, step, self.rank, stop - start, flat.device))
+                members.append(member)
+            except BadMessage as error:
+                if self.aggregate == "mean":  # nothing to outvote it with: the step fails
+                    flagged[member] = f"{error.reason} share, step fails: {error.detail}"
+                    self._flag(step, flagged)
+                    raise
+                flagged[member] = f"{error.reason} share, left out: {error.detail}"
+        result = aggregate(self.aggregate, torch.stack(shares))
+        for row in result.outliers:
+            if members[row] != self.rank:
+                flagged.setdefault(members[row], "outlier share")
+        self._flag(step, flagged)
+        return self._encode(self._owner_feedback, ("gather", self.rank), result.value, step)
+
+    def _share(self, step: int, owner: int, chunk: torch.Tensor) -> bytes:
+        """This replica's encoded share of `owner`'s chunk (tampered with under an attack)."""
+        key = ("reduce", owner)
+        if self.attack is None:
+            return self._encode(self._sender_feedback, key, chunk, step)
+        return self.attack.frame(chunk, step, _seed(step, self.rank, key),
+                                 lambda values: self._encode(self._sender_feedback, key, values, step))
+
+    def _flag(self, step: int, flagged: dict[int, str]) -> None:
+        """Count and log each flagged sender once for this step."""
+        for member, why in sorted(flagged.items()):
+            name = self.group[member]
+            self.suspects[name] += 1
+            _log.warning("all-reduce step %d: %s flags %r (%s) under --aggregate %s", step, self.transport.name,
+                         name, why, self.aggregate)
 
     def _all_gather(self, step: int, mine: bytes, bounds: list[tuple[int, int]], flat: torch.Tensor) -> torch.Tensor:
-        """Broadcast this replica's encoded average, collect the others'; everyone decodes the same bytes."""
+        """Broadcast this replica's encoded aggregate, collect the others'; everyone decodes the same bytes."""
         start, stop = bounds[self.rank]
         for member in range(len(self.group)):
             if member != self.rank:
@@ -113,7 +169,11 @@ class GradientAverager:
             if owner == self.rank:
                 averaged[start:stop] = compression.decode(mine, device=flat.device).reshape(-1)
             else:
-                averaged[start:stop] = self._receive(owner, GATHER_KIND, step, owner, stop - start, flat.device)
+                try:  # the only copy of that chunk: a bad one fails the step whatever the rule
+                    averaged[start:stop] = self._receive(owner, GATHER_KIND, step, owner, stop - start, flat.device)
+                except BadMessage as error:
+                    self._flag(step, {owner: f"{error.reason} broadcast of its chunk: {error.detail}"})
+                    raise
         return averaged
 
     def _encode(self, feedback: compression.ErrorFeedback | None, key: tuple[str, int], chunk: torch.Tensor,
@@ -132,13 +192,20 @@ class GradientAverager:
 
     def _receive(self, member: int, kind: str, step: int, index: int, expected: int,
                  device: torch.device) -> torch.Tensor:
+        """The decoded chunk from `member`; BadMessage naming it when the frame is unusable."""
         message = self.transport.recv(self.group[member], kind, step, index, timeout=self.timeout)
+        sender = self.group[member]
         try:  # the group's codec and the chunk's length, checked from the header before decoding
-            return compression.decode(message.payload, device=device, codec=self.codec, shape=(expected,)).float()
+            values = compression.decode(message.payload, device=device, codec=self.codec, shape=(expected,)).float()
         except compression.CodecError as error:
-            raise compression.CodecError(f"all-reduce {kind} chunk {index} from {self.group[member]!r}: {error}; "
-                                         "the replicas disagree on the codec or the stage's shapes, or the frame "
-                                         "is corrupted") from None
+            raise BadMessage(sender, "malformed", f"{kind} chunk {index} of step {step}: {error} (the "
+                             "replicas disagree on the codec or the stage's shapes, or the frame is corrupted "
+                             "or forged)") from None
+        if not bool(torch.isfinite(values).all()):
+            bad = int((~torch.isfinite(values)).sum())
+            raise BadMessage(sender, "nonfinite", f"{kind} chunk {index} of step {step} decodes to "
+                             f"{bad} NaN/inf values of {expected}")
+        return values
 
 
 def _chunk_bounds(count: int, parts: int) -> list[tuple[int, int]]:

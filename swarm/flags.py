@@ -1,8 +1,9 @@
 """The training and codec flags `swarm-sim local` and `swarm-coordinator` share, turned into specs.
 
-One place defines `--model --batch --micro-batches --steps --lr --warmup-steps --seed --data` and
-`--fwd --bwd --grad --fwd-delta`, their defaults (those of `TrainingSpec` and `Codecs`) and their
-checks, so the simulator and a live swarm read the same flags the same way. Errors name the flag.
+One place defines `--model --batch --micro-batches --steps --lr --warmup-steps --seed --dtype
+--aggregate --data` and `--fwd --bwd --grad --fwd-delta`, their defaults (those of `TrainingSpec` and
+`Codecs`) and their checks, so the simulator and a live swarm read the same flags the same way.
+Errors name the flag.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import msgspec
 
 from models.config import PRESETS
 from peers.protocol import DTYPES, Codecs, RecordError, TrainingSpec, from_builtins, validated
+from peers.protocol.training import AGGREGATES
 
 __all__ = ["add_training_arguments", "add_codec_arguments", "training_from_args", "codecs_from_args",
            "check_training", "check_codecs", "as_flags"]
@@ -41,6 +43,12 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps_required: b
                              "[default: %(default)s]")
     parser.add_argument("--dtype", default=spec.dtype, choices=DTYPES,
                         help="stage compute precision: bf16 autocasts over fp32 master weights [default: %(default)s]")
+    parser.add_argument("--aggregate", default=spec.aggregate, choices=AGGREGATES,
+                        help="how each all-reduce chunk's owner combines the replicas' gradient shares: mean, or a "
+                             "rule that survives a minority of hostile or broken replicas (clip: clip each share's "
+                             "norm; trimmed-mean: coordinate-wise, drop the extremes; centered-clip: clip around "
+                             "the median, the one to pick for an open swarm of >= 3 replicas per stage); suspect "
+                             "senders are logged [default: %(default)s]")
     parser.add_argument("--data", metavar="PATH", help="training text (.txt/.md/.jsonl with \"text\" fields, or a "
                                                        "directory of them) [default: the bundled KJV Bible]")
 
@@ -63,7 +71,7 @@ def training_from_args(args: argparse.Namespace) -> TrainingSpec:
     """The validated spec of the parsed training flags; ValueError naming the flag otherwise."""
     values = {"model": args.model, "batch": args.batch, "micro_batches": args.micro_batches, "steps": args.steps,
               "lr": args.lr, "warmup_steps": args.warmup_steps, "seed": args.seed, "data": args.data,
-              "dtype": args.dtype}
+              "dtype": args.dtype, "aggregate": args.aggregate}
     try:
         spec = from_builtins(values, TrainingSpec, "training")
     except RecordError as error:
@@ -86,6 +94,7 @@ def as_flags(training: TrainingSpec, codecs: Codecs) -> list[str]:
     flags = ["--model", training.model, "--steps", str(training.steps), "--batch", str(training.batch),
              "--micro-batches", str(training.micro_batches), "--lr", repr(training.lr),
              "--warmup-steps", str(training.warmup_steps), "--seed", str(training.seed), "--dtype", training.dtype,
+             "--aggregate", training.aggregate,
              "--fwd", codecs.forward, "--bwd", codecs.backward, "--grad", codecs.gradient]
     flags += ["--fwd-delta"] if codecs.forward_delta else []
     return flags + (["--data", training.data] if training.data else [])

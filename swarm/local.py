@@ -10,6 +10,7 @@ stochastic rounding is seeded per message, so thread timing never changes a numb
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 import models
+from peers.attack import Attack
 from peers.pipeline import ChannelStats, OptimizerSettings, StageExecutor, StepResult, get_schedule
 from peers.profiling import check_device
 from peers.protocol import Codecs, TrainingSpec, to_builtins
@@ -36,7 +38,9 @@ class LocalConfig:
     only the first sequences of each split (a fine-tuning-sized subset where samples repeat, as
     AQ-SGD needs). eval_every: steps between evaluations (0: only at the end). device: where every
     stage computes ("cpu" or "cuda:N"); the messages between stages still cross the codecs,
-    decoded straight onto that device.
+    decoded straight onto that device. attack: a fault injector (`--attack`, `peers.attack`) for
+    the worker that is replica `attack.replica` of every stage; pair it with
+    `training.aggregate` (`--aggregate`) to see what a rule survives.
     """
 
     training: TrainingSpec = field(default_factory=TrainingSpec)
@@ -50,6 +54,7 @@ class LocalConfig:
     eval_samples: int | None = 128
     seq_len: int | None = None
     device: str = "cpu"
+    attack: Attack | None = None
 
     def check(self) -> tuple[models.GPTConfig, list[int]]:
         """Validate every field before any work; each error names the flag to fix."""
@@ -73,6 +78,9 @@ class LocalConfig:
             except ValueError as error:
                 raise ValueError(f"--layers: {error}") from None
         self.training.check_grid(self.replicas)
+        if self.attack is not None and self.attack.replica >= self.replicas:
+            raise ValueError(f"--attack {self.attack} names replica {self.attack.replica}, but --replicas is "
+                             f"{self.replicas} (replicas count from 0)")
         if self.seq_len is not None and not 0 < self.seq_len <= config.context:
             raise ValueError(f"--seq-len must be in 1..{config.context} for model {config.name!r}, got {self.seq_len}")
         if self.eval_every < 0:
@@ -116,7 +124,8 @@ class LocalGrid:
                     next=worker_name(s + 1, r) if s < stages - 1 else None,
                     group=group, codecs=config.codecs, schedule=config.schedule,
                     micro_batches=training.micro_batches, optimizer=settings, seed=training.seed,
-                    delta_capacity=self.dataset.size, compute_dtype=training.dtype))
+                    delta_capacity=self.dataset.size, compute_dtype=training.dtype,
+                    aggregate=training.aggregate, attack=config.attack))
             self.workers.append(row)
         self._pool = ThreadPoolExecutor(max_workers=stages * replicas, thread_name_prefix="stage")
 
@@ -167,6 +176,14 @@ class LocalGrid:
         """Whether every stage's replicas hold bit-identical parameters (they must, after each step)."""
         return all(len({worker.param_checksum() for worker in row}) == 1 for row in self.workers)
 
+    def suspects(self) -> dict[str, int]:
+        """Workers the all-reduce owners flagged (name -> flags, summed over the owners that saw them)."""
+        total: Counter[str] = Counter()
+        for row in self.workers:
+            for worker in row:
+                total.update(worker.averager.suspects)
+        return dict(sorted(total.items()))
+
     def stage_modules(self, replica: int = 0) -> list[torch.nn.Module]:
         """The stage modules of one pipeline replica, stage 0 first."""
         return [row[replica].stage for row in self.workers]
@@ -215,7 +232,8 @@ def run_local(config: LocalConfig, on_step: Callable[[dict[str, Any]], None] | N
             "config": {"training": to_builtins(config.training), "codecs": to_builtins(config.codecs),
                        "stages": config.stages, "replicas": config.replicas, "schedule": config.schedule,
                        "layers": grid.layers, "seq_len": config.seq_len, "device": config.device,
-                       "parameters": models.count_parameters(grid.model_config)},
+                       "parameters": models.count_parameters(grid.model_config),
+                       "attack": None if config.attack is None else str(config.attack)},
             "steps": steps,
             "eval": evals,
             "bits_per_value": totals.bits_per_value(),
@@ -224,7 +242,8 @@ def run_local(config: LocalConfig, on_step: Callable[[dict[str, Any]], None] | N
             "bits_per_value_final_step": ChannelStats(steps[-1]["bytes"], steps[-1]["values"]).bits_per_value(),
             "bytes_total": dict(totals.bytes),
             "final": {"train_loss": steps[-1]["loss"], "eval_loss": evals[-1]["loss"],
-                      "param_checksum": grid.checksum(), "replicas_identical": grid.replicas_identical()},
+                      "param_checksum": grid.checksum(), "replicas_identical": grid.replicas_identical(),
+                      "suspects": grid.suspects()},
         }
     finally:
         grid.close()

@@ -14,7 +14,8 @@ from models.config import PRESETS
 
 from .validation import NonNegativeInt, PositiveFloat, PositiveInt, RecordError
 
-__all__ = ["CHANNELS", "CODEC_FLAGS", "DTYPES", "ComputeDtype", "Codecs", "Timeouts", "TrainingSpec"]
+__all__ = ["CHANNELS", "CODEC_FLAGS", "DTYPES", "AGGREGATES", "ComputeDtype", "AggregationRule", "Codecs", "Timeouts",
+           "TrainingSpec"]
 
 # The three compressed channels: activations forward, activation gradients backward, and the
 # data-parallel gradient all-reduce. Every per-channel table in the swarm uses these names.
@@ -25,6 +26,11 @@ CODEC_FLAGS = {"forward": "--fwd", "backward": "--bwd", "gradient": "--grad"}
 # What stage compute runs in: fp32, or bf16 autocast over fp32 master weights and optimizer state.
 ComputeDtype = Literal["fp32", "bf16"]
 DTYPES: tuple[str, ...] = ("fp32", "bf16")
+
+# How the owner of an all-reduce chunk combines the replicas' shares (`peers.aggregation`):
+# `mean`, or a rule that survives a minority of hostile or broken senders.
+AggregationRule = Literal["mean", "clip", "trimmed-mean", "centered-clip"]
+AGGREGATES: tuple[str, ...] = ("mean", "clip", "trimmed-mean", "centered-clip")
 
 _CodecSpec = Annotated[str, msgspec.Meta(min_length=1, max_length=48)]
 
@@ -75,8 +81,10 @@ class TrainingSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batch: sequences per step over the whole grid, split over the replicas, each share cut into
     `micro_batches`. data: a corpus path (None: the bundled one). dtype: the stage compute's
     precision (`bf16` autocasts matmuls; weights, gradients and AdamW state stay fp32, so replicas
-    and checkpoints do not depend on it). timeouts: filled in by the
-    coordinator for each plan; None in a spec that has not been planned yet.
+    and checkpoints do not depend on it). aggregate: the all-reduce's rule (`--aggregate`, see
+    `peers.aggregation`): `mean`, or `clip`, `trimmed-mean`, `centered-clip` when some replicas may
+    send garbage. timeouts: filled in by the coordinator for each plan; None in a spec that has
+    not been planned yet.
     """
 
     model: str = "tiny"
@@ -88,6 +96,7 @@ class TrainingSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     seed: int = 0
     data: str | None = None
     dtype: ComputeDtype = "fp32"
+    aggregate: AggregationRule = "mean"
     timeouts: Timeouts | None = None
 
     def __post_init__(self) -> None:

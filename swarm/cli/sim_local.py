@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from peers.attack import ATTACK_FORMS, Attack
+
 from ..flags import add_codec_arguments, add_training_arguments, codecs_from_args, training_from_args
 from ..local import LocalConfig, run_local
 
@@ -21,6 +23,7 @@ __all__ = ["register", "run"]
 _EXAMPLE = """example:
   swarm-sim local --model tiny --stages 4 --replicas 2 --micro-batches 2 --batch 8 --steps 50 \\
       --fwd q3 --bwd q6 --grad q4 --report runs/local.json
+  swarm-sim local --stages 1 --replicas 3 --batch 6 --steps 50 --aggregate centered-clip --attack scale:1000@1
 codecs: none, fp16, bf16, q1..q8 (q4@128 sets the block, q4~ rounds to nearest)."""
 
 
@@ -49,6 +52,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the model context)")
     parser.add_argument("--device", default=defaults.device, metavar="cpu|cuda:N",
                         help="where every stage computes (default cpu); CUDA must be visible to torch")
+    parser.add_argument("--attack", metavar="SPEC",
+                        help=f"fault injector: replica R of every stage tampers with the gradient shares it sends "
+                             f"in the all-reduce: {ATTACK_FORMS}; try it against --aggregate [default: off]")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.set_defaults(func=run)
 
@@ -62,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         console.print(f"swarm-sim local: error: {error}", markup=False, highlight=False)
         return 2
+    if config.attack is not None:
+        console.print(f"swarm-sim local: FAULT INJECTOR ACTIVE: replica {config.attack.replica} of every stage "
+                      f"sends tampered gradient shares ({config.attack}); --aggregate {config.training.aggregate}",
+                      markup=False, highlight=False)
     with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                   TimeElapsedColumn(), console=console, disable=args.quiet) as progress:
         task = progress.add_task("train", total=config.training.steps, status="")
@@ -88,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"train loss {final['train_loss']:.4f}, eval loss {final['eval_loss']:.4f}; "
                       f"bits per value: {shown}; replicas identical: {final['replicas_identical']}"
                       + (f"; report: {args.report}" if args.report else ""), highlight=False)
+        if final["suspects"]:
+            named = ", ".join(f"{name} ({count}x)" for name, count in final["suspects"].items())
+            console.print(f"suspects flagged by the all-reduce: {named}", markup=False, highlight=False)
     return 0
 
 
@@ -101,4 +114,4 @@ def _config(args: argparse.Namespace) -> LocalConfig:
     return LocalConfig(training=training_from_args(args), codecs=codecs_from_args(args), stages=args.stages,
                        replicas=args.replicas, schedule=args.schedule, layers=layers, eval_every=args.eval_every,
                        train_samples=args.train_samples, eval_samples=args.eval_samples, seq_len=args.seq_len,
-                       device=args.device)
+                       device=args.device, attack=Attack.parse(args.attack) if args.attack else None)

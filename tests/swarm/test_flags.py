@@ -6,7 +6,14 @@ import argparse
 import pytest
 
 from peers.protocol import Codecs, TrainingSpec
-from swarm.flags import add_codec_arguments, add_training_arguments, as_flags, codecs_from_args, training_from_args
+from swarm.flags import (
+    add_codec_arguments,
+    add_training_arguments,
+    as_flags,
+    check_training,
+    codecs_from_args,
+    training_from_args,
+)
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -66,3 +73,18 @@ def test_specs_survive_a_round_trip_through_their_flags(tmp_path):
     codecs = Codecs("q2", "fp16", "cocktail", forward_delta=True)
     args = _parse(*as_flags(training, codecs))
     assert training_from_args(args) == training and codecs_from_args(args) == codecs
+
+
+@pytest.mark.parametrize("rule", ["mean", "clip", "trimmed-mean", "centered-clip"])
+def test_the_aggregation_rule_is_a_training_field_and_round_trips(rule):
+    training = TrainingSpec(aggregate=rule)
+    assert training_from_args(_parse("--aggregate", rule)) == training
+    assert training_from_args(_parse(*as_flags(training, Codecs()))).aggregate == rule
+
+
+def test_an_unknown_aggregation_rule_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        _parse("--aggregate", "median")
+    assert "--aggregate" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--aggregate"):
+        check_training(TrainingSpec(aggregate="median"))  # type: ignore[arg-type]
