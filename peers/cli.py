@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+from pathlib import Path
 
 from peers.logs import add_log_format_argument, configure_logging
 
@@ -48,6 +49,17 @@ def main(argv: list[str] | None = None) -> int:
                       help="add one-way latency to this peer's sends in user space: a JSON object "
                            "{\"tcp://HOST:PORT\": ms} of destination data addresses (the network harness "
                            "`swarm-sim net` writes it; off by default)")
+    join.add_argument("--attack", metavar="SPEC",
+                      help="fault injector for tests and demos: while this peer is replica R of its stage it "
+                           "tampers with the gradient shares it sends: scale:FACTOR@R, noise:SIGMA@R or nan@R "
+                           "(see --aggregate on swarm-coordinator) [default: off]")
+    join.add_argument("--join-token", metavar="TOKEN",
+                      help="the token of a swarm that admits only invited peers (the coordinator prints it and "
+                           "writes it to DIR/coordinator.json as \"join_token\")")
+    join.add_argument("--peer-key", type=Path, metavar="FILE",
+                      help="this peer's curve key pair (JSON, created with mode 0600 if missing), so it keeps one "
+                           "identity across restarts; its \"public\" key is what a coordinator's --allow-keys "
+                           "lists [default: a new key per run, with --join-token]")
     args = parser.parse_args(argv)
     from peers.daemon import PeerDaemon, PeerOptions, UnreachableError  # heavy imports after --help
 
@@ -64,12 +76,34 @@ def main(argv: list[str] | None = None) -> int:
             DelayLine.load(args.link_latency)
         except ValueError as error:
             parser.error(str(error))
+    attack = None
+    if args.attack is not None:
+        from peers.attack import Attack
+
+        try:
+            attack = str(Attack.parse(args.attack))
+        except ValueError as error:
+            parser.error(str(error))
+    token = None
+    if args.join_token is not None:
+        from peers.protocol import JoinToken
+
+        try:
+            token = JoinToken.parse(args.join_token)
+        except ValueError as error:
+            parser.error(str(error))
+    if args.peer_key is not None and args.peer_key.is_dir():
+        parser.error(f"--peer-key {args.peer_key} is a directory; give the path of a key file (created if missing)")
     configure_logging(args.log_format)
     events = logging.getLogger("peers.daemon")
     name = args.name or f"{socket.gethostname()}-{secrets.token_hex(2)}"
+    if attack is not None:
+        events.warning("%s: FAULT INJECTOR ACTIVE (--attack %s): this peer will send tampered gradients while "
+                       "it is that replica of its stage; never use it in a real run", name, attack)
     options = PeerOptions(initial_peers=tuple(args.initial_peers), name=name, device=args.device, host=args.host,
                           port=args.port, advertise_host=args.advertise_host, threads=args.threads,
-                          fused=args.fused, metrics_port=args.metrics_port, link_latency=args.link_latency)
+                          fused=args.fused, metrics_port=args.metrics_port, link_latency=args.link_latency,
+                          attack=attack, join_token=token, peer_key=args.peer_key)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -12,8 +12,10 @@ Records are signed with hivemind's `RSASignatureValidator`: a key or subkey that
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -21,12 +23,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import base58
 import hivemind
+import multihash
+from cryptography.hazmat.primitives import serialization
 from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.proto import crypto_pb2
 from hivemind.utils import get_dht_time
-from hivemind.utils.crypto import RSAPrivateKey
+from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
-__all__ = ["SwarmDHT", "dht_time", "load_or_create_key", "REQUEST_TIMEOUT_S"]
+__all__ = ["SwarmDHT", "dht_time", "load_or_create_key", "peer_id_of", "REQUEST_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,34 @@ def load_or_create_key(path: Path) -> RSAPrivateKey:
     return key
 
 
+def _write_identity(key: RSAPrivateKey, path: Path) -> None:
+    """Make `key` the libp2p identity too, so the node's p2p ID names its signing key (`peer_id_of`)."""
+    protobuf = crypto_pb2.PrivateKey(key_type=crypto_pb2.KeyType.RSA, data=key.to_bytes())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(protobuf.SerializeToString())
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def peer_id_of(owner: bytes) -> str | None:
+    """The libp2p peer ID (base58) of the node whose `[owner:...]` marker is `owner`, or None.
+
+    A node started with an `identity_dir` signs with its libp2p identity key, so a reader that knows
+    the node's /p2p/ID (from `--initial-peers`) can tell that node's records from anybody else's.
+    """
+    match = re.fullmatch(rb"\[owner:(.+)\]", owner)
+    if match is None:
+        return None
+    try:
+        public = RSAPublicKey.from_bytes(match.group(1))._public_key  # hivemind keeps the key private
+    except (ValueError, TypeError):
+        return None
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    encoded = crypto_pb2.PublicKey(key_type=crypto_pb2.RSA, data=der).SerializeToString()
+    digest = multihash.encode(hashlib.sha256(encoded).digest(), multihash.coerce_code("sha2-256"))
+    return str(base58.b58encode(digest).decode())
+
+
 class SwarmDHT:
     """One DHT node: start, store/get signed records, close (reaping every child).
 
@@ -68,9 +102,12 @@ class SwarmDHT:
         kwargs: dict[str, Any] = {"client_mode": client_mode}
         if identity_dir is not None:
             identity_dir.mkdir(parents=True, exist_ok=True)
-            kwargs["identity_path"] = str(identity_dir / "p2p.identity")
-            kwargs["check_if_identity_free"] = False
             private_key = load_or_create_key(identity_dir / "records.key")
+            identity = identity_dir / "p2p.identity"
+            if not identity.exists():
+                _write_identity(private_key, identity)
+            kwargs["identity_path"] = str(identity)
+            kwargs["check_if_identity_free"] = False
         else:
             private_key = RSAPrivateKey()
         self.validator = RSASignatureValidator(private_key)

@@ -10,6 +10,12 @@ the path training traffic takes (same port, same firewall, same zmq stack):
 `check_reachable` asks another peer to probe *us*: it is what `swarm-peer join` runs at start,
 because a NAT or firewall only shows from the outside. When it returns None, print
 `unreachable_hint(address)`.
+
+In a swarm with curve keys (`peers.security`) every call takes this host's `keys` and the peer's
+`server_key`; the peer answers only if it admits `keys.public`, so an unadmitted prober sees None:
+
+    rtt = probe(address, keys=my_keys, server_key=their_key)
+    rtt = check_reachable(via=coordinator, address=me, keys=my_keys, server_key=coordinator_key)
 """
 from __future__ import annotations
 
@@ -22,8 +28,9 @@ import zmq
 import zmq.asyncio
 
 from peers import wire
+from peers.security import CurveKeys, check_curve_key, curve_client
 from peers.transport import Message, PeerTimeout
-from peers.zmq_client import check_address, open_dealer, receive_reply, send_control
+from peers.zmq_client import check_address, check_curve_pair, open_dealer, receive_reply, send_control
 
 __all__ = ["probe", "measure_bandwidth", "check_reachable", "unreachable_hint", "probe_async",
            "parse_reach_request"]
@@ -34,16 +41,18 @@ MAX_REACH_TIMEOUT_S = 10.0
 _BUSY_RETRY_S = 0.1
 
 
-def probe(address: str, timeout: float = 2.0, *, rounds: int = 3) -> float | None:
+def probe(address: str, timeout: float = 2.0, *, rounds: int = 3, keys: CurveKeys | None = None,
+          server_key: str | None = None) -> float | None:
     """Round-trip time in seconds of a ping through the data port at `address`, or None.
 
     The first ping also opens the connection, so it only proves the port answers; the result is
     the median of `rounds` further pings. None means no answer within `timeout` seconds in total.
+    keys, server_key: for a curve peer (see the module docstring), both or neither.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     deadline = time.monotonic() + timeout
-    with open_dealer(address) as sock:
+    with open_dealer(address, keys=keys, server_key=server_key) as sock:
         if _ping(sock, deadline, b"") is None:
             return None
         times = [_ping(sock, deadline, b"") for _ in range(rounds)]
@@ -51,16 +60,18 @@ def probe(address: str, timeout: float = 2.0, *, rounds: int = 3) -> float | Non
     return statistics.median(measured) if measured else None
 
 
-def measure_bandwidth(address: str, nbytes: int = 4 * 1024 * 1024, timeout: float = 10.0) -> float | None:
+def measure_bandwidth(address: str, nbytes: int = 4 * 1024 * 1024, timeout: float = 10.0, *,
+                      keys: CurveKeys | None = None, server_key: str | None = None) -> float | None:
     """Bytes per second from this host to the peer at `address`, or None if it does not answer.
 
     Sends one `nbytes` ping (the pong is empty) and subtracts a small ping's round trip, so the
     result is the uplink towards that peer. Keep `nbytes` below the peer's max_message_bytes.
+    keys, server_key: for a curve peer, both or neither.
     """
     if nbytes <= 0:
         raise ValueError(f"nbytes must be positive, got {nbytes}")
     deadline = time.monotonic() + timeout
-    with open_dealer(address) as sock:
+    with open_dealer(address, keys=keys, server_key=server_key) as sock:
         if _ping(sock, deadline, b"") is None:
             return None
         base = _ping(sock, deadline, b"")
@@ -70,23 +81,33 @@ def measure_bandwidth(address: str, nbytes: int = 4 * 1024 * 1024, timeout: floa
     return nbytes / max(loaded - base, 1e-6)
 
 
-def check_reachable(via: str, address: str, timeout: float = 5.0) -> float | None:
+def check_reachable(via: str, address: str, timeout: float = 5.0, *, keys: CurveKeys | None = None,
+                    server_key: str | None = None, own_key: str | None = None) -> float | None:
     """Ask the peer at `via` to ping `address`; its round trip in seconds, or None if unreachable.
 
     Raises PeerTimeout when `via` itself does not answer, or stays too busy (it runs at most a few
     checks at once, and answers "busy" beyond that) to check within `timeout`: in both cases
     nothing is known about `address`, which is not the same as "unreachable".
+
+    In a curve swarm: `keys` and `server_key` (the key of `via`) open the request, and `own_key`
+    (default `keys.public`) is the key of the endpoint at `address`, which `via` dials back as a
+    curve client with its own keys, so that endpoint must admit the key of `via`.
     """
     check_address(address, what="address to check")
+    check_curve_pair(keys, server_key)
+    if own_key is None and keys is not None:
+        own_key = keys.public
+    if own_key is not None:
+        check_curve_key(own_key, "own_key")
     deadline = time.monotonic() + timeout + 1.0  # the remote probe may use all of `timeout`
     busy = False
-    with open_dealer(via) as sock:
+    with open_dealer(via, keys=keys, server_key=server_key) as sock:
         while True:
             remote_timeout = min(timeout, MAX_REACH_TIMEOUT_S, deadline - 1.0 - time.monotonic())
             if remote_timeout <= 0:
                 break
             nonce = random.getrandbits(31)
-            body = wire.pack_body(wire.ReachRequestBody(address=address, timeout=remote_timeout))
+            body = wire.pack_body(wire.ReachRequestBody(address=address, timeout=remote_timeout, key=own_key))
             send_control(sock, wire.REACH_REQUEST, body, index=nonce)
             reply = _await_kind(sock, wire.REACH_RESULT, nonce, deadline)
             if reply is None:
@@ -103,10 +124,11 @@ def check_reachable(via: str, address: str, timeout: float = 5.0) -> float | Non
     raise PeerTimeout(f"peer at {via} {state} a reachability request within {timeout:.1f} s")
 
 
-def parse_reach_request(payload: bytes | memoryview) -> tuple[str, float]:
-    """(address, timeout) of a reachability request, timeout capped; ValueError if malformed."""
+def parse_reach_request(payload: bytes | memoryview) -> tuple[str, float, str | None]:
+    """(address, timeout, curve key or None) of a reachability request, timeout capped; ValueError if malformed."""
     body = wire.unpack_body(payload, wire.ReachRequestBody)
-    return check_address(body.address), min(body.timeout, MAX_REACH_TIMEOUT_S)
+    key = None if body.key is None else check_curve_key(body.key, "reach request key")
+    return check_address(body.address), min(body.timeout, MAX_REACH_TIMEOUT_S), key
 
 
 def unreachable_hint(address: str, via: str | None = None) -> str:
@@ -120,15 +142,22 @@ def unreachable_hint(address: str, via: str | None = None) -> str:
             f"others can reach (the current one is {host}) and --port with an open port.")
 
 
-async def probe_async(context: zmq.asyncio.Context, address: str, timeout: float) -> float | None:
-    """`probe` for code running on an event loop: one ping's round trip through `context`, or None."""
+async def probe_async(context: zmq.asyncio.Context, address: str, timeout: float, *, keys: CurveKeys | None = None,
+                      server_key: str | None = None) -> float | None:
+    """`probe` for code running on an event loop: one ping's round trip through `context`, or None.
+
+    keys, server_key: both or neither; with them the ping goes as a curve client of `server_key`.
+    """
     check_address(address)
+    check_curve_pair(keys, server_key)
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IPV6, 1)
     sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_HEADER_BYTES)
     nonce = random.getrandbits(31)
     try:
+        if keys is not None and server_key is not None:
+            curve_client(sock, keys, server_key)
         sock.connect(address)
         start = time.perf_counter()
         frames = wire.pack(Message(wire.PING, 0, nonce, b""), sender="reach-probe", plan_version=0)

@@ -7,6 +7,7 @@ port, address or firewall rule. The donor publishes an opaque blob it built itse
     transport.serve_state(stage, blob)        # donor, e.g. when the plan names a newcomer
     blob = fetch_state(donor_address, stage)  # newcomer, from one replica
     blob = fetch_state_any(replica_addresses, stage, spread_key=my_name)  # spread over replicas
+    blob = fetch_state_any([(address, key), ...], stage, spread_key=my_name, keys=my_keys)  # curve swarm
 
 Protocol (control kinds, exempt from the plan version; bodies are the Structs in `peers.wire`):
   state_request {"stage": s, "chunk": -1}          -> state_meta {"stage", "serial", "bytes",
@@ -25,14 +26,15 @@ import hashlib
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import zmq
 
 from peers import wire
+from peers.security import CurveKeys
 from peers.transport import Message
-from peers.zmq_client import open_dealer, receive_reply, send_control
+from peers.zmq_client import check_curve_pair, open_dealer, receive_reply, send_control
 
 __all__ = ["StateTransferError", "StateServer", "fetch_state", "fetch_state_any", "DEFAULT_CHUNK_BYTES",
            "DEFAULT_MAX_STATE_BYTES"]
@@ -115,7 +117,8 @@ class StateServer:
 
 
 def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: int = DEFAULT_MAX_STATE_BYTES,
-                progress: Callable[[int, int], None] | None = None) -> bytes:
+                progress: Callable[[int, int], None] | None = None, keys: CurveKeys | None = None,
+                server_key: str | None = None) -> bytes:
     """Download the state blob of `stage` from the donor at `address` (a peer's data address).
 
     Raises StateTransferError when the donor does not answer within `timeout` seconds, serves no
@@ -123,11 +126,14 @@ def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: 
     check. The error says what to do (try another replica, raise `max_bytes`). `timeout` bounds
     the whole transfer: derive it from the state size and the measured link speed. `progress`,
     if given, is called with (bytes received, total bytes) after each chunk, e.g. to drive a bar.
+    keys, server_key: this host's curve keys and the donor's public key in a curve swarm (both or
+    neither); a donor that does not admit `keys.public` never answers (StateTransferError).
     """
+    check_curve_pair(keys, server_key)
     deadline = time.monotonic() + timeout
     for _attempt in range(3):
         # zmq.MAXMSGSIZE is fixed when the socket connects, before the chunk size is known
-        with open_dealer(address, max_message_bytes=wire.MAX_CHUNK_BYTES) as sock:
+        with open_dealer(address, max_message_bytes=wire.MAX_CHUNK_BYTES, keys=keys, server_key=server_key) as sock:
             meta = _request_meta(sock, address, stage, deadline, timeout)
             if meta.bytes > max_bytes:
                 raise StateTransferError(f"state of stage {stage} at {address} is {meta.bytes} bytes, above "
@@ -139,24 +145,39 @@ def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: 
                              f"fetch again after the next step")
 
 
-def fetch_state_any(donors: Sequence[str], stage: int, *, spread_key: str, timeout: float = 120.0,
-                    max_bytes: int = DEFAULT_MAX_STATE_BYTES) -> bytes:
+def fetch_state_any(donors: Sequence[str | tuple[str, str | None]] | Mapping[str, str | None], stage: int, *,
+                    spread_key: str, timeout: float = 120.0, max_bytes: int = DEFAULT_MAX_STATE_BYTES,
+                    keys: CurveKeys | None = None) -> bytes:
     """`fetch_state` from the first donor that answers, starting at one picked by `spread_key`.
 
     Newcomers pass their own name as `spread_key`, so several newcomers of one stage start at
     different replicas (load spread) and each falls back to the next replica if its pick fails.
     `timeout` applies to each donor. Raises StateTransferError listing every failure.
+
+    donors: addresses (open swarm), or (address, server_key) pairs, or a mapping address ->
+    server_key, for a curve swarm together with this host's `keys`. A donor without a key is
+    fetched from without curve, which a curve donor never answers.
     """
-    if not donors:
+    pairs = _donor_pairs(donors)
+    if not pairs:
         raise StateTransferError(f"no live replica of stage {stage} to fetch from; restore it from the checkpoint")
-    start = zlib.crc32(spread_key.encode()) % len(donors)
+    start = zlib.crc32(spread_key.encode()) % len(pairs)
     failures = []
-    for address in [*donors[start:], *donors[:start]]:
+    for address, server_key in [*pairs[start:], *pairs[:start]]:
         try:
-            return fetch_state(address, stage, timeout, max_bytes=max_bytes)
+            return fetch_state(address, stage, timeout, max_bytes=max_bytes, keys=keys if server_key else None,
+                               server_key=server_key if keys else None)
         except StateTransferError as error:
             failures.append(str(error))
     raise StateTransferError(f"every replica of stage {stage} failed: " + " | ".join(failures))
+
+
+def _donor_pairs(donors: Sequence[str | tuple[str, str | None]] | Mapping[str, str | None],
+                 ) -> list[tuple[str, str | None]]:
+    """Every donor as (address, server key or None), in the given order."""
+    if isinstance(donors, Mapping):
+        return list(donors.items())
+    return [(donor, None) if isinstance(donor, str) else (donor[0], donor[1]) for donor in donors]
 
 
 def _request_meta(sock: zmq.Socket[bytes], address: str, stage: int, deadline: float,

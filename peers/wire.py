@@ -80,10 +80,15 @@ class _Header(msgspec.Struct, array_like=True, forbid_unknown_fields=True, froze
 
 
 class ReachRequestBody(msgspec.Struct, frozen=True, kw_only=True):
-    """reach_request: "probe `address` for me, spending at most `timeout` seconds"."""
+    """reach_request: "probe `address` for me, spending at most `timeout` seconds".
+
+    `key`: the curve public key (z85) of the endpoint at `address`, so that a peer with curve keys
+    dials it as a curve client; None in an open swarm.
+    """
 
     address: Annotated[str, msgspec.Meta(max_length=_MAX_ADDRESS_CHARS)]
     timeout: Annotated[float, msgspec.Meta(ge=0)]
+    key: Annotated[str, msgspec.Meta(min_length=40, max_length=40)] | None = None
 
 
 class ReachResultBody(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,7 +3,9 @@
 Probes, reachability checks and state fetches talk to a peer that may not know them (a newcomer
 has no plan yet), so they open a short-lived DEALER socket, send a control message to the peer's
 ROUTER and wait for its answer. They run in the caller's thread with a plain zmq context: no
-event loop, no background thread, nothing left behind after the `with` block.
+event loop, no background thread, nothing left behind after the `with` block. In a swarm with
+curve keys, pass this host's `keys` and the peer's `server_key`: the socket is then a CURVE client,
+and the peer answers only if it admits `keys.public` (otherwise the request simply times out).
 """
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from contextlib import contextmanager
 import zmq
 
 from peers import wire
+from peers.security import CurveKeys, curve_client
 from peers.transport import Message
 
-__all__ = ["check_address", "bind_host", "advertised_host", "open_dealer", "send_control", "receive_reply"]
+__all__ = ["check_address", "bind_host", "advertised_host", "open_dealer", "check_curve_pair", "send_control",
+           "receive_reply"]
 
 _ADDRESS = re.compile(r"^tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
 
@@ -51,21 +55,35 @@ def advertised_host(host: str, advertise_host: str | None) -> str:
 
 
 @contextmanager
-def open_dealer(address: str, *,
-                max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES) -> Iterator[zmq.Socket[bytes]]:
-    """A DEALER connected to `address` with linger 0 and a receive size limit; closed on exit."""
+def open_dealer(address: str, *, max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
+                keys: CurveKeys | None = None, server_key: str | None = None) -> Iterator[zmq.Socket[bytes]]:
+    """A DEALER connected to `address` with linger 0 and a receive size limit; closed on exit.
+
+    keys, server_key: this host's curve key pair and the peer's public key, both or neither
+    (ValueError otherwise): with them the DEALER is a CURVE client of that peer.
+    """
     check_address(address)
+    check_curve_pair(keys, server_key)
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IPV6, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, max(max_message_bytes, wire.MAX_HEADER_BYTES))
+        if keys is not None and server_key is not None:
+            curve_client(sock, keys, server_key)
         sock.connect(address)
         yield sock
     finally:
         sock.close(linger=0)
         context.term()
+
+
+def check_curve_pair(keys: CurveKeys | None, server_key: str | None) -> None:
+    """ValueError unless a client has both its `keys` and the `server_key`, or neither (open swarm)."""
+    if (keys is None) != (server_key is None):
+        missing = "keys (this host's CurveKeys)" if keys is None else "server_key (the peer's curve public key)"
+        raise ValueError(f"a curve client needs both keys and server_key; {missing} is missing")
 
 
 def send_control(sock: zmq.Socket[bytes], kind: str, payload: bytes = b"", *, step: int = 0, index: int = 0,

@@ -21,15 +21,20 @@ until this peer adopts that version, and data delivered but not yet claimed is c
 `max_pending` messages queue up (plus as many in zmq's own pipe: that bounds memory per neighbour), then raises
 PeerTimeout; `close` wakes every waiter with TransportClosed. The same port answers probes (`peers.probe`) and
 state requests (`peers.state_transfer`), so a peer publishes one address.
+
+Authentication (`peers.security`): given `keys`, the ROUTER is a CURVE server whose ZAP handler accepts
+only the keys `admission` holds, and every DEALER a CURVE client of the neighbour's key. The sender of
+a received message is then the admitted name of the key its connection authenticated with: a data
+message whose header names anyone else, or whose key was revoked since, is dropped and counted as
+rejected "unauthenticated", like every refused handshake. Without `keys` the port is open to anyone.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import uvloop
@@ -37,11 +42,13 @@ import zmq
 import zmq.asyncio
 
 from peers import wire
-from peers.delay_line import DelayLine, hold
+from peers.delay_line import DelayLine
 from peers.probe import parse_reach_request, probe_async
+from peers.security import Admission, CurveKeys, ZapHandler, check_curve_key, curve_client, curve_server
 from peers.state_transfer import DEFAULT_CHUNK_BYTES, StateServer
-from peers.transport import Message, PeerTimeout, TransportClosed
+from peers.transport import Message, TransportClosed
 from peers.zmq_client import advertised_host, bind_host, check_address
+from peers.zmq_links import Links
 from peers.zmq_mailbox import GatedMailbox
 from peers.zmq_stats import TransportStats
 
@@ -51,20 +58,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _MAX_CONCURRENT_REACH = 4
-# A full zmq pipe is retried after this backoff: pyzmq's asyncio wait for writability (zmq's edge-triggered FD)
-# measured 20-40x slower than polling at the high-water mark; the pipe holds `max_pending` messages meanwhile.
-_BACKOFF_S = (0.0002, 0.005)
-
-
-@dataclass
-class _Link:
-    """One neighbour: a plain (non-asyncio) DEALER used only on the loop thread, and its writer."""
-
-    address: str
-    sock: zmq.Socket[bytes]
-    queue: asyncio.Queue[tuple[list[Any], str, int, float]]  # frames, kind, payload bytes, due time (0: now)
-    writer: asyncio.Task[None] = field(init=False)  # started once the link exists
-    pending: int = 0  # messages handed to `send` that zmq has not accepted yet
 
 
 class ZmqTransport:
@@ -80,29 +73,38 @@ class ZmqTransport:
     max_unclaimed_bytes: received payloads not yet taken by `recv` (default 4 x max_message_bytes);
         more is dropped and counted, so a flood cannot exhaust memory.
     link_latency: a `peers.delay_line.DelayLine` holding each link's sends for its latency (None: off).
+    keys: this endpoint's curve key pair: turns CurveZMQ on (see the module docstring). None: open port.
+    admission: the keys (name -> key) allowed to connect; consulted live, so `admission.admit(...)`
+        lets a peer in at its next handshake. Defaults to an empty one (nobody until admitted).
     """
 
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0, *, advertise_host: str | None = None,
                  max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES, max_pending: int = 64,
                  send_timeout: float = 30.0, plan_version: int = 0, max_unclaimed_bytes: int | None = None,
-                 link_latency: DelayLine | None = None) -> None:
+                 link_latency: DelayLine | None = None, keys: CurveKeys | None = None,
+                 admission: Admission | None = None) -> None:
         if not name or len(name) > 256:
             raise ValueError(f"transport name must be 1..256 characters, got {name!r}")
         if not 0 <= port < 65536:
             raise ValueError(f"--port must be in 0..65535, got {port}")
         if min(max_message_bytes, max_pending, send_timeout, max_unclaimed_bytes or 1) <= 0:
             raise ValueError("max_message_bytes, max_pending, send_timeout and max_unclaimed_bytes must be positive")
+        if admission is not None and keys is None:
+            raise ValueError("an admission list needs curve keys: pass keys=CurveKeys (or neither, for an open port)")
         self.name = name
         self.max_message_bytes = max_message_bytes
         self.max_pending = max_pending
         self.send_timeout = send_timeout
+        self.keys = keys
+        self.admission = admission if admission is not None else Admission()
         self._delays = link_latency or None
         self._stats = TransportStats()
         self._mailbox = GatedMailbox(plan_version, max_unclaimed_bytes or 4 * max_message_bytes, self._stats.add)
         self._states = StateServer(min(max_message_bytes, DEFAULT_CHUNK_BYTES))
-        self._cond = threading.Condition()  # guards _links, their pending counts and _closed
-        self._links: dict[str, _Link] = {}
+        self._links = Links(name, self._link_socket, self._stats, max_pending=max_pending, send_timeout=send_timeout)
+        self._lock = threading.Lock()  # guards _closed
         self._closed = False
+        self._zap: ZapHandler | None = None
         self._reach_tasks: set[asyncio.Task[None]] = set()
         self._loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"zmq-{name}", daemon=True)
@@ -133,38 +135,47 @@ class ZmqTransport:
         payload_bytes = memoryview(frames[1]).nbytes
         if payload_bytes > self.max_message_bytes:
             raise ValueError(f"payload of {payload_bytes} bytes exceeds max_message_bytes={self.max_message_bytes}")
-        link = self._reserve(to)
+        link = self._links.reserve(to)
         due = self._delays.due(link.address) if self._delays else 0.0
         try:
             self._loop.call_soon_threadsafe(link.queue.put_nowait, (frames, message.kind, payload_bytes, due))
         except RuntimeError:  # the loop stopped between the reservation and now: we were closed
-            self._release(link)
+            self._links.release(link)
             raise TransportClosed(f"transport {self.name!r} is closed") from None
 
     def recv(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message:
         """Wait for the message (sender, kind, step, index); PeerTimeout after `timeout` seconds."""
         return self._mailbox.take(sender, kind, step, index, timeout)
 
-    def connect(self, name: str, address: str) -> None:
-        """Route messages for peer `name` to `address` (tcp://HOST:PORT); re-pointing is allowed."""
+    def connect(self, name: str, address: str, server_key: str | None = None) -> None:
+        """Route messages for peer `name` to `address` (tcp://HOST:PORT); re-pointing is allowed.
+
+        With curve keys on, the link is a CURVE client of `server_key`, by default the key `admission`
+        holds for `name` (ValueError if there is none); an open transport ignores `server_key`.
+        """
         check_address(address)
-        with self._cond:
-            self._check_open()
-            link = self._links.get(name)
-            if link is not None and link.address == address:
-                return
-        self._call(self._open_link(name, address))
+        self._check_open()
+        if self.keys is None:
+            server_key = None
+        else:
+            server_key = server_key or self.admission.key_of(name)
+            if server_key is None:
+                raise ValueError(f"no curve key for peer {name!r}: admit it first, or pass connect(..., server_key=)")
+            check_curve_key(server_key, f"curve key of peer {name!r}")
+        link = self._links.get(name)
+        if link is not None and (link.address, link.server_key) == (address, server_key):
+            return
+        self._call(self._links.open(name, address, server_key))
 
     def disconnect(self, name: str) -> None:
         """Forget peer `name`: its queued messages are dropped, sends to it raise ValueError."""
         if self._closed:  # close() already dropped every link, and the loop is gone
             return
-        self._call(self._close_link(name))
+        self._call(self._links.close(name))
 
     def peers(self) -> dict[str, str]:
         """The connected neighbours: name -> address."""
-        with self._cond:
-            return {name: link.address for name, link in self._links.items()}
+        return self._links.peers()
 
     @property
     def plan_version(self) -> int:
@@ -189,17 +200,21 @@ class ZmqTransport:
         self._states.publish(stage, blob)
 
     def stats(self) -> dict[str, Any]:
-        """Counters: per-kind received/sent/bytes/drops, malformed frames, held and unclaimed data."""
+        """Counters: per-kind received/sent/bytes/drops, rejections, held and unclaimed data."""
         return {**self._stats.snapshot(), "held_future": self._mailbox.held(),
                 "unclaimed_bytes": self._mailbox.unclaimed_bytes()}
 
+    def count_rejection(self, reason: str, detail: str) -> None:
+        """Count a message the engine refused (a `BadMessage`'s reason and text) in `stats()["rejected"]`."""
+        self._stats.reject(detail, reason)
+
     def close(self) -> None:
         """Wake all waiters (TransportClosed), close sockets with linger 0, stop the loop thread."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._cond.notify_all()
+        self._links.mark_closed()
         self._mailbox.close(f"transport {self.name!r} closed")
         try:
             self._call(self._shutdown())
@@ -221,29 +236,6 @@ class ZmqTransport:
         if self._closed:
             raise TransportClosed(f"transport {self.name!r} is closed")
 
-    def _reserve(self, to: str) -> _Link:
-        """Claim a send slot on the link to `to`, waiting while `max_pending` messages are queued."""
-        deadline = time.monotonic() + self.send_timeout
-        with self._cond:
-            while True:
-                self._check_open()
-                link = self._links.get(to)
-                if link is None:
-                    raise ValueError(f"no address for peer {to!r}: call connect({to!r}, address) first")
-                if link.pending < self.max_pending:
-                    link.pending += 1
-                    return link
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PeerTimeout(f"peer {to!r} at {link.address} accepted no data for {self.send_timeout:.1f} s "
-                                      f"({link.pending} messages queued)")
-                self._cond.wait(remaining)
-
-    def _release(self, link: _Link) -> None:
-        with self._cond:
-            link.pending -= 1
-            self._cond.notify_all()
-
     def _stop_loop(self) -> None:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -257,10 +249,17 @@ class ZmqTransport:
         self._context = zmq.asyncio.Context()
         self._plain_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(self._context.underlying)
         self._router = self._new_socket(zmq.ROUTER)
+        if self.keys is not None:  # ZAP first: a handshake before the handler is bound would pass unchecked
+            self._zap = ZapHandler(self._context, self.admission, self._refused)
+            self._zap.start()
+            curve_server(self._router, self.keys)
+            self._zap.watch(self._router)
         endpoint = f"tcp://{bind_host(host)}:{port or '*'}"
         try:
             self._router.bind(endpoint)
         except zmq.ZMQError as error:
+            if self._zap is not None:
+                await self._zap.stop()
             self._context.destroy(linger=0)
             raise OSError(f"cannot bind the data port {endpoint}: {error}. Pass a free --port, or a --host "
                           f"that is an address of this machine") from None
@@ -278,44 +277,15 @@ class ZmqTransport:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
         return sock
 
-    async def _open_link(self, name: str, address: str) -> None:
-        await self._close_link(name)
-        sock = self._new_socket(zmq.DEALER, self._plain_context)
-        sock.connect(address)
-        link = _Link(address, sock, asyncio.Queue())
-        link.writer = asyncio.ensure_future(self._drain(link))
-        with self._cond:
-            self._links[name] = link
+    def _link_socket(self, address: str, server_key: str | None) -> zmq.Socket[bytes]:
+        """A neighbour's DEALER (on the loop thread): send-only, a CURVE client when keys are on."""
+        sock: zmq.Socket[bytes] = self._new_socket(zmq.DEALER, self._plain_context)
+        if self.keys is not None and server_key is not None:
+            curve_client(sock, self.keys, server_key)
+        return sock
 
-    async def _close_link(self, name: str) -> None:
-        with self._cond:
-            link = self._links.pop(name, None)
-            self._cond.notify_all()
-        if link is not None:
-            link.writer.cancel()
-            link.sock.close(linger=0)
-
-    async def _drain(self, link: _Link) -> None:
-        """Hand queued messages to zmq in order, waiting (with backoff) while its pipe is full."""
-        while True:
-            frames, kind, payload_bytes, due = await link.queue.get()
-            if due:
-                await hold(due)
-            delay = _BACKOFF_S[0]
-            while True:
-                try:
-                    link.sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    await asyncio.sleep(delay)
-                    delay = min(2 * delay, _BACKOFF_S[1])
-                    continue
-                except Exception as error:  # the writer must outlive any one bad message
-                    log.warning("send to %s failed: %s", link.address, error)
-                    self._stats.add("send_failed", kind)
-                else:
-                    self._stats.count_sent(kind, len(frames[0]), payload_bytes)
-                break
-            self._release(link)
+    def _refused(self, detail: str) -> None:
+        self._stats.reject(detail, "unauthenticated")
 
     async def _read(self) -> None:
         while True:
@@ -334,11 +304,20 @@ class ZmqTransport:
                 log.exception("failed to handle an incoming message")
 
     def _handle(self, identity: zmq.Frame, frames: list[zmq.Frame]) -> None:
+        authenticated = self._authenticated(identity) if self.keys is not None else None
+        if self.keys is not None and authenticated is None:
+            return
         try:
             message = wire.unpack(frames, max_message_bytes=self.max_message_bytes)
         except wire.WireError as error:
             self._stats.reject(str(error))
             return
+        if authenticated is not None and message.sender != authenticated:
+            if message.kind not in wire.CONTROL_KINDS:  # a data message under another name: forged
+                self._refused(f"{message.kind!r} message claims sender {message.sender!r} but its connection "
+                              f"authenticated as {authenticated!r}; dropped")
+                return
+            message = replace(message, sender=authenticated)  # probes and requests: the header's name is unused
         self._stats.count_received(message.kind, sum(len(frame) for frame in frames))
         if message.kind == wire.PING and self._delays:  # held for the emulated round trip to the pinging host
             delay = self._delays.pong(identity)
@@ -353,6 +332,17 @@ class ZmqTransport:
             self._stats.reject(f"unexpected control message {message.kind!r} on the data port")
         else:
             self._mailbox.deliver(message)
+
+    def _authenticated(self, identity: zmq.Frame) -> str | None:
+        """The admitted name of the curve key a message's connection authenticated with, or None (counted)."""
+        try:
+            key = identity.get("User-Id")
+        except zmq.ZMQError:  # no metadata: cannot happen on a CURVE socket, refuse it all the same
+            key = None
+        name = self.admission.name_of(key) if isinstance(key, str) else None
+        if name is None:
+            self._refused(f"message from curve key {key} which is not admitted (any more); dropped")
+        return name
 
     def _reply(self, identity: zmq.Frame, kind: str, step: int, index: int, payload: bytes | memoryview) -> None:
         frames = wire.pack(Message(kind, step, index, payload), sender=self.name, plan_version=self.plan_version)
@@ -370,7 +360,7 @@ class ZmqTransport:
 
     def _start_reach(self, identity: zmq.Frame, request: Message) -> None:
         try:
-            address, timeout = parse_reach_request(request.payload)
+            address, timeout, key = parse_reach_request(request.payload)
         except ValueError as error:
             self._stats.reject(f"bad reachability request: {error}")
             return
@@ -380,7 +370,10 @@ class ZmqTransport:
             return
 
         async def reach() -> None:
-            rtt = await probe_async(self._context, address, timeout)
+            # dial back as a curve client of the requester's key when both sides have keys, else plainly
+            curve = self.keys is not None and key is not None
+            rtt = await probe_async(self._context, address, timeout, keys=self.keys if curve else None,
+                                    server_key=key if curve else None)
             self._reply(identity, wire.REACH_RESULT, 0, request.index, wire.pack_body(wire.ReachResultBody(rtt=rtt)))
 
         task = asyncio.ensure_future(reach())
@@ -390,11 +383,9 @@ class ZmqTransport:
     async def _shutdown(self) -> None:
         for task in [self._reader, *self._reach_tasks]:
             task.cancel()
-        with self._cond:
-            links, self._links = list(self._links.values()), {}
-        for link in links:
-            link.writer.cancel()
-            link.sock.close(linger=0)
+        await self._links.shutdown()
+        if self._zap is not None:
+            await self._zap.stop()
         self._router.close(linger=0)
         self._context.destroy(linger=0)
 

@@ -14,22 +14,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import compression
 from models import SequenceDataset, default_corpus_path, get_config, read_corpus
 from peers.delay_line import DelayLine
 from peers.dht import SwarmDHT
 from peers.metrics import MetricsServer, PeerMetrics, serve_metrics
-from peers.probe import check_reachable, measure_bandwidth, probe, unreachable_hint
+from peers.pipeline import NonFiniteStep
+from peers.probe import check_reachable, unreachable_hint
 from peers.profiling import measure_device
-from peers.protocol import ControlRecord, Link, PeerRecord, PlanRecord, SourceKind, StateSource
+from peers.protocol import ControlRecord, JoinToken, PeerRecord, PlanRecord, SourceKind, StateSource
 from peers.torch_threads import torch_threads
-from peers.transport import PeerTimeout, TransportClosed
+from peers.transport import BadMessage, PeerTimeout, TransportClosed
 from peers.zmq_transport import ZmqTransport
 
-from .records import CoordinatorPin, read_peers, write_peer
+from .credentials import Credentials
+from .links import measure_links
+from .records import CoordinatorPin, write_peer
 from .stage_runner import StageRunner
 from .timeouts import HEARTBEAT_S, PEER_TTL_S
 
@@ -38,7 +43,6 @@ __all__ = ["PeerOptions", "PeerDaemon", "UnreachableError"]
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05
-_MAX_PROBED = 8
 
 
 class UnreachableError(RuntimeError):
@@ -59,6 +63,9 @@ class PeerOptions:
     fused: bool = True
     metrics_port: int | None = None  # serve /metrics there (0: a free port); None: no metrics endpoint
     link_latency: str | None = None  # a `--link-latency` file: the delay line of `peers.delay_line` (harness only)
+    attack: str | None = None  # a `--attack` spec: the fault injector of `peers.attack` (tests and demos only)
+    join_token: JoinToken | None = None  # --join-token: admission to a swarm with a swarm key
+    peer_key: Path | None = None  # --peer-key: this peer's curve key pair, kept (for --allow-keys swarms)
 
 
 def _join_dht(options: PeerOptions) -> SwarmDHT:
@@ -87,8 +94,12 @@ class PeerDaemon:
         self._record: PeerRecord | None = None
         self._dht: SwarmDHT | None = None
         self._transport: ZmqTransport | None = None
-        self.pin = CoordinatorPin()
+        token = options.join_token
+        self.pin = CoordinatorPin(fingerprint=token.coordinator_owner if token else None,
+                                  peer_ids=[addr.rsplit("/p2p/", 1)[-1] for addr in options.initial_peers])
+        self.credentials = Credentials(options.name, token, options.peer_key)
         self._failed_version = 0  # a step failed under this plan: wait for the coordinator's next one
+        self._flagged: Counter[str] = Counter()  # senders flagged by the all-reduce of runners replaced so far
         self._datasets: dict[tuple[str, str | None], SequenceDataset] = {}
         self.metrics = PeerMetrics(lambda: self._record, lambda: self._transport.stats() if self._transport else None)
         self._metrics_server: MetricsServer | None = None
@@ -128,19 +139,22 @@ class PeerDaemon:
             self._dht = _join_dht(options)
             delays = DelayLine.load(options.link_latency) if options.link_latency else None
             self._transport = ZmqTransport(options.name, host=options.host, port=options.port,
-                                           advertise_host=options.advertise_host, link_latency=delays)
+                                           advertise_host=options.advertise_host, link_latency=delays,
+                                           keys=self.credentials.keys,
+                                           admission=self.credentials.admission if self.credentials.keys else None)
+            curve_key, proof = self.credentials.announced(self.dht.owner)
             self._record = PeerRecord(name=options.name, address=self.transport.address, device=profile.device,
                                      tflops=profile.tflops, memory_gb=profile.memory_gb, state="joining",
-                                     dht_addrs=self.dht.multiaddrs())
+                                     dht_addrs=self.dht.multiaddrs(), curve_key=curve_key, admission=proof)
             self._announce()
             watcher.start()
             self.on_event(f"{options.name}: data port {self.transport.address}, {profile.tflops:.3f} TFLOPS on "
                           f"{profile.device}, {profile.memory_gb:.1f} GB free")
             control = self._await_coordinator(stop)
-            if control is None:
+            if control is None or not self._await_admission(control, stop):
                 return 130
             self._check_reachable(control)
-            self._probe_links()
+            self._update(links=measure_links(self.dht, self.pin.control(self.dht) or control, self.credentials))
             self._update(state="ready")
             return self._follow(stop)
         finally:
@@ -206,7 +220,16 @@ class PeerDaemon:
     def _prepare(self, runner: StageRunner, step: int) -> tuple[int, int] | None:
         try:
             result = runner.prepare(step)
-        except (PeerTimeout, TransportClosed) as error:
+        except (PeerTimeout, TransportClosed, BadMessage, NonFiniteStep) as error:
+            # A neighbour's unusable message, or this peer's own NaN/inf, fails the step like a timeout:
+            # reported, so the coordinator re-plans and every peer discards it; the process trains on.
+            if isinstance(error, BadMessage):
+                self.transport.count_rejection(error.reason, str(error))
+                self._update(rejected=self.transport.stats()["rejected"])
+                log.warning("step %d: refused a %s message from %s: %s", step, error.reason, error.sender,
+                            error.detail)
+            elif isinstance(error, NonFiniteStep):
+                log.warning("step %d aborted: %s", step, error)
             if not self._current[1].is_set():
                 self._failed_version = runner.plan.version
                 self.on_event(f"{self.options.name}: step {step} failed: {error}")
@@ -221,7 +244,8 @@ class PeerDaemon:
                 self.record.values_sent[channel] = self.record.values_sent.get(channel, 0) + stats.values[channel]
         traffic = self.transport.stats()
         self._update(prepared_step=step, prepared_version=runner.plan.version, loss=result.loss,
-                     dropped_stale=sum(traffic["dropped_stale"].values()), rejected=traffic["rejected_malformed"])
+                     dropped_stale=sum(traffic["dropped_stale"].values()), rejected=traffic["rejected"],
+                     suspects=dict(self._flagged + Counter(runner.suspects())))
         self._announce()
         return step, runner.plan.version
 
@@ -232,6 +256,8 @@ class PeerDaemon:
             time.sleep(POLL_S)  # the plan record is stored before the control record; it is on its way
             return prepared
         old = self._runner
+        if old is not None:
+            self._flagged.update(old.suspects())
         if prepared is not None and old is not None:
             old.discard()
             self.metrics.aborted()
@@ -248,12 +274,13 @@ class PeerDaemon:
             self.on_event(f"{self.options.name}: plan {plan.version}: standby")
             self._announce()
             return None
+        self.credentials.adopt(plan)
         for name, address in plan.addresses.items():
             if name != self.options.name:
-                self.transport.connect(name, address)
+                self.transport.connect(name, address, server_key=plan.keys.get(name))
         try:
             self._runner = StageRunner(plan, self.options.name, self.transport, self._dataset(plan), old,
-                                       self.options.device, abort)
+                                       self.options.device, abort, attack=self.options.attack)
         except (PeerTimeout, TransportClosed, RuntimeError) as error:
             self.on_event(f"{self.options.name}: cannot take up plan {plan.version}: {error}")
             self._runner = None
@@ -293,25 +320,35 @@ class PeerDaemon:
             stop.wait(0.2)
         return None
 
+    def _await_admission(self, control: ControlRecord, stop: threading.Event) -> bool:
+        """Check that this peer and the swarm agree on admission, then wait to be admitted."""
+        credentials = self.credentials
+        credentials.check(control)
+        started, warned = time.monotonic(), False
+        while not stop.is_set():
+            credentials.refresh(control)
+            if credentials.admitted(control):
+                if credentials.keys is not None:
+                    self.on_event(f"{self.options.name}: admitted to the swarm")
+                return True
+            if not warned and time.monotonic() - started > 15:
+                self.on_event(f"{self.options.name}: not admitted yet; check --join-token (or that the coordinator "
+                              f"lists this key in --allow-keys: {credentials.public_key})")
+                warned = True
+            stop.wait(0.2)
+            control = self.pin.control(self.dht) or control
+        return False
+
     def _check_reachable(self, control: ControlRecord) -> None:
         try:
-            rtt = check_reachable(control.probe_address, self.transport.address)
+            credentials = self.credentials
+            rtt = check_reachable(control.probe_address, self.transport.address, keys=credentials.keys,
+                                  server_key=credentials.coordinator_key or None, own_key=credentials.public_key)
         except PeerTimeout:
             self.on_event(f"{self.options.name}: the coordinator did not answer the reachability check; going on")
             return
         if rtt is None:
             raise UnreachableError(unreachable_hint(self.transport.address, control.probe_address))
-
-    def _probe_links(self) -> None:
-        others = [r for n, r in read_peers(self.dht).items() if n != self.options.name][:_MAX_PROBED]
-        links: dict[str, Link] = {}
-        for other in others:
-            rtt = probe(other.address, timeout=2.0)
-            if rtt is None:
-                continue
-            bandwidth = measure_bandwidth(other.address, nbytes=1 << 20, timeout=5.0)
-            links[other.name] = Link(latency_ms=rtt * 1e3 / 2, bandwidth_gbps=(bandwidth or 1.25e8) * 8 / 1e9)
-        self._update(links=links)
 
     # ---- the record --------------------------------------------------------------------------
 
@@ -337,7 +374,12 @@ class PeerDaemon:
                     log.warning("heartbeat failed: %s", error)
                 last = time.monotonic()
             plan, abort = self._current
-            control = self.pin.control(self.dht) if plan is not None else None
+            control = self.pin.control(self.dht) if plan is not None or self.credentials.keys is not None else None
+            if control is not None:
+                try:
+                    self.credentials.refresh(control)
+                except ValueError as error:  # a control record that binds one key to two names: keep the old set
+                    log.warning("ignoring the admitted keys of the control record: %s", error)
             if plan is not None and control is not None and control.plan_version > plan.version:
                 abort.set()
             stop.wait(0.2)

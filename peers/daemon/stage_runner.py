@@ -15,11 +15,14 @@ import time
 from dataclasses import replace
 
 from models import SequenceDataset, build_stage, get_config
+from peers.attack import Attack
 from peers.pipeline import OptimizerSettings, StageExecutor, StepResult
 from peers.protocol import PlanRecord, SourceKind, StateSource, Timeouts
+from peers.security import CurveKeys
 from peers.state_transfer import StateTransferError, fetch_state
 from peers.transport import Message, PeerTimeout, Transport, TransportClosed
 
+from .records import COORDINATOR_NAME
 from .stage_state import StageState, pack_state, unpack_state
 
 __all__ = ["StageRunner", "PlanAborted"]
@@ -32,16 +35,23 @@ class PlanAborted(TransportClosed):
 
 
 class StageRunner:
-    """Builds the executor for (stage, replica) of `plan` and loads its state (see `sources`)."""
+    """Builds the executor for (stage, replica) of `plan` and loads its state (see `sources`).
+
+    attack: the peer's fault injector, a `swarm-peer join --attack` spec (`peers.attack`), used
+    while this peer is the attack's replica of its stage. keys: this peer's curve keys in a swarm
+    with a swarm key (state is fetched as a curve client of the donor's key in `plan.keys`).
+    """
 
     def __init__(self, plan: PlanRecord, name: str, transport: Transport, dataset: SequenceDataset,
-                 previous: StageRunner | None, device: str, abort: threading.Event) -> None:
+                 previous: StageRunner | None, device: str, abort: threading.Event,
+                 attack: str | None = None, keys: CurveKeys | None = None) -> None:
         position = plan.position(name)
         if position is None:
             raise ValueError(f"{name!r} has no cell in plan {plan.version}")
         self.plan = plan
         self.stage, self.replica = position
         self.dataset = dataset
+        self.keys = keys
         self.training = plan.training
         assert plan.training.timeouts is not None  # a published plan always carries them
         self.timeouts: Timeouts = plan.training.timeouts
@@ -57,13 +67,18 @@ class StageRunner:
             optimizer=OptimizerSettings(lr=self.training.lr, warmup_steps=self.training.warmup_steps),
             timeout=self.timeouts.message_s, seed=self.training.seed,
             delta_capacity=min(dataset.train_ids.numel(), self.training.batch * self.training.steps),
-            compute_dtype=self.training.dtype)
+            compute_dtype=self.training.dtype, aggregate=self.training.aggregate,
+            attack=Attack.parse(attack) if attack else None)
         self._load(plan.sources[name], previous)
 
     @property
     def applied_step(self) -> int:
         """The last step whose update this runner's state holds."""
         return self._applied
+
+    def suspects(self) -> dict[str, int]:
+        """Peers this runner's all-reduce flagged (name -> steps): unusable or outlier gradient shares."""
+        return dict(self.executor.averager.suspects)
 
     def prepare(self, step: int) -> StepResult:
         """Run `step` up to (not including) the optimizer update; raises on timeout or abort."""
@@ -102,13 +117,13 @@ class StageRunner:
                                    "but this peer does not hold it")
             self.executor.load_state_dict(previous.executor.state_dict())
             return
-        address = (self.plan.checkpoint_address if source.kind is SourceKind.CHECKPOINT
-                   else self.plan.addresses[source.donor])
+        donor = COORDINATOR_NAME if source.kind is SourceKind.CHECKPOINT else source.donor
+        address = self.plan.checkpoint_address if donor == COORDINATOR_NAME else self.plan.addresses[donor]
         started = time.monotonic()
-        self.executor.load_state_dict(self._fetch(address, source).state)
+        self.executor.load_state_dict(self._fetch(address, source, self.plan.keys.get(donor or "")).state)
         self.load_seconds = time.monotonic() - started
 
-    def _fetch(self, address: str, source: StateSource) -> StageState:
+    def _fetch(self, address: str, source: StateSource, server_key: str | None) -> StageState:
         """The donor's blob of this stage at start_step - 1 (it may publish it a moment later)."""
         deadline = time.monotonic() + self.timeouts.message_s * 3
         last = "no answer"
@@ -116,7 +131,8 @@ class StageRunner:
             if self.link.aborted():
                 raise PlanAborted("plan changed while fetching state")
             try:
-                blob = fetch_state(address, self.stage, timeout=self.timeouts.message_s)
+                blob = fetch_state(address, self.stage, timeout=self.timeouts.message_s,
+                                   keys=self.keys if server_key else None, server_key=server_key)
                 state = unpack_state(blob)
                 if state.step == self._applied and state.layers == list(self.plan.layers):
                     self.loaded_bytes = len(blob)

@@ -4,8 +4,10 @@ A `StageExecutor` owns a stage module and its AdamW state, and talks to its pipe
 and its data-parallel group only through a `Transport`, so the same class runs in the
 one-process grid of `swarm-sim local` and in a live peer over zmq. A step either completes
 (forward and backward over every micro-batch, gradients averaged with the replicas, optimizer
-applied) or raises - `PeerTimeout` from a silent neighbour, `TransportClosed` on abort - before
-the optimizer touches a parameter: no half-applied update.
+applied) or raises - `PeerTimeout` from a silent neighbour, `TransportClosed` on abort,
+`BadMessage` for a neighbour's frame that does not decode or carries NaN/inf, `NonFiniteStep`
+when this worker's own loss, activations or gradients diverge (nothing of them is sent) - before
+the optimizer touches a parameter: no half-applied update. Each fails the step, never the process.
 
 A live peer must not apply a step before the coordinator knows every replica of every stage
 finished it, so a step can also stop after the all-reduce (`run_step(..., apply=False)`) and be
@@ -14,8 +16,9 @@ settled later by `apply_update()` or `discard_update()`.
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,16 +29,23 @@ import compression
 from models import Batch, Stage, param_checksum
 
 from ..allreduce import GradientAverager
+from ..attack import Attack
 from ..protocol import Codecs, ComputeDtype
-from ..transport import Message, Transport
+from ..transport import BadMessage, Message, Transport
 from ..wire import ACT_KIND, GRAD_KIND
 from .channels import ActivationChannel, ChannelStats
 from .schedule import get_schedule
 
-__all__ = ["StageExecutor", "StepResult", "OptimizerSettings"]
+__all__ = ["StageExecutor", "StepResult", "OptimizerSettings", "NonFiniteStep"]
 
 # Frozen, so one instance can be every executor's default.
 _AC_SGD_CODECS = Codecs()
+
+
+class NonFiniteStep(RuntimeError):
+    """This worker's step diverged: its loss, or activations or gradients it was about to send,
+    hold NaN or inf. Raised before any of them is sent and before the optimizer runs; the step
+    fails like a timeout (the live peer reports it, the coordinator re-plans, every peer discards)."""
 
 
 @dataclass(frozen=True)
@@ -86,13 +96,15 @@ class StageExecutor:
     compute_dtype: "bf16" runs forward and backward under bf16 autocast (activations and their
     gradients travel as bf16 frames); parameters, gradients and AdamW state stay in the stage's
     own dtype, so the all-reduce, checksums and checkpoints are the same as with "fp32".
+    aggregate: the all-reduce's rule (`TrainingSpec.aggregate`, see `peers.aggregation`); attack:
+    a fault injector (`peers.attack`), active only when this worker is the attack's replica.
     """
 
     def __init__(self, stage: Stage, *, stage_index: int, num_stages: int, transport: Transport,
                  prev: str | None, next: str | None, group: Sequence[str], codecs: Codecs = _AC_SGD_CODECS,
                  schedule: str = "1f1b", micro_batches: int = 1, optimizer: OptimizerSettings = OptimizerSettings(),
                  timeout: float | None = None, seed: int = 0, delta_capacity: int | None = None,
-                 compute_dtype: ComputeDtype = "fp32") -> None:
+                 compute_dtype: ComputeDtype = "fp32", aggregate: str = "mean", attack: Attack | None = None) -> None:
         if (prev is None) != (stage_index == 0) or (next is None) != (stage_index == num_stages - 1):
             raise ValueError(f"stage {stage_index} of {num_stages} needs prev only after stage 0 and next only "
                              f"before the last stage (got prev={prev!r}, next={next!r})")
@@ -111,7 +123,8 @@ class StageExecutor:
         self.timeout = timeout
         self.seed = seed
         self.ops = get_schedule(schedule)(stage_index, num_stages, micro_batches)
-        self.averager = GradientAverager(transport, group, codecs.gradient, timeout=timeout)
+        self.averager = GradientAverager(transport, group, codecs.gradient, timeout=timeout, aggregate=aggregate,
+                                         attack=attack)
         self.optimizer = _adamw(stage, optimizer)
         self._outgoing = ActivationChannel(codecs.forward, delta=codecs.forward_delta, capacity=delta_capacity)
         self._incoming = ActivationChannel(codecs.forward, delta=codecs.forward_delta, capacity=delta_capacity)
@@ -208,9 +221,13 @@ class StageExecutor:
                 self._forward(work, m)
             else:
                 self._backward(work, m)
+        grads = [p.grad for p in self.stage.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            raise NonFiniteStep(f"step {work.step}: stage {self.stage_index}'s gradients hold NaN or inf; "
+                                "none sent to the all-reduce, the step is aborted")
         before = self.averager.bytes_sent, self.averager.values_sent
         self.averager.plan_version = work.plan_version  # one step's messages all carry its plan version
-        self.averager.average(work.step, [p.grad for p in self.stage.parameters() if p.grad is not None])
+        self.averager.average(work.step, grads)
         work.stats.add("gradient", self.averager.bytes_sent - before[0], self.averager.values_sent - before[1])
 
     def _forward(self, work: "_Step", m: int) -> None:
@@ -219,9 +236,14 @@ class StageExecutor:
             x = work.micro[m].inputs.to(self._device)
         else:
             message = self.transport.recv(self.prev, ACT_KIND, work.step, m, timeout=self.timeout)
-            sample_ids = torch.tensor(message.sample_ids, dtype=torch.long)
-            shape = self._activation_shape(work, m, len(message.sample_ids), message.payload)
-            x = self._incoming.decode(sample_ids, message.payload, self._device, shape=shape)
+            sample_ids = _received(self.prev, f"activations of step {work.step} micro-batch {m}",
+                                   lambda: torch.tensor(message.sample_ids, dtype=torch.long), check=False)
+
+            def decode() -> torch.Tensor:
+                shape = self._activation_shape(work, m, len(message.sample_ids), message.payload)
+                return self._incoming.decode(sample_ids, message.payload, self._device, shape=shape)
+
+            x = _received(self.prev, f"activations of step {work.step} micro-batch {m}", decode)
             x = x.to(self._dtype).requires_grad_(True)
         work.tokens += int(x.shape[0] * x.shape[1])
         with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self._autocast):
@@ -229,15 +251,22 @@ class StageExecutor:
             if self.next is None:  # the last stage: the loss against this replica's targets
                 expected = work.micro[m].sample_ids
                 if not torch.equal(sample_ids, expected):
-                    raise ValueError(f"step {work.step} micro-batch {m}: the pipeline delivered samples "
-                                     f"{sample_ids.tolist()} but this replica's batch holds {expected.tolist()}")
+                    assert self.prev is not None  # stage 0 reads its own batch: a mismatch is a neighbour's
+                    raise BadMessage(self.prev, "malformed", f"step {work.step} micro-batch {m}: the pipeline "
+                                     f"delivered samples {sample_ids.tolist()[:8]} but this replica's batch "
+                                     f"holds {expected.tolist()[:8]}")
                 out = self.stage.loss(out, work.micro[m].targets.to(self._device))
         if self.next is None:
-            work.losses.append(out.item())
+            loss = out.item()
+            if not math.isfinite(loss):
+                raise NonFiniteStep(f"step {work.step} micro-batch {m}: the loss is {loss}; the step is aborted "
+                                    "before its gradients are sent or applied")
+            work.losses.append(loss)
         else:
             work.sent.extend(sample_ids.tolist())
             sent = out.detach().to(torch.bfloat16) if self._autocast else out.detach()
-            payload = self._outgoing.encode(sample_ids, sent, seed=self._seed(work.step, m, 0))
+            payload = _sendable(lambda: self._outgoing.encode(sample_ids, sent, seed=self._seed(work.step, m, 0)),
+                                sent, f"step {work.step} micro-batch {m}: the activations")
             self.transport.send(self.next, Message(kind=ACT_KIND, step=work.step, index=m, payload=payload,
                                                    plan_version=work.plan_version,
                                                    sample_ids=tuple(sample_ids.tolist())))
@@ -251,14 +280,18 @@ class StageExecutor:
         else:
             message = self.transport.recv(self.next, GRAD_KIND, work.step, m, timeout=self.timeout)
             # The plan's codec and the activations' shape, checked from the header before decoding.
-            grad = compression.decode(message.payload, device=self._device, codec=self.codecs.backward,
-                                      shape=tuple(out.shape)).to(out.dtype)
+            grad = _received(self.next, f"gradients of step {work.step} micro-batch {m}",
+                             lambda: compression.decode(message.payload, device=self._device,
+                                                        codec=self.codecs.backward, shape=tuple(out.shape)))
+            grad = grad.to(out.dtype)
             torch.autograd.backward(out, grad)
         if self.prev is not None:  # the received activations' gradient goes back upstream
             if inputs.grad is None:
                 raise RuntimeError(f"stage {self.stage_index}'s output does not depend on its input activations")
             returned = inputs.grad.to(torch.bfloat16) if self._autocast else inputs.grad
-            payload = compression.encode(returned, self.codecs.backward, seed=self._seed(work.step, m, 1))
+            payload = _sendable(lambda: compression.encode(returned, self.codecs.backward,
+                                                           seed=self._seed(work.step, m, 1)),
+                                returned, f"step {work.step} micro-batch {m}: the input gradients")
             self.transport.send(self.prev, Message(kind=GRAD_KIND, step=work.step, index=m, payload=payload,
                                                    plan_version=work.plan_version))
             work.stats.add("backward", len(payload), inputs.grad.numel())
@@ -292,6 +325,28 @@ class _Step:
     losses: list[float] = field(default_factory=list)
     sent: list[int] = field(default_factory=list)  # sample ids whose activations went downstream
     tokens: int = 0
+
+
+def _received(sender: str, what: str, decode: Callable[[], torch.Tensor], *, check: bool = True) -> torch.Tensor:
+    """`decode()` of a neighbour's message, or BadMessage blaming `sender`: "malformed" when it
+    fails (CodecError is a ValueError; torch raises RuntimeError), "nonfinite" for NaN/inf values."""
+    try:
+        tensor = decode()
+    except (ValueError, RuntimeError, OverflowError) as error:
+        raise BadMessage(sender, "malformed", f"{what}: {error}") from error
+    if check and not bool(torch.isfinite(tensor).all()):
+        raise BadMessage(sender, "nonfinite", f"{what} hold NaN or inf")
+    return tensor
+
+
+def _sendable(encode: Callable[[], bytes], tensor: torch.Tensor, what: str) -> bytes:
+    """`encode()` of what this worker sends; NonFiniteStep (nothing sent) when NaN/inf made it fail."""
+    try:
+        return encode()
+    except compression.CodecError as error:
+        if not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteStep(f"{what} hold NaN or inf; not sent, the step is aborted") from error
+        raise
 
 
 def _adamw(stage: nn.Module, settings: OptimizerSettings) -> torch.optim.AdamW:

@@ -4,6 +4,7 @@
 codecs, timeouts), `changes` why a plan looks as it does (state sources, reasons), `validation`
 the one mechanism that checks them all (msgspec Structs). Nothing here imports torch.
 """
+from .admission import Admitted, JoinToken, admission_proof, check_proof, owner_fingerprint, read_allowed_keys
 from .changes import Departure, PlanChange, PlanReason, SourceKind, StateSource
 from .records import (
     CONTROL_KEY,
@@ -27,5 +28,6 @@ __all__ = [
     "ComputeDtype",
     "RecordError", "PeerRecord", "PlanRecord", "ControlRecord", "Link", "Codecs", "Timeouts", "TrainingSpec",
     "SourceKind", "StateSource", "Departure", "PlanChange", "PlanReason",
+    "Admitted", "JoinToken", "admission_proof", "check_proof", "owner_fingerprint", "read_allowed_keys",
     "peer_subkey", "subkey_name", "subkey_owner", "from_builtins", "to_builtins", "validated",
 ]

@@ -45,6 +45,7 @@ class Departure(str, Enum):
     REPORTED = "reported"    # it reported an error under the current plan
     TIMED_OUT = "timed_out"  # it heartbeats but did not prepare within commit_s: evicted
     NOT_BACK = "not_back"    # a resumed coordinator's plan member that has not rejoined
+    SUSPECTED = "suspected"  # most of its stage's replicas flagged its gradients, step after step: evicted
 
     def describe(self) -> str:
         """The phrase a person reads after the peer's name."""
@@ -57,6 +58,7 @@ _DESCRIPTIONS = {
     Departure.REPORTED: "reported an error",
     Departure.TIMED_OUT: "did not finish the step in time (evicted)",
     Departure.NOT_BACK: "is not back",
+    Departure.SUSPECTED: "sent gradients its replicas kept refusing (evicted)",
 }
 
 

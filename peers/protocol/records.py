@@ -19,6 +19,8 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import msgspec
 
+from ..transport import REJECTIONS
+from .admission import Admitted, CurveKey
 from .changes import PlanReason, StateSource
 from .training import CHANNELS, Codecs, TrainingSpec
 from .validation import (
@@ -97,7 +99,10 @@ class PeerRecord(_Record):
     has reduced and holds ready to apply (the coordinator commits when every grid member has it).
     links: measured links by peer name; bytes_sent / values_sent: cumulative per channel
     (`CHANNELS`), so wire bits per value show. dht_addrs: the peer's DHT multiaddrs (a restarted
-    coordinator re-enters the DHT through them).
+    coordinator re-enters the DHT through them). rejected: messages its data port or engine
+    refused, cumulative per category (`peers.transport.REJECTIONS`: malformed, nonfinite, ...).
+    suspects: peers whose gradient shares this peer's all-reduce refused or flagged as outliers,
+    with the number of steps it did (cumulative, over every plan).
     """
 
     what: ClassVar[str] = "peer record"
@@ -122,8 +127,11 @@ class PeerRecord(_Record):
     bytes_sent: dict[str, NonNegativeInt] = {}
     values_sent: dict[str, NonNegativeInt] = {}
     dropped_stale: NonNegativeInt = 0
-    rejected: NonNegativeInt = 0
+    rejected: dict[str, NonNegativeInt] = {}
+    suspects: dict[Name, NonNegativeInt] = {}
     error: str = ""
+    curve_key: str = ""
+    admission: str = ""
 
     def __post_init__(self) -> None:
         for table in (self.bytes_sent, self.values_sent):
@@ -131,6 +139,10 @@ class PeerRecord(_Record):
             if unknown:
                 raise RecordError(f"peer record fields 'bytes_sent'/'values_sent' name unknown channels "
                                   f"{sorted(unknown)}; channels are {', '.join(CHANNELS)}")
+        unknown = set(self.rejected) - set(REJECTIONS)
+        if unknown:
+            raise RecordError(f"peer record field 'rejected' names unknown categories {sorted(unknown)[:8]}; "
+                              f"categories are {', '.join(REJECTIONS)}")
 
 
 
@@ -141,6 +153,8 @@ class PlanRecord(_Record, forbid_unknown_fields=True):
     standby: live peers the plan gives no cell (yet). sources[name]: where that peer gets its
     stage state (donors are spread over a stage's holders). training: the run's spec with this
     plan's timeouts. reason: why this plan replaced the previous one (shown by `swarm status`).
+    keys: the curve public key of every peer the plan names (empty in an open swarm): the only
+    keys neighbours accept connections from, and the server keys they dial.
     """
 
     what: ClassVar[str] = "plan record"
@@ -156,6 +170,7 @@ class PlanRecord(_Record, forbid_unknown_fields=True):
     reason: PlanReason
     standby: list[Name] = []
     checkpoint_address: str = ""
+    keys: dict[Name, CurveKey] = {}
 
     def __post_init__(self) -> None:
         widths = {len(row) for row in self.grid}
@@ -205,6 +220,8 @@ class ControlRecord(_Record, forbid_unknown_fields=True):
     checkpoint_step: peers publish their stage state of this step for the coordinator to fetch.
     done: the run reached its last step; peers exit.
     probe_address: the coordinator's data port, which checks a joining peer's reachability.
+    curve_key: that port's CurveZMQ public key; admitted: every peer admitted so far, by name
+    (both empty in an open swarm). A joining peer waits to see itself here before it probes.
     plan_version 0 means no plan yet (the coordinator is waiting for peers).
     """
 
@@ -219,4 +236,6 @@ class ControlRecord(_Record, forbid_unknown_fields=True):
     checkpoint_step: NonNegativeInt = 0
     done: bool = False
     probe_address: str = ""
+    curve_key: str = ""
+    admitted: dict[Name, Admitted] = {}
 

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "report":
         return report.run(args)
+    from peers.daemon.records import CoordinatorPin
     from peers.dht import SwarmDHT
 
     try:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        view = collect(dht)
+        view = collect(dht, CoordinatorPin(peer_ids=[addr.rsplit("/p2p/", 1)[-1] for addr in args.initial_peers]))
     finally:
         dht.close()
     if args.json:
@@ -58,20 +59,23 @@ def collect(dht: Any, pin: Any = None) -> dict[str, Any]:
     from peers.daemon.records import CoordinatorPin, read_peers
     from peers.dht import dht_time
     from peers.protocol import to_builtins
+    from peers.transport import REJECTIONS
 
     pin = pin or CoordinatorPin()
     control = pin.control(dht)
     plan = pin.plan(dht)
     now = dht_time()
     peers = []
-    for name, record in sorted(read_peers(dht).items()):
+    owners = {name: admitted.owner for name, admitted in control.admitted.items()} if control else None
+    for name, record in sorted(read_peers(dht, owners).items()):
         peers.append({"name": name, "state": record.state, "stage": record.stage, "replica": record.replica,
                       "device": record.device, "tflops": record.tflops, "memory_gb": record.memory_gb,
                       "heartbeat_age_s": round(max(0.0, now - record.heartbeat), 2),
                       "param_checksum": record.param_checksum, "step": record.step, "address": record.address,
                       "links": to_builtins(record)["links"], "bytes_sent": record.bytes_sent,
                       "dropped_stale": record.dropped_stale,
-                      "rejected": record.rejected, "error": record.error})
+                      "rejected": {reason: record.rejected.get(reason, 0) for reason in REJECTIONS},
+                      "error": record.error})
     return {
         "plan_version": control.plan_version if control else 0,
         "step": control.committed_step if control else 0,

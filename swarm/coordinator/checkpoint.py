@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from peers.daemon.stage_state import unpack_state
+from peers.security import CurveKeys
 from peers.state_transfer import StateTransferError, fetch_state
 
 __all__ = ["Checkpoint", "StageUnavailable", "fetch_stage", "fetch_stages", "write_checkpoint", "read_latest",
@@ -40,8 +41,12 @@ class Checkpoint:
     stages: dict[int, bytes]
 
 
-def fetch_stage(donors: Sequence[str], stage: int, step: int, patience: float) -> bytes | None:
-    """The blob of `stage` after `step` from any replica (data addresses), or None after `patience` s.
+Donor = tuple[str, str | None]  # a replica's data address and its curve key (None in an open swarm)
+
+
+def fetch_stage(donors: Sequence[Donor], stage: int, step: int, patience: float, keys: CurveKeys | None = None,
+                ) -> bytes | None:
+    """The blob of `stage` after `step` from any replica, or None after `patience` s; `keys`: ours.
 
     Replicas are tried in turn, starting at one picked by `stage` to spread the load. Each try
     gets a share of the patience, so a replica that is just leaving (and never answers) cannot
@@ -51,10 +56,11 @@ def fetch_stage(donors: Sequence[str], stage: int, step: int, patience: float) -
     share = patience / (2 * len(donors))
     attempt = 0
     while time.monotonic() < deadline:
-        donor = donors[(stage + attempt) % len(donors)]
+        donor, server_key = donors[(stage + attempt) % len(donors)]
         attempt += 1
         try:
-            blob = fetch_state(donor, stage, timeout=max(0.5, min(share, deadline - time.monotonic())))
+            blob = fetch_state(donor, stage, timeout=max(0.5, min(share, deadline - time.monotonic())), keys=keys,
+                               server_key=server_key)
             if unpack_state(blob).step == step:
                 return blob
         except (StateTransferError, ValueError) as error:
@@ -71,13 +77,14 @@ class StageUnavailable(RuntimeError):
         self.stage = stage
 
 
-def fetch_stages(replicas: Sequence[Sequence[str]], step: int, patience: float) -> dict[int, bytes]:
-    """Every stage's blob of `step`; `replicas[s]` are the data addresses of stage s's replicas.
+def fetch_stages(replicas: Sequence[Sequence[Donor]], step: int, patience: float, keys: CurveKeys | None = None,
+                 ) -> dict[int, bytes]:
+    """Every stage's blob of `step`; `replicas[s]` are stage s's replicas (address, curve key).
 
     Raises StageUnavailable for the first stage none of whose replicas served it."""
     blobs: dict[int, bytes] = {}
     for stage, donors in enumerate(replicas):
-        blob = fetch_stage(donors, stage, step, patience)
+        blob = fetch_stage(donors, stage, step, patience, keys)
         if blob is None:
             raise StageUnavailable(stage)
         blobs[stage] = blob

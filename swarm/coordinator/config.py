@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.config import PRESETS
-from peers.protocol import Codecs, PeerRecord, PlanChange, PlanReason, TrainingSpec
+from peers.protocol import Codecs, PeerRecord, PlanChange, PlanReason, TrainingSpec, read_allowed_keys
 from swarm.flags import add_codec_arguments, add_training_arguments, codecs_from_args, training_from_args
 
 from .planning import Placement
@@ -84,6 +84,9 @@ class CoordinatorConfig:
     resume: bool
     plan: GivenPlan | None = None
     http: tuple[str, int] | None = None  # --http: where the dashboard, its JSON API and /metrics listen
+    swarm_key: Path | None = None  # --swarm-key: admitted peers only, CurveZMQ on the data plane
+    allowed_keys: frozenset[str] = frozenset()  # --allow-keys: curve keys admitted without a join token
+    evict_suspects: int = 0  # --evict-suspects K: evict a replica its stage flagged K committed steps in a row
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +114,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve the live dashboard, /api/status, /api/history and /metrics here (port 0 "
                              "picks a free one; the URL goes to DIR/coordinator.json as \"dashboard\") "
                              "[default: off]")
+    parser.add_argument("--swarm-key", type=Path, metavar="FILE",
+                        help="admit only peers with the join token (printed, and in DIR/coordinator.json) or a "
+                             "key from --allow-keys, and encrypt and authenticate the data plane (CurveZMQ); "
+                             "FILE holds the swarm's key pair, created (mode 0600) if missing [default: an open "
+                             "swarm that anyone who reaches its ports can join]")
+    parser.add_argument("--evict-suspects", type=int, default=0, metavar="K",
+                        help="evict a replica that most of its stage's other replicas flag as sending outlier or "
+                             "unusable gradients (see --aggregate) K committed steps in a row; 0 only names it in "
+                             "the log and report [default: %(default)s]")
+    parser.add_argument("--allow-keys", type=Path, metavar="FILE",
+                        help="with --swarm-key: also admit peers whose curve public key (the \"public\" of their "
+                             "--peer-key file) is listed in FILE, one per line")
 
 
 def parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
@@ -149,10 +164,27 @@ def from_args(args: argparse.Namespace) -> CoordinatorConfig:
         raise ValueError(f"--stages {args.stages}: model {training.model!r} has only {layers} layers")
     if args.stages is not None:
         training.check_grid(args.replicas)
+    swarm_key, allowed = getattr(args, "swarm_key", None), getattr(args, "allow_keys", None)
+    if allowed is not None and swarm_key is None:
+        raise ValueError("--allow-keys needs --swarm-key: an open swarm admits everybody anyway")
+    if swarm_key is not None and swarm_key.is_dir():
+        raise ValueError(f"--swarm-key {swarm_key} is a directory; give the path of a key file (created if missing)")
+    if getattr(args, "evict_suspects", 0) < 0:
+        raise ValueError(f"--evict-suspects must be 0 (off) or positive, got {args.evict_suspects}")
     if args.resume and not (args.checkpoint_dir / "latest.json").exists():
         raise ValueError(f"--resume: no checkpoint in {str(args.checkpoint_dir)!r} (latest.json is missing)")
     return CoordinatorConfig(
         host=host, port=port, training=training, codecs=codecs, stages=args.stages, replicas=args.replicas,
         min_peers=args.min_peers if args.min_peers is not None else args.stages * args.replicas,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume, plan=given,
-        http=parse_listen(args.http, "--http") if getattr(args, "http", None) else None)
+        http=parse_listen(args.http, "--http") if getattr(args, "http", None) else None,
+        evict_suspects=getattr(args, "evict_suspects", 0), swarm_key=swarm_key,
+        allowed_keys=_allowed_keys(allowed) if allowed is not None else frozenset())
+
+
+def _allowed_keys(path: Path) -> frozenset[str]:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"--allow-keys {path}: {error.strerror or error}") from None
+    return read_allowed_keys(text, str(path))

@@ -12,18 +12,14 @@ The control record tells peers what was committed and which plan governs the nex
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from models import get_config
-from peers.daemon.records import CoordinatorPin, publish_coordinator, read_peers
-from peers.dht import SwarmDHT
+from peers.daemon.records import COORDINATOR_NAME, CoordinatorPin, publish_coordinator
 from peers.protocol import (
     CONTROL_KEY,
     PLAN_KEY,
@@ -37,8 +33,10 @@ from peers.protocol import (
     StateSource,
     Timeouts,
 )
+from peers.security import Admission
 from peers.zmq_transport import ZmqTransport
 
+from .admission import Gatekeeper
 from .checkpoint import Checkpoint, StageUnavailable, fetch_stages, read_latest, write_checkpoint, write_json_atomic
 from .config import CoordinatorConfig, given_placement
 from .planning import (
@@ -51,16 +49,18 @@ from .planning import (
     growth_target,
     predicted_step_s,
     refill,
+    resumed_placement,
     scenario_from_records,
 )
 from .report import RunReport
+from .startup import PEERS_FILE, load_secrets, read_json, start_dht
+from .suspects import SuspectTracker
 from .timeouts import plan_timeouts
 
 __all__ = ["Coordinator", "POLL_S"]
 
 
 POLL_S = 0.05
-_PEERS_FILE = "known_peers.json"
 _READY_STATES = ("ready", "training", "standby")
 
 
@@ -78,7 +78,7 @@ class Coordinator:
         self.codecs = config.codecs
         self.dir = config.checkpoint_dir
         self.dir.mkdir(parents=True, exist_ok=True)
-        previous = _read_json(self.dir / "report.json") if config.resume else None
+        previous = read_json(self.dir / "report.json") if config.resume else None
         self.report = RunReport(self.dir / "report.json", previous)
         self.checkpoint: Checkpoint | None = read_latest(self.dir) if config.resume else None
         self.plan: PlanRecord | None = None
@@ -91,18 +91,26 @@ class Coordinator:
         self.last_change_step = 0
         self.step_clock = time.monotonic()
         self.evicted: set[str] = set()
+        self.suspects = SuspectTracker(config.evict_suspects)
         self._growth_declined: tuple[frozenset[str], int] | None = None  # (live peers, replicas)
         self.tokens_per_step = self.training.batch * get_config(self.training.model).context
 
     def run(self, stop: threading.Event) -> int:
-        self.dht = self._start_dht()
+        self.dht = start_dht(self.config, self.on_event)
         self.states: ZmqTransport | None = None
         try:
-            self.states = ZmqTransport("coordinator", host=self.config.host, port=0)
+            self.secrets = load_secrets(self.config, self.dht, self.on_event)
+            self.gatekeeper = Gatekeeper(self.dir, self.secrets.keys, self.secrets.token, self.config.allowed_keys,
+                                         self.on_event, resume=self.config.resume)
+            self.admission = Admission()
+            self.states = ZmqTransport("coordinator", host=self.config.host, port=0, keys=self.secrets.keys,
+                                       admission=self.admission if self.secrets.keys else None)
             addrs = self.dht.multiaddrs()
             if not self.config.host.startswith("127."):  # volunteers elsewhere need a routable address first
                 addrs.sort(key=lambda addr: addr.startswith("/ip4/127."))
-            write_json_atomic(self.dir / "coordinator.json", {"initial_peers": addrs, **self.report.serve(self)})
+            token = {"join_token": self.secrets.token.encode()} if self.secrets.token else {}
+            write_json_atomic(self.dir / "coordinator.json",
+                              {"initial_peers": addrs, **token, **self.report.serve(self)})
             self.on_event(f"DHT node up; peers join with: swarm-peer join --initial-peers {addrs[0]}")
             self.on_event(f"initial peers written to {self.dir / 'coordinator.json'}")
             if self.checkpoint is not None:
@@ -125,26 +133,12 @@ class Coordinator:
                 self.states.close()
             self.dht.close()
 
-    def _start_dht(self) -> SwarmDHT:
-        """The DHT node; a resumed one re-enters the swarm through the peers it knew (their nodes
-        forgot the dead coordinator, so it must dial them, not wait to be dialled)."""
-        known = (_read_json(self.dir / _PEERS_FILE) or {}).get("dht_addrs", []) if self.config.resume else []
-        identity = self.dir / "identity"
-        if known:
-            try:
-                return SwarmDHT(known, host=self.config.host, port=self.config.port, identity_dir=identity)
-            except Exception as error:  # hivemind's bootstrap failure types vary; none of the old peers is left
-                self.on_event(f"none of the {len(known)} known peers answered ({error}); waiting for new ones")
-        try:
-            return SwarmDHT(host=self.config.host, port=self.config.port, identity_dir=identity)
-        except Exception as error:  # hivemind's own types, e.g. P2PDaemonError when the port is taken
-            raise ValueError(f"cannot start the DHT node on --listen {self.config.host}:{self.config.port}: {error}; "
-                             "pick a free port or an address of this machine") from None
-
     # ---- one decision ------------------------------------------------------------------------
 
     def _tick(self) -> bool:
-        records = read_peers(self.dht)
+        records = self.gatekeeper.read(self.dht)
+        if self.gatekeeper.secure:
+            self.admission.update({name: admitted.key for name, admitted in self.gatekeeper.admitted.items()})
         if self.plan is None:
             self._maybe_start(records)
             return False
@@ -164,17 +158,9 @@ class Coordinator:
             old = PlanRecord.from_wire(self.checkpoint.plan)
             if len(ready) < min(len(old.members()), self.config.min_peers):
                 return
-            missing = {n: Departure.NOT_BACK for n in old.members() if n not in ready}
-            try:
-                placement = (refill(old, ready, missing, self.training, self.codecs, self.training.seed) if missing
-                             else Placement([list(r) for r in old.grid], list(old.layers),
-                                            sorted(set(ready) - set(old.members())),
-                                            PlanReason(PlanChange.RESUMED, "every peer of its plan is back")))
-            except (RuntimeError, ValueError):  # a stage has nobody yet: wait for more peers
+            placement = resumed_placement(old, self.checkpoint.step, ready, self.training, self.codecs)
+            if placement is None:  # a stage has nobody yet: wait for more peers
                 return
-            placement.reason.change = PlanChange.RESUMED
-            placement.reason.text = (f"resumed from the checkpoint of step {self.checkpoint.step}: "
-                                     f"{placement.reason.text}")
             self.report.rollback(self.checkpoint.step)
             self._publish_plan(fit_batch(placement, self.training), ready, origin=SourceKind.CHECKPOINT,
                                start_step=self.checkpoint.step + 1)
@@ -209,6 +195,8 @@ class Coordinator:
                 lost[name] = Departure.LEFT
             elif record.error and record.plan_version == self.plan.version:
                 lost[name] = Departure.REPORTED
+            elif name in self.evicted:
+                lost[name] = Departure.SUSPECTED
         if not lost and time.monotonic() - self.step_clock > self.timeouts.commit_s:
             step = self.committed_step + 1
             for name in self.plan.members():
@@ -259,6 +247,7 @@ class Coordinator:
         self.checkpoint_step = step if due else 0
         self.report.step(step, committed_plan.version, losses, self.tokens_per_s, seconds)
         self.report.observe(committed_plan, records)
+        self._judge_suspects(committed_plan, records, step)
         finished = step >= self.training.steps
         if not finished:
             self._admit(records, step)
@@ -304,6 +293,16 @@ class Coordinator:
             self._publish_plan(Placement([list(r) for r in plan.grid], list(plan.layers), list(plan.standby), reason),
                                records, origin=None, start_step=step + 1)
 
+    def _judge_suspects(self, plan: PlanRecord, records: dict[str, PeerRecord], step: int) -> None:
+        """Name a replica its stage keeps flagging (once per run of strikes), evict it if told to."""
+        struck, evict = self.suspects.observe(plan, records)
+        for name in struck:
+            if self.suspects.strikes[name] == 1 or name in evict:
+                self.report.event("suspect", peer=name, step=step, evicted=name in evict)
+                self.on_event(f"{name}'s gradients were flagged by most of its stage's replicas at step {step}"
+                              + (": evicted" if name in evict else " (--evict-suspects K evicts it)"))
+        self.evicted.update(evict)
+
     def _live(self, records: dict[str, PeerRecord]) -> dict[str, PeerRecord]:
         """Peers that can take a cell now: announced ready, training or standby, and not evicted."""
         return {n: r for n, r in records.items() if r.state in _READY_STATES and n not in self.evicted}
@@ -338,9 +337,9 @@ class Coordinator:
                           addresses={n: records[n].address for n in members}, sources=sources, codecs=self.codecs,
                           training=msgspec.structs.replace(self.training, timeouts=self.timeouts),
                           reason=placement.reason, standby=placement.standby,
-                          checkpoint_address=self.states.address)
+                          checkpoint_address=self.states.address, keys=self._keys([*members, *placement.standby]))
         publish_coordinator(self.dht, PLAN_KEY, plan.to_wire())
-        write_json_atomic(self.dir / _PEERS_FILE, {"dht_addrs": [a for r in records.values() for a in r.dht_addrs]})
+        write_json_atomic(self.dir / PEERS_FILE, {"dht_addrs": [a for r in records.values() for a in r.dht_addrs]})
         self.plan = plan
         self.last_change_step = start_step - 1
         self.step_clock = time.monotonic()
@@ -357,8 +356,18 @@ class Coordinator:
         control = ControlRecord(plan_version=self.plan.version if self.plan else 0, committed_step=self.committed_step,
                                 committed_version=self.committed_version, total_steps=self.training.steps,
                                 loss=self.loss, tokens_per_s=self.tokens_per_s, checkpoint_step=self.checkpoint_step,
-                                done=done, probe_address=self.states.address)
+                                done=done, probe_address=self.states.address,
+                                curve_key=self.secrets.keys.public if self.secrets.keys else "",
+                                admitted=self.gatekeeper.admitted)
         publish_coordinator(self.dht, CONTROL_KEY, control.to_wire())
+
+    def _keys(self, names: list[str]) -> dict[str, str]:
+        """The curve keys a plan lists: of `names` and of the coordinator (none in an open swarm)."""
+        if self.secrets.keys is None:
+            return {}
+        admitted = self.gatekeeper.admitted
+        return {**{name: admitted[name].key for name in names if name in admitted},
+                COORDINATOR_NAME: self.secrets.keys.public}
 
     def _published_version(self) -> int:
         """The newest plan version in the DHT (a resumed coordinator continues after it)."""
@@ -371,7 +380,8 @@ class Coordinator:
         """Fetch each stage's state of `step` from one of its replicas and write it atomically."""
         assert self.timeouts is not None and self.states is not None
         try:
-            blobs = fetch_stages([[plan.addresses[n] for n in row] for row in plan.grid], step, self.timeouts.message_s)
+            blobs = fetch_stages([[(plan.addresses[n], plan.keys.get(n)) for n in row] for row in plan.grid], step,
+                                 self.timeouts.message_s, self.secrets.keys)
         except StageUnavailable as error:
             self.on_event(f"checkpoint of step {step} skipped: {error}")
             self.report.event("checkpoint_skipped", step=step, stage=error.stage)
@@ -388,11 +398,3 @@ def _describe(reason: PlanReason) -> str:
     """A plan's reason as the event line shows it: the text plus the predicted step time."""
     predicted = "" if reason.predicted_step_s is None else f" (predicted {reason.predicted_step_s:.3g} s/step)"
     return reason.text + predicted
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None

@@ -140,6 +140,23 @@ def refill(plan: PlanRecord, live: dict[str, PeerRecord], lost: dict[str, Depart
     return _placement(plan, new, survivors, PlanReason(PlanChange.REPAIRED, why, lost=dict(lost)))
 
 
+def resumed_placement(old: PlanRecord, step: int, ready: dict[str, PeerRecord], training: TrainingSpec,
+                      codecs: Codecs) -> Placement | None:
+    """A resumed coordinator's first placement: the checkpoint's plan `old` (of `step`), refilled where
+    its peers are not back; None while some stage has nobody."""
+    missing = {name: Departure.NOT_BACK for name in old.members() if name not in ready}
+    try:
+        placement = (refill(old, ready, missing, training, codecs, training.seed) if missing
+                     else Placement([list(row) for row in old.grid], list(old.layers),
+                                    sorted(set(ready) - set(old.members())),
+                                    PlanReason(PlanChange.RESUMED, "every peer of its plan is back")))
+    except (RuntimeError, ValueError):  # the scheduler's ScenarioError / PlanError: a stage has nobody
+        return None
+    placement.reason.change = PlanChange.RESUMED
+    placement.reason.text = f"resumed from the checkpoint of step {step}: {placement.reason.text}"
+    return placement
+
+
 def growth_target(plan: PlanRecord, live: dict[str, PeerRecord], target_replicas: int, steps_since_change: int,
                   training: TrainingSpec) -> int | None:
     """The replica count to try growing to, or None; cheap, so the coordinator asks every step.

@@ -94,7 +94,7 @@ class CoordinatorTelemetry(ReportListener):
         self._commit_clock = time.monotonic()
 
     def on_observe(self, plan: PlanRecord, records: dict[str, PeerRecord]) -> None:
-        counts = {(name, "malformed"): r.rejected for name, r in records.items()}
+        counts = {(name, reason): n for name, r in records.items() for reason, n in r.rejected.items()}
         counts |= {(name, "stale"): r.dropped_stale for name, r in records.items()}
         counts |= self._own_rejections()
         self._note_rejections(counts)

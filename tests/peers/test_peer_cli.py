@@ -43,3 +43,9 @@ def test_a_peer_whose_data_port_is_unreachable_is_told_what_to_open(tmp_path):
         assert peer.wait(120) == 3
         log = swarm.log("hidden")
         assert "is not reachable" in log and "firewall" in log and "--host" in log
+
+
+def test_peer_refuses_a_bad_attack_naming_the_forms():
+    result = subprocess.run([sys.executable, "-m", "peers.cli", "join", "--initial-peers", "/ip4/127.0.0.1/tcp/1",
+                             "--attack", "scale@1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--attack" in result.stderr and "scale:FACTOR@R" in result.stderr

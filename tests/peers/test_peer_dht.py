@@ -10,9 +10,16 @@ import time
 
 import pytest
 
-from peers.daemon.records import COORDINATOR_NAME, CoordinatorPin, publish_coordinator, read_peers, write_peer
-from peers.dht import SwarmDHT
-from peers.protocol import CONTROL_KEY, PEERS_KEY, ControlRecord, PeerRecord, peer_subkey
+from peers.daemon.records import (
+    COORDINATOR_NAME,
+    FORGED,
+    CoordinatorPin,
+    publish_coordinator,
+    read_peers,
+    write_peer,
+)
+from peers.dht import SwarmDHT, peer_id_of
+from peers.protocol import CONTROL_KEY, PEERS_KEY, ControlRecord, PeerRecord, owner_fingerprint, peer_subkey
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +135,30 @@ def _alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_coordinator_is_pinned_by_the_peer_id_of_the_initial_peer(tmp_path):
+    """A node with an identity dir signs with its libp2p key: readers given its /p2p/ID follow only it."""
+    with SwarmDHT(identity_dir=tmp_path) as coordinator, SwarmDHT(coordinator.multiaddrs()) as impostor:
+        peer_id = coordinator.multiaddrs()[0].rsplit("/p2p/", 1)[1]
+        assert peer_id_of(coordinator.owner) == peer_id
+        assert peer_id_of(impostor.owner) != peer_id
+        forged = ControlRecord(plan_version=9, committed_step=99, committed_version=9, total_steps=100)
+        assert publish_coordinator(impostor, CONTROL_KEY, forged.to_wire())  # first: trust on first use would pick it
+        real = ControlRecord(plan_version=1, committed_step=4, committed_version=1, total_steps=100)
+        assert publish_coordinator(coordinator, CONTROL_KEY, real.to_wire())
+        control = CoordinatorPin(peer_ids=[peer_id]).control(impostor)
+        assert control is not None and control.committed_step == 4
+        by_token = CoordinatorPin(fingerprint=owner_fingerprint(coordinator.owner)).control(impostor)
+        assert by_token is not None and by_token.committed_step == 4
+
+
+def test_a_bound_name_ignores_records_signed_by_another_key(nodes):
+    first, second = nodes
+    assert write_peer(first, _record("bound"), ttl=30)
+    assert write_peer(second, PeerRecord.from_wire({**_record("bound").to_wire(), "state": "leaving"}), ttl=30)
+    assert "bound" not in read_peers(first)  # two keys claim an unbound name: neither counts
+    owners = {"bound": owner_fingerprint(first.owner)}
+    before = FORGED["bound"]
+    assert read_peers(second, owners)["bound"].state == "ready"
+    assert FORGED["bound"] > before

@@ -164,9 +164,9 @@ def test_a_silent_replica_holds_a_checkpoint_fetch_only_for_its_share_of_the_pat
     with ZmqTransport("donor") as donor:
         donor.serve_state(0, pack_state(0, [2, 2], 5, {"model": {}, "optimizer": {}}))
         started = time.monotonic()
-        blob = fetch_stage([silent, donor.address], 0, step=5, patience=8.0)
+        blob = fetch_stage([(silent, None), (donor.address, None)], 0, step=5, patience=8.0)
         assert blob is not None and time.monotonic() - started < 4.0
-        assert fetch_stage([donor.address], 0, step=6, patience=1.0) is None  # only an older step is served
+        assert fetch_stage([(donor.address, None)], 0, step=6, patience=1.0) is None  # only an older step is served
 
 
 def test_checkpoints_are_published_atomically_and_pruned(tmp_path):
