@@ -283,8 +283,8 @@ class PeerDaemon:
                                        self.options.device, abort, attack=self.options.attack)
         except (PeerTimeout, TransportClosed, RuntimeError) as error:
             self.on_event(f"{self.options.name}: cannot take up plan {plan.version}: {error}")
-            self._runner = None
-            self._update(plan_version=plan.version, error=f"plan {plan.version}: {error}")
+            self._runner = None  # it holds no stage now: the coordinator must not name it a holder or donor
+            self._update(plan_version=plan.version, stage=-1, replica=-1, error=f"plan {plan.version}: {error}")
             self._announce()
             return None
         runner = self._runner

@@ -122,6 +122,10 @@ class StageRunner:
         started = time.monotonic()
         self.executor.load_state_dict(self._fetch(address, source, self.plan.keys.get(donor or "")).state)
         self.load_seconds = time.monotonic() - started
+        expected = self.plan.checksums[self.stage] if self.plan.checksums else ""
+        if source.kind is SourceKind.PEER and expected and self.checksum() != expected:
+            raise RuntimeError(f"the state of stage {self.stage} from {source.donor} has parameter checksum "
+                               f"{self.checksum()}, but its replicas agree on {expected}: refusing it")
 
     def _fetch(self, address: str, source: StateSource, server_key: str | None) -> StageState:
         """The donor's blob of this stage at start_step - 1 (it may publish it a moment later)."""

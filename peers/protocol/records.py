@@ -154,7 +154,9 @@ class PlanRecord(_Record, forbid_unknown_fields=True):
     stage state (donors are spread over a stage's holders). training: the run's spec with this
     plan's timeouts. reason: why this plan replaced the previous one (shown by `swarm status`).
     keys: the curve public key of every peer the plan names (empty in an open swarm): the only
-    keys neighbours accept connections from, and the server keys they dial.
+    keys neighbours accept connections from, and the server keys they dial. checksums[s]: the
+    parameter checksum stage s's holders agree on at start_step - 1 ("" unknown; empty list: none),
+    which a peer loading that stage from a donor must get.
     """
 
     what: ClassVar[str] = "plan record"
@@ -171,11 +173,15 @@ class PlanRecord(_Record, forbid_unknown_fields=True):
     standby: list[Name] = []
     checkpoint_address: str = ""
     keys: dict[Name, CurveKey] = {}
+    checksums: list[str] = []
 
     def __post_init__(self) -> None:
         widths = {len(row) for row in self.grid}
         if not self.grid or len(widths) != 1 or 0 in widths:
             raise RecordError("plan record field 'grid' must be a non-empty rectangle of peer names")
+        if self.checksums and len(self.checksums) != self.stages:
+            raise RecordError(f"plan record field 'checksums' has {len(self.checksums)} entries for {self.stages} "
+                              "stages")
         if len(self.layers) != self.stages:
             raise RecordError(f"plan record field 'layers' has {len(self.layers)} entries for {self.stages} stages")
         members = self.members()

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import sys
+from collections import Counter
 from typing import Any
 
 __all__ = ["main", "collect"]
@@ -75,7 +76,10 @@ def collect(dht: Any, pin: Any = None) -> dict[str, Any]:
                       "links": to_builtins(record)["links"], "bytes_sent": record.bytes_sent,
                       "dropped_stale": record.dropped_stale,
                       "rejected": {reason: record.rejected.get(reason, 0) for reason in REJECTIONS},
-                      "error": record.error})
+                      "suspects": record.suspects, "error": record.error})
+    flagged: Counter[str] = Counter()  # how often the other replicas' all-reduce flagged each peer's gradients
+    for peer in peers:
+        flagged.update(peer["suspects"])
     return {
         "plan_version": control.plan_version if control else 0,
         "step": control.committed_step if control else 0,
@@ -87,6 +91,7 @@ def collect(dht: Any, pin: Any = None) -> dict[str, Any]:
                                            "layers": plan.layers, "standby": plan.standby,
                                            "reason": to_builtins(plan.reason)},
         "peers": peers,
+        "suspects": dict(flagged.most_common()),
     }
 
 
@@ -112,6 +117,9 @@ def _print_table(view: dict[str, Any]) -> None:
         table.add_row(peer["name"], peer["state"], cell, peer["device"], f"{peer['tflops']:.3f}",
                       _slowest(peer["links"]), f"{peer['heartbeat_age_s']:.1f}s", peer["param_checksum"][:8] or "-")
     console.print(table)
+    if view["suspects"]:
+        console.print("gradients flagged by other replicas' all-reduce (steps): "
+                      + ", ".join(f"{name} {count}" for name, count in view["suspects"].items()), markup=False)
 
 
 def _slowest(links: dict[str, dict[str, float]]) -> str:

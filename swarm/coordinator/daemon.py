@@ -51,6 +51,7 @@ from .planning import (
     refill,
     resumed_placement,
     scenario_from_records,
+    stage_holders,
 )
 from .report import RunReport
 from .startup import PEERS_FILE, load_secrets, read_json, start_dht
@@ -91,7 +92,7 @@ class Coordinator:
         self.last_change_step = 0
         self.step_clock = time.monotonic()
         self.evicted: set[str] = set()
-        self.suspects = SuspectTracker(config.evict_suspects)
+        self.suspects = SuspectTracker(config.evict_suspects, self.report.event, on_event)
         self._growth_declined: tuple[frozenset[str], int] | None = None  # (live peers, replicas)
         self.tokens_per_step = self.training.batch * get_config(self.training.model).context
 
@@ -247,7 +248,7 @@ class Coordinator:
         self.checkpoint_step = step if due else 0
         self.report.step(step, committed_plan.version, losses, self.tokens_per_s, seconds)
         self.report.observe(committed_plan, records)
-        self._judge_suspects(committed_plan, records, step)
+        self.evicted.update(self.suspects.judge(committed_plan, records, step))
         finished = step >= self.training.steps
         if not finished:
             self._admit(records, step)
@@ -293,16 +294,6 @@ class Coordinator:
             self._publish_plan(Placement([list(r) for r in plan.grid], list(plan.layers), list(plan.standby), reason),
                                records, origin=None, start_step=step + 1)
 
-    def _judge_suspects(self, plan: PlanRecord, records: dict[str, PeerRecord], step: int) -> None:
-        """Name a replica its stage keeps flagging (once per run of strikes), evict it if told to."""
-        struck, evict = self.suspects.observe(plan, records)
-        for name in struck:
-            if self.suspects.strikes[name] == 1 or name in evict:
-                self.report.event("suspect", peer=name, step=step, evicted=name in evict)
-                self.on_event(f"{name}'s gradients were flagged by most of its stage's replicas at step {step}"
-                              + (": evicted" if name in evict else " (--evict-suspects K evicts it)"))
-        self.evicted.update(evict)
-
     def _live(self, records: dict[str, PeerRecord]) -> dict[str, PeerRecord]:
         """Peers that can take a cell now: announced ready, training or standby, and not evicted."""
         return {n: r for n, r in records.items() if r.state in _READY_STATES and n not in self.evicted}
@@ -316,8 +307,10 @@ class Coordinator:
         assert self.states is not None
         previous = self.plan
         members = [n for row in placement.grid for n in row]
-        live = {n for n, r in records.items() if r.state in _READY_STATES}
-        sources = assign_sources(placement.grid, previous, live, origin)
+        live = {n for n, r in records.items() if r.state in _READY_STATES and n not in self.evicted}
+        holders = None if previous is None else stage_holders(previous, records, self.committed_step,
+                                                              self.committed_version, live)
+        sources = assign_sources(placement.grid, holders, origin)
         if origin is None and StateSource(SourceKind.CHECKPOINT) in sources.values():
             if self.checkpoint is None:
                 self.on_event("cannot restart a stage without a live replica: no checkpoint yet; waiting for peers")
@@ -337,7 +330,8 @@ class Coordinator:
                           addresses={n: records[n].address for n in members}, sources=sources, codecs=self.codecs,
                           training=msgspec.structs.replace(self.training, timeouts=self.timeouts),
                           reason=placement.reason, standby=placement.standby,
-                          checkpoint_address=self.states.address, keys=self._keys([*members, *placement.standby]))
+                          checkpoint_address=self.states.address, keys=self._keys([*members, *placement.standby]),
+                          checksums=holders.checksums if holders and origin is None else [])
         publish_coordinator(self.dht, PLAN_KEY, plan.to_wire())
         write_json_atomic(self.dir / PEERS_FILE, {"dht_addrs": [a for r in records.values() for a in r.dht_addrs]})
         self.plan = plan

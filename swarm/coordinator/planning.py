@@ -18,6 +18,7 @@ checkpoint (no live holder) or init (first plan of a fresh run).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from itertools import cycle
 from typing import Any
@@ -39,6 +40,7 @@ from swarm.scheduler import plan as schedule
 
 __all__ = ["Placement", "MIN_STEPS_BETWEEN_CHANGES", "scenario_from_records", "first_placement",
            "describe_losses", "fit_batch", "refill", "growth_target", "grow", "to_scheduler_plan", "assign_sources",
+           "Holders", "stage_holders",
            "predicted_step_s", "scenario_job"]
 
 MIN_STEPS_BETWEEN_CHANGES = 3
@@ -192,23 +194,64 @@ def to_scheduler_plan(plan: PlanRecord | Placement) -> Plan:
     return Plan("live", tuple(tuple(row) for row in plan.grid), tuple(plan.layers))
 
 
-def assign_sources(grid: list[list[str]], previous: PlanRecord | None, live: set[str],
-                   origin: SourceKind | None) -> dict[str, StateSource]:
+@dataclass
+class Holders:
+    """Who holds each stage at the committed step: `names[s]`, and the parameter checksum they agree
+    on (`checksums[s]`, "" while none has announced one)."""
+
+    names: list[list[str]]
+    checksums: list[str]
+
+
+def stage_holders(previous: PlanRecord, records: dict[str, PeerRecord], committed_step: int,
+                  committed_version: int, live: set[str]) -> Holders:
+    """The replicas of `previous` that hold their stage at `committed_step`, by their own records.
+
+    A holder announces that stage (a peer that failed to take up its cell announces none), and either
+    applied the committed step or prepared it under `committed_version` (it applies it before taking
+    up the next plan). Where most holders that announced a checksum announced the same one, it is the
+    stage's, and a holder that announced another one diverged and is no holder (it is re-synced from
+    one that agrees); without such a majority (one against one) the stage stays unverified.
+    """
+    names: list[list[str]] = []
+    checksums: list[str] = []
+    for stage, row in enumerate(previous.grid):
+        holding = [name for name in row if name in live and _holds(records[name], stage, committed_step,
+                                                                      committed_version)]
+        announced = Counter(records[name].param_checksum for name in holding
+                            if records[name].step == committed_step and records[name].param_checksum)
+        top = announced.most_common(1)
+        agreed = top[0][0] if top and 2 * top[0][1] > sum(announced.values()) else ""
+        names.append([name for name in holding if not agreed or records[name].step != committed_step
+                      or records[name].param_checksum == agreed])
+        checksums.append(agreed)
+    return Holders(names, checksums)
+
+
+def _holds(record: PeerRecord, stage: int, committed_step: int, committed_version: int) -> bool:
+    if record.stage != stage:
+        return False
+    return record.step == committed_step or (record.prepared_step, record.prepared_version) == (
+        committed_step, committed_version)
+
+
+def assign_sources(grid: list[list[str]], holders: Holders | None, origin: SourceKind | None,
+                   ) -> dict[str, StateSource]:
     """Where each cell's peer gets its stage state (see the module docstring).
 
     origin: `SourceKind.INIT` (fresh run: every cell initialises from the seed) or
     `SourceKind.CHECKPOINT` (a resumed coordinator: everyone loads the checkpoint) for every cell;
-    None to continue: the previous plan's live holders of a stage are at the last committed step
-    and keep or donate it, and a stage without one restores from the checkpoint.
+    None to continue: a stage's holders (`stage_holders`) keep or donate it, and a stage without
+    one restores from the checkpoint.
     """
     if origin is not None:
         return {name: StateSource(origin) for row in grid for name in row}
     sources: dict[str, StateSource] = {}
     for stage, row in enumerate(grid):
-        holders = [] if previous is None else [name for name in previous.grid[stage] if name in live]
-        donors = cycle(holders) if holders else None
+        holding = [] if holders is None else holders.names[stage]
+        donors = cycle(holding) if holding else None
         for name in row:
-            if name in holders:
+            if name in holding:
                 sources[name] = StateSource(SourceKind.KEEP)
             elif donors is not None:
                 sources[name] = StateSource(SourceKind.PEER, next(donors))

@@ -9,6 +9,8 @@ evict it. The coordinator names every struck peer in its log and report either w
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 from peers.protocol import PeerRecord, PlanRecord
 
@@ -16,10 +18,13 @@ __all__ = ["SuspectTracker"]
 
 
 class SuspectTracker:
-    """evict_after: consecutive strikes that evict a peer (0: only name it)."""
+    """evict_after: consecutive strikes that evict a peer (0: only name it); `report_event(what, **details)`
+    and `on_event(text)` hear of each suspect (the run report and the coordinator's log)."""
 
-    def __init__(self, evict_after: int = 0) -> None:
+    def __init__(self, evict_after: int, report_event: Callable[..., Any], on_event: Callable[[str], None]) -> None:
         self.evict_after = evict_after
+        self.report_event = report_event
+        self.on_event = on_event
         self.strikes: Counter[str] = Counter()  # consecutive committed steps struck, by peer
         self.struck: Counter[str] = Counter()  # all strikes this run, by peer (`swarm status`, the report)
         self._seen: dict[str, dict[str, int]] = {}  # reporter -> its suspects at the last commit
@@ -41,6 +46,16 @@ class SuspectTracker:
         self._seen = {name: dict(record.suspects) for name, record in records.items()}
         evict = [name for name in struck if self.evict_after and self.strikes[name] >= self.evict_after]
         return struck, evict
+
+    def judge(self, plan: PlanRecord, records: dict[str, PeerRecord], step: int) -> list[str]:
+        """After committing `step`: name each newly struck replica (and each evicted one); the peers to evict."""
+        struck, evict = self.observe(plan, records)
+        for name in struck:
+            if self.strikes[name] == 1 or name in evict:
+                self.report_event("suspect", peer=name, step=step, evicted=name in evict)
+                self.on_event(f"{name}'s gradients were flagged by most of its stage's replicas at step {step}"
+                              + (": evicted" if name in evict else " (--evict-suspects K evicts it)"))
+        return evict
 
     def _grew(self, reporter: str, name: str, record: PeerRecord) -> bool:
         """Whether `reporter` flagged `name` since the last commit."""

@@ -36,6 +36,7 @@ from swarm.coordinator.planning import (
     predicted_step_s,
     refill,
     scenario_from_records,
+    stage_holders,
 )
 from swarm.coordinator.report import RunReport
 
@@ -45,11 +46,11 @@ TIMEOUTS = derive_timeouts(message_bytes=1e5, bandwidth_gbps=1.0, latency_ms=0.1
                            stages=2, micro_batches=2)
 
 
-def _plan(grid, standby=()):
+def _plan(grid, standby=(), batch=8):
     names = [n for row in grid for n in row]
     return PlanRecord(version=3, start_step=5, grid=[list(r) for r in grid], layers=[2] * len(grid),
                       addresses=dict.fromkeys(names, "tcp://127.0.0.1:1"), sources=dict.fromkeys(names, KEEP),
-                      codecs=CODECS, training=TrainingSpec(batch=8, micro_batches=2, timeouts=TIMEOUTS),
+                      codecs=CODECS, training=TrainingSpec(batch=batch, micro_batches=2, timeouts=TIMEOUTS),
                       reason=PlanReason(PlanChange.FIRST, "test"), standby=list(standby))
 
 
@@ -117,10 +118,24 @@ def test_growth_pins_the_layer_split_the_peers_hold():
     assert grown is not None and grown.layers == [3, 1] and len(grown.grid[0]) == 2
 
 
+def _holding(grid, step=4, checksum="c0", **overrides):
+    """Records of peers that hold their cell of `grid` at `step` (each may override its fields)."""
+    records = {}
+    for stage, row in enumerate(grid):
+        for replica, name in enumerate(row):
+            fields = {"stage": stage, "replica": replica, "step": step, "param_checksum": f"{checksum}-{stage}",
+                      "plan_version": 3, **overrides.get(name, {})}
+            records[name] = PeerRecord(name=name, address="tcp://127.0.0.1:1", device="cpu", tflops=0.1,
+                                       memory_gb=4.0, **fields)
+    return records
+
+
 def test_sources_keep_holders_and_spread_newcomers_over_live_donors():
     previous = _plan([["a", "b"], ["c", "d"]])
     grid = [["a", "b", "x", "y"], ["c", "d", "z", "w"]]
-    sources = assign_sources(grid, previous, live={"a", "b", "c", "d", "x", "y", "z", "w"}, origin=None)
+    holders = stage_holders(previous, _holding(previous.grid), 4, 3, live=set("abcd"))
+    assert holders.checksums == ["c0-0", "c0-1"]
+    sources = assign_sources(grid, holders, origin=None)
     assert [sources[n] for n in "abcd"] == [KEEP] * 4
     assert {sources["x"].donor, sources["y"].donor} == {"a", "b"}  # two newcomers, two different donors
     assert {sources["z"].donor, sources["w"].donor} == {"c", "d"}
@@ -129,10 +144,34 @@ def test_sources_keep_holders_and_spread_newcomers_over_live_donors():
 
 def test_a_stage_with_no_live_holder_restores_from_the_checkpoint():
     previous = _plan([["a"], ["b"]])
-    sources = assign_sources([["a"], ["x"]], previous, live={"a", "x"}, origin=None)
+    holders = stage_holders(previous, _holding(previous.grid), 4, 3, live={"a", "x"})
+    sources = assign_sources([["a"], ["x"]], holders, origin=None)
     assert sources == {"a": KEEP, "x": CHECKPOINT}
-    fresh = assign_sources([["a"], ["x"]], previous, {"a", "x"}, origin=SourceKind.INIT)
+    fresh = assign_sources([["a"], ["x"]], holders, origin=SourceKind.INIT)
     assert set(fresh.values()) == {StateSource(SourceKind.INIT)}
+
+
+def test_a_member_still_loading_its_stage_is_no_holder_and_no_donor():
+    """y was told to fetch stage 1 and has not announced it yet (or failed, announcing stage -1): the
+    only real holder died, so the stage restores from the checkpoint instead of naming y a donor."""
+    previous = _plan([["a", "b"], ["c", "y"]])
+    records = _holding(previous.grid, y={"stage": -1, "step": 0})
+    holders = stage_holders(previous, records, 4, 3, live={"a", "b", "y", "z"})
+    assert holders.names == [["a", "b"], []]
+    sources = assign_sources([["a", "b"], ["y", "z"]], holders, origin=None)
+    assert sources["y"] == sources["z"] == CHECKPOINT
+
+
+def test_a_replica_that_prepared_the_committed_step_holds_it_and_a_diverged_one_does_not():
+    previous = _plan([["a", "b", "e"], ["c", "d", "f"]], batch=12)
+    records = _holding(previous.grid, c={"step": 3, "prepared_step": 4, "prepared_version": 3},
+                       b={"param_checksum": "forged"})
+    # b diverged from a and e; c prepared step 4 (it applies it before taking up the next plan)
+    holders = stage_holders(previous, records, 4, 3, live=set("abcdef"))
+    assert holders.names == [["a", "e"], ["c", "d", "f"]] and holders.checksums == ["c0-0", "c0-1"]
+    sources = assign_sources(previous.grid, holders, origin=None)
+    assert sources["a"] == sources["e"] == KEEP
+    assert sources["b"].kind is SourceKind.PEER and sources["b"].donor in {"a", "e"}  # re-synced from a holder
 
 
 def test_first_placement_uses_the_scheduler_on_measured_records():
