@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,3 +27,11 @@ def run_concurrently(calls: list[Callable[[], Any]], *, timeout: float,
         thread.join(timeout=timeout)
     assert not any(thread.is_alive() for thread in threads), f"{what} hangs"
     return results, errors
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll `predicate` until it holds; fail the test after `timeout` seconds (a counter never moved)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout:.0f} s"
+        time.sleep(0.01)

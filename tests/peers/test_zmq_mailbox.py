@@ -1,7 +1,6 @@
 """The receive gate: plan versions, duplicates, per-sender and total budgets, alone and behind a live port."""
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import pytest
@@ -10,6 +9,7 @@ from peers.transport import Mailbox, Message, PeerTimeout
 from peers.zmq_mailbox import DEFAULT_MAX_MESSAGES_PER_SENDER, GatedMailbox
 from peers.zmq_stats import MAX_KINDS, OTHER_KIND, TransportStats
 from peers.zmq_transport import ZmqTransport
+from tests.threads import wait_until
 
 
 def _gate(version: int = 1, max_bytes: int = 100, **budgets):
@@ -28,13 +28,6 @@ def _gate(version: int = 1, max_bytes: int = 100, **budgets):
 
 def _message(index: int, size: int, version: int = 1, step: int = 0, sender: str = "p") -> Message:
     return Message("act", step, index, bytes(size), sender=sender, plan_version=version)
-
-
-def _wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_versions_older_dropped_next_held_until_adopted_further_ones_dropped():
@@ -135,7 +128,8 @@ def test_a_flooding_sender_is_throttled_while_the_victims_other_neighbour_trains
         honest.connect("victim", victim.address)
         for index in range(40):
             flood.send("victim", Message("act", 0, index, bytes(100_000)))
-        _wait_for(lambda: victim.stats()["rejected"]["flood"] == 40 - 5)  # 5 fit its half of the budget
+        # 5 fit its half of the budget
+        wait_until(timeout=10, predicate=lambda: victim.stats()["rejected"]["flood"] == 40 - 5)
         for index in range(4):
             honest.send("victim", Message("act", 0, index, bytes(100_000)))
         for index in range(4):
@@ -145,7 +139,7 @@ def test_a_flooding_sender_is_throttled_while_the_victims_other_neighbour_trains
         assert "'flood' has 5 messages" in stats["last_rejection"]
         for _ in range(DEFAULT_MAX_MESSAGES_PER_SENDER):  # a flood of empty messages is capped by count
             flood.send("victim", Message("grad", 0, 1000 + _, b""))
-        _wait_for(lambda: victim.stats()["rejected"]["flood"] == 40 - 5 + 5)
+        wait_until(timeout=10, predicate=lambda: victim.stats()["rejected"]["flood"] == 40 - 5 + 5)
         honest.send("victim", Message("grad", 0, 0, b"still here"))
         assert bytes(victim.recv("honest", "grad", 0, 0, timeout=10).payload) == b"still here"
         victim.set_plan_version(1)  # the next plan frees what the flood left unclaimed
@@ -159,7 +153,7 @@ def test_a_duplicate_over_the_wire_is_refused_and_counted_naming_its_sender():
         sender.connect("victim", victim.address)
         sender.send("victim", Message("ar-gather", 4, 0, b"real"))
         sender.send("victim", Message("ar-gather", 4, 0, b"replayed"))  # same key: the first one wins
-        _wait_for(lambda: victim.stats()["rejected"]["duplicate"] == 1)
+        wait_until(timeout=10, predicate=lambda: victim.stats()["rejected"]["duplicate"] == 1)
         assert bytes(victim.recv("p1", "ar-gather", 4, 0, timeout=5).payload) == b"real"
         stats = victim.stats()
         assert "'p1'" in stats["last_rejection"] and stats["received"]["ar-gather"] == 2

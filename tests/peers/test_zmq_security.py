@@ -6,8 +6,6 @@ delivered.
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 import zmq
 
@@ -18,6 +16,7 @@ from peers.state_transfer import StateTransferError, fetch_state, fetch_state_an
 from peers.transport import Message, PeerTimeout
 from peers.zmq_client import open_dealer
 from peers.zmq_transport import ZmqTransport
+from tests.threads import wait_until
 
 NO_REPLY_S = 2.0
 
@@ -37,13 +36,6 @@ def pair(keys):
     yield a, b
     a.close()
     b.close()
-
-
-def _wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def _unauthenticated(transport: ZmqTransport) -> int:
@@ -79,7 +71,7 @@ def test_plain_zmq_client_gets_no_pong_and_delivers_nothing(pair):
     with pytest.raises(PeerTimeout):
         b.recv("a", "act", 1, 0, timeout=0.2)
     assert b.stats()["received"].get("ping", 0) == 0
-    _wait_for(lambda: _unauthenticated(b) >= 1)
+    wait_until(lambda: _unauthenticated(b) >= 1)
     assert "CURVE" in b.stats()["last_rejection"]
     a.send("b", Message("act", 1, 0, b"real"))  # the port still serves its admitted peers
     assert bytes(b.recv("a", "act", 1, 0, timeout=5).payload) == b"real"
@@ -140,7 +132,7 @@ def test_a_key_admitted_later_gets_in_and_a_revoked_one_is_refused(pair, keys):
     b.admission.revoke("a")  # a's connection is already up: its messages are refused from now on
     before = _unauthenticated(b)
     a.send("b", Message("act", 2, 0, b"late"))
-    _wait_for(lambda: _unauthenticated(b) > before)
+    wait_until(lambda: _unauthenticated(b) > before)
     assert "not admitted" in b.stats()["last_rejection"]
     with pytest.raises(PeerTimeout):
         b.recv("a", "act", 2, 0, timeout=0.2)

@@ -16,6 +16,7 @@ import compression
 from peers import wire
 from peers.transport import Message, PeerTimeout, TransportClosed
 from peers.zmq_transport import ZmqTransport
+from tests.threads import wait_until
 
 
 @pytest.fixture
@@ -26,13 +27,6 @@ def pair():
     yield a, b
     a.close()
     b.close()
-
-
-def _wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_round_trip_between_threads_keeps_every_field(pair):
@@ -78,7 +72,7 @@ def test_stats_count_messages_and_bytes_per_kind(pair):
     for index in range(3):
         b.recv("a", "act", 0, index, timeout=5)
     b.recv("a", "grad", 0, 0, timeout=5)
-    _wait_for(lambda: a.stats()["sent"].get("grad") == 1)
+    wait_until(lambda: a.stats()["sent"].get("grad") == 1)
     sent, got = a.stats(), b.stats()
     assert sent["sent"] == {"act": 3, "grad": 1}
     assert sent["payload_bytes_sent"] == {"act": 3000, "grad": 10}
@@ -94,7 +88,7 @@ def test_stale_plan_version_is_dropped_and_counted_newer_is_held(pair):
     a.send("b", Message("act", 0, 1, b"next", plan_version=3))
     a.send("b", Message("act", 0, 2, b"current"))
     assert bytes(b.recv("a", "act", 0, 2, timeout=5).payload) == b"current"
-    _wait_for(lambda: b.stats()["held_future"] == 1)
+    wait_until(lambda: b.stats()["held_future"] == 1)
     assert b.stats()["dropped_stale"] == {"act": 1}
     with pytest.raises(PeerTimeout):
         b.recv("a", "act", 0, 0, timeout=0.2)
@@ -110,10 +104,10 @@ def test_adopting_a_plan_purges_what_the_old_plan_left_unclaimed(pair):
     a.set_plan_version(2)
     b.set_plan_version(2)
     a.send("b", Message("act", 5, 0, b"old plan"))
-    _wait_for(lambda: b.stats()["received"].get("act") == 1)
+    wait_until(lambda: b.stats()["received"].get("act") == 1)
     a.set_plan_version(3)
     a.send("b", Message("act", 5, 0, b"new plan"))  # held: b has not adopted plan 3 yet
-    _wait_for(lambda: b.stats()["held_future"] == 1)
+    wait_until(lambda: b.stats()["held_future"] == 1)
     b.set_plan_version(3)
     assert b.stats()["dropped_stale"] == {"act": 1}
     assert bytes(b.recv("a", "act", 5, 0, timeout=5).payload) == b"new plan"
@@ -141,7 +135,7 @@ def test_garbage_from_a_raw_zmq_socket_is_rejected_while_training_goes_on(pair):
             raw.send_multipart(frames)
         a.send("b", Message("act", 1, 0, b"real"))
         assert bytes(b.recv("a", "act", 1, 0, timeout=5).payload) == b"real"
-        _wait_for(lambda: b.stats()["rejected"]["malformed"] == len(garbage))
+        wait_until(lambda: b.stats()["rejected"]["malformed"] == len(garbage))
         assert b.stats()["last_rejection"]
     finally:
         raw.close()
@@ -169,7 +163,7 @@ def test_oversized_message_is_refused_by_the_parser_the_socket_and_the_sender():
         intruder.send_multipart(wire.pack(Message("act", 0, 2, bytes(300 * 1024)), sender="big", plan_version=0))
         big.send("small", Message("act", 0, 1, bytes(64 * 1024)))
         assert small.recv("big", "act", 0, 1, timeout=5).payload.nbytes == 64 * 1024
-        _wait_for(lambda: small.stats()["rejected"]["malformed"] == 1)
+        wait_until(lambda: small.stats()["rejected"]["malformed"] == 1)
         assert "max_message_bytes" in small.stats()["last_rejection"]
         for index in (0, 2):  # the 300 KiB frame never got past zmq.MAXMSGSIZE
             with pytest.raises(PeerTimeout):
