@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="this peer's curve key pair (JSON, created with mode 0600 if missing), so it keeps one "
                            "identity across restarts; its \"public\" key is what a coordinator's --allow-keys "
                            "lists [default: a new key per run, with --join-token]")
+    join.add_argument("--cache-dir", type=Path, metavar="DIR",
+                      help="where the run's corpus is kept once fetched from the coordinator (by its sha256) "
+                           "[default: $XDG_CACHE_HOME/swarm or ~/.cache/swarm]")
     args = parser.parse_args(argv)
     from peers.daemon import PeerDaemon, PeerOptions, UnreachableError  # heavy imports after --help
 
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     options = PeerOptions(initial_peers=tuple(args.initial_peers), name=name, device=args.device, host=args.host,
                           port=args.port, advertise_host=args.advertise_host, threads=args.threads,
                           fused=args.fused, metrics_port=args.metrics_port, link_latency=args.link_latency,
-                          attack=attack, join_token=token, peer_key=args.peer_key)
+                          attack=attack, join_token=token, peer_key=args.peer_key,
+                          cache_dir=args.cache_dir)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -153,7 +153,8 @@ class LocalSwarm:
             raise ValueError(f"a daemon named {name!r} is already running")
         log = open(self.dir / f"{name}.log", "a")
         self._logs.append(log)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.threads)}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.threads),
+               "XDG_CACHE_HOME": str(self.dir / "cache")}  # fetched corpora stay under the swarm's directory
         process = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
         self.processes[name] = process

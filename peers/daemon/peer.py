@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import compression
-from models import SequenceDataset, default_corpus_path, get_config, read_corpus
 from peers.delay_line import DelayLine
 from peers.dht import SwarmDHT
 from peers.metrics import MetricsServer, PeerMetrics, serve_metrics
@@ -32,6 +31,7 @@ from peers.torch_threads import torch_threads
 from peers.transport import BadMessage, PeerTimeout, TransportClosed
 from peers.zmq_transport import ZmqTransport
 
+from .corpus import Datasets, default_cache_dir
 from .credentials import Credentials
 from .links import measure_links
 from .records import CoordinatorPin, write_peer
@@ -66,6 +66,7 @@ class PeerOptions:
     attack: str | None = None  # a `--attack` spec: the fault injector of `peers.attack` (tests and demos only)
     join_token: JoinToken | None = None  # --join-token: admission to a swarm with a swarm key
     peer_key: Path | None = None  # --peer-key: this peer's curve key pair, kept (for --allow-keys swarms)
+    cache_dir: Path | None = None  # --cache-dir: where fetched corpora are kept (None: ~/.cache/swarm)
 
 
 def _join_dht(options: PeerOptions) -> SwarmDHT:
@@ -98,9 +99,10 @@ class PeerDaemon:
         self.pin = CoordinatorPin(fingerprint=token.coordinator_owner if token else None,
                                   peer_ids=[addr.rsplit("/p2p/", 1)[-1] for addr in options.initial_peers])
         self.credentials = Credentials(options.name, token, options.peer_key)
+        self._datasets = Datasets(options.cache_dir or default_cache_dir(), options.name, self.credentials.keys,
+                                  on_event)
         self._failed_version = 0  # a step failed under this plan: wait for the coordinator's next one
         self._flagged: Counter[str] = Counter()  # senders flagged by the all-reduce of runners replaced so far
-        self._datasets: dict[tuple[str, str | None], SequenceDataset] = {}
         self.metrics = PeerMetrics(lambda: self._record, lambda: self._transport.stats() if self._transport else None)
         self._metrics_server: MetricsServer | None = None
 
@@ -256,8 +258,6 @@ class PeerDaemon:
             time.sleep(POLL_S)  # the plan record is stored before the control record; it is on its way
             return prepared
         old = self._runner
-        if old is not None:
-            self._flagged.update(old.suspects())
         if prepared is not None and old is not None:
             old.discard()
             self.metrics.aborted()
@@ -267,20 +267,30 @@ class PeerDaemon:
         abort = threading.Event()
         self._current = (plan, abort)
         self.metrics.adopted(plan)
+        self.credentials.adopt(plan)
         position = plan.position(self.options.name)
+        if old is not None and prepared is None and old.continues(plan, self.options.name):
+            old.adopt(plan, abort)
+            self._update(plan_version=plan.version, error="")
+            self._announce()
+            self.on_event(f"{self.options.name}: plan {plan.version}: kept its runner (stage {old.stage} replica "
+                          f"{old.replica}, codec state and optimizer untouched)")
+            return None
+        if old is not None:  # replaced: what its all-reduce flagged stays in the record
+            self._flagged.update(old.suspects())
         if position is None:
             self._runner = None
             self._update(state="standby", plan_version=plan.version, stage=-1, replica=-1, error="")
             self.on_event(f"{self.options.name}: plan {plan.version}: standby")
             self._announce()
             return None
-        self.credentials.adopt(plan)
         for name, address in plan.addresses.items():
             if name != self.options.name:
                 self.transport.connect(name, address, server_key=plan.keys.get(name))
         try:
-            self._runner = StageRunner(plan, self.options.name, self.transport, self._dataset(plan), old,
-                                       self.options.device, abort, attack=self.options.attack)
+            self._runner = StageRunner(plan, self.options.name, self.transport, self._datasets.of(plan), old,
+                                       self.options.device, abort, attack=self.options.attack,
+                                       keys=self.credentials.keys)
         except (PeerTimeout, TransportClosed, RuntimeError) as error:
             self.on_event(f"{self.options.name}: cannot take up plan {plan.version}: {error}")
             self._runner = None  # it holds no stage now: the coordinator must not name it a holder or donor
@@ -297,13 +307,6 @@ class PeerDaemon:
         self.on_event(f"{self.options.name}: plan {plan.version}: stage {runner.stage} replica {runner.replica} "
                       f"from step {plan.start_step} ({plan.sources[self.options.name]})")
         return None
-
-    def _dataset(self, plan: PlanRecord) -> SequenceDataset:
-        key = (plan.training.model, plan.training.data)
-        if key not in self._datasets:
-            corpus = read_corpus(plan.training.data or default_corpus_path())
-            self._datasets[key] = SequenceDataset(corpus, get_config(plan.training.model).context)
-        return self._datasets[key]
 
     # ---- joining -----------------------------------------------------------------------------
 

@@ -5,8 +5,10 @@ replicas) on every peer before any peer *applies* it, so that a step lost to chu
 everywhere: the runner prepares with `StageExecutor.run_step(..., apply=False)` and settles with
 `apply_update()` / `discard_update()` when the coordinator commits or aborts.
 
-A new plan always gets a new runner (new neighbours, a new all-reduce group, fresh AQ-SGD memories
-on both sides of every link); the state moves over as the plan's `StateSource` for this peer says.
+A new plan gets a new runner (new neighbours, a new all-reduce group, fresh AQ-SGD memories on
+both sides of every link), and the state moves over as the plan's `StateSource` says, unless the
+plan only names newcomers standby (`continues`): then every member keeps its runner, with its
+optimizer state, error-feedback residuals and AQ-SGD memories, and nobody is disturbed.
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import threading
 import time
 from dataclasses import replace
 
+import msgspec
+
 from models import SequenceDataset, build_stage, get_config
 from peers.attack import Attack
 from peers.pipeline import OptimizerSettings, StageExecutor, StepResult
-from peers.protocol import PlanRecord, SourceKind, StateSource, Timeouts
+from peers.protocol import PlanChange, PlanRecord, SourceKind, StateSource, Timeouts
 from peers.security import CurveKeys
 from peers.state_transfer import StateTransferError, fetch_state
 from peers.transport import Message, PeerTimeout, Transport, TransportClosed
@@ -70,6 +74,30 @@ class StageRunner:
             compute_dtype=self.training.dtype, aggregate=self.training.aggregate,
             attack=Attack.parse(attack) if attack else None)
         self._load(plan.sources[name], previous)
+
+    def continues(self, plan: PlanRecord, name: str) -> bool:
+        """Whether `plan` can keep this runner: it only added standby peers (`PlanChange.JOINED`), so the
+        grid, layers, codecs and spec are this plan's and this peer keeps its cell at the same step.
+
+        Every member decides alike (they read the same plans), so both ends of every link keep their
+        codec memories. A JOINED plan is published together with the commit it follows, so no step
+        of the old plan can be in flight: nothing half-sent is left in any memory.
+        """
+        old = self.plan
+        return (plan.reason.change is PlanChange.JOINED and plan.grid == old.grid and plan.layers == old.layers
+                and plan.codecs == old.codecs and plan.sources.get(name) == StateSource(SourceKind.KEEP)
+                and msgspec.structs.replace(plan.training, timeouts=None)
+                == msgspec.structs.replace(old.training, timeouts=None)
+                and self.executor.pending_step is None and self._applied == plan.start_step - 1)
+
+    def adopt(self, plan: PlanRecord, abort: threading.Event) -> None:
+        """Carry on under `plan` (see `continues`): its version stamps, abort event and timeouts."""
+        assert plan.training.timeouts is not None
+        self.plan, self.training, self.timeouts = plan, plan.training, plan.training.timeouts
+        self.link = _PlanLink(self.link.transport, plan.version, abort, self.timeouts.message_s)
+        self.executor.transport = self.link
+        self.executor.averager.transport = self.link
+        self.executor.timeout = self.executor.averager.timeout = self.timeouts.message_s
 
     @property
     def applied_step(self) -> int:
@@ -157,7 +185,7 @@ class _PlanLink:
     """
 
     def __init__(self, transport: Transport, version: int, abort: threading.Event, timeout: float) -> None:
-        self._transport = transport
+        self.transport = transport
         self.name = transport.name
         self._version = version
         self._abort = abort
@@ -168,7 +196,7 @@ class _PlanLink:
 
     def send(self, to: str, message: Message) -> None:
         """Send stamped with this plan's version (the all-reduce leaves it 0)."""
-        self._transport.send(to, replace(message, plan_version=message.plan_version or self._version))
+        self.transport.send(to, replace(message, plan_version=message.plan_version or self._version))
 
     def recv(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message:
         deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
@@ -180,6 +208,6 @@ class _PlanLink:
                 raise PeerTimeout(f"no {kind!r} from {sender!r} for step {step} (index {index}) within "
                                   f"{self._timeout:.0f} s")
             try:
-                return self._transport.recv(sender, kind, step, index, timeout=min(_SLICE_S, remaining))
+                return self.transport.recv(sender, kind, step, index, timeout=min(_SLICE_S, remaining))
             except PeerTimeout:
                 continue

@@ -83,8 +83,10 @@ class TrainingSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     precision (`bf16` autocasts matmuls; weights, gradients and AdamW state stay fp32, so replicas
     and checkpoints do not depend on it). aggregate: the all-reduce's rule (`--aggregate`, see
     `peers.aggregation`): `mean`, or `clip`, `trimmed-mean`, `centered-clip` when some replicas may
-    send garbage. timeouts: filled in by the coordinator for each plan; None in a spec that has
-    not been planned yet.
+    send garbage. data_sha256 / data_bytes: the corpus the coordinator serves, by content (set by
+    the coordinator for `--data`; empty: every peer reads `data`, or the bundled corpus, itself).
+    timeouts: filled in by the coordinator for each plan; None in a spec that has not been
+    planned yet.
     """
 
     model: str = "tiny"
@@ -97,6 +99,8 @@ class TrainingSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data: str | None = None
     dtype: ComputeDtype = "fp32"
     aggregate: AggregationRule = "mean"
+    data_sha256: Annotated[str, msgspec.Meta(pattern="^(?:[0-9a-f]{64})?$")] = ""
+    data_bytes: NonNegativeInt = 0
     timeouts: Timeouts | None = None
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import msgspec
 
 from models import get_config
+from peers.daemon.corpus import CORPUS_SLOT
 from peers.daemon.records import COORDINATOR_NAME, CoordinatorPin, publish_coordinator
 from peers.protocol import (
     CONTROL_KEY,
@@ -54,7 +55,7 @@ from .planning import (
     stage_holders,
 )
 from .report import RunReport
-from .startup import PEERS_FILE, load_secrets, read_json, start_dht
+from .startup import PEERS_FILE, announce_corpus, load_secrets, read_json, start_dht
 from .suspects import SuspectTracker
 from .timeouts import plan_timeouts
 
@@ -75,7 +76,7 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig, on_event: Callable[[str], None] = print) -> None:
         self.config = config
         self.on_event = on_event
-        self.training = config.training
+        self.training, self.corpus = announce_corpus(config.training)  # served to peers that lack --data
         self.codecs = config.codecs
         self.dir = config.checkpoint_dir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +115,8 @@ class Coordinator:
                               {"initial_peers": addrs, **token, **self.report.serve(self)})
             self.on_event(f"DHT node up; peers join with: swarm-peer join --initial-peers {addrs[0]}")
             self.on_event(f"initial peers written to {self.dir / 'coordinator.json'}")
+            if self.corpus is not None:
+                self.states.serve_state(CORPUS_SLOT, self.corpus)
             if self.checkpoint is not None:
                 for stage, blob in self.checkpoint.stages.items():
                     self.states.serve_state(stage, blob)

@@ -7,13 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from models import read_corpus
+from peers.daemon.corpus import corpus_sha256
 from peers.dht import SwarmDHT
-from peers.protocol import JoinToken, owner_fingerprint
+from peers.protocol import JoinToken, TrainingSpec, owner_fingerprint
 from peers.security import CurveKeys, load_or_create_keys
 
 from .config import CoordinatorConfig
 
-__all__ = ["start_dht", "SwarmSecrets", "load_secrets", "read_json", "PEERS_FILE"]
+__all__ = ["start_dht", "SwarmSecrets", "load_secrets", "read_json", "announce_corpus", "PEERS_FILE"]
 
 PEERS_FILE = "known_peers.json"
 
@@ -65,6 +69,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def announce_corpus(training: TrainingSpec) -> tuple[TrainingSpec, bytes | None]:
+    """With `--data`: the spec announcing the corpus by content, and the corpus to serve to peers."""
+    if training.data is None:
+        return training, None
+    corpus = read_corpus(training.data)
+    return msgspec.structs.replace(training, data_sha256=corpus_sha256(corpus), data_bytes=len(corpus)), corpus
 
 
 def _known_dht_addrs(path: Path) -> list[str]:

@@ -101,3 +101,45 @@ def test_a_plan_change_interrupts_a_waiting_step_at_once(data):
     with pytest.raises(PlanAborted):
         runners["c"].prepare(1)  # stage 1 waits for activations that never come
     assert time.monotonic() - started < 5  # not the 10 s message timeout
+
+
+def _joined(plan, version, start_step, change=PlanChange.JOINED):
+    """`plan` republished as `version` from `start_step`, everyone keeping their cell, a newcomer standby."""
+    return PlanRecord.from_wire({**plan.to_wire(), "version": version, "start_step": start_step, "standby": ["e"],
+                                 "sources": dict.fromkeys(NAMES, {"kind": "keep"}),
+                                 "reason": {"change": change.value, "text": "e joined", "joined": ["e"]}})
+
+
+def test_a_standby_joining_keeps_every_runner_and_its_codec_state(data):
+    first = _plan()
+    runners = _runners(data, first)
+    for step in (1, 2):
+        _prepare_all(runners, step)
+        for name in NAMES:
+            runners[name].apply(step)
+    executors = {n: runners[n].executor for n in NAMES}
+    feedback = {n: runners[n].executor.averager._sender_feedback for n in NAMES}
+    residuals = {n: {k: v.clone() for k, v in feedback[n]._residuals.items()} for n in NAMES}
+    joined = _joined(first, 2, 3)
+    assert all(runners[n].continues(joined, n) for n in NAMES)
+    abort = threading.Event()
+    for name in NAMES:
+        runners[name].adopt(joined, abort)
+    assert all(runners[n].executor is executors[n] for n in NAMES)
+    assert all(runners[n].executor.averager._sender_feedback is feedback[n] for n in NAMES)
+    assert all(set(feedback[n]._residuals) == set(residuals[n]) and all(
+        (feedback[n]._residuals[k] == v).all() for k, v in residuals[n].items()) for n in NAMES)
+    _prepare_all(runners, 3)  # and training goes on under the new plan's version
+    assert runners["a"].link._version == 2
+
+
+def test_a_repair_or_a_changed_grid_rebuilds_the_runners(data):
+    first = _plan()
+    runners = _runners(data, first)
+    _prepare_all(runners, 1)
+    for name in NAMES:
+        runners[name].apply(1)
+    assert not runners["a"].continues(_joined(first, 2, 2, PlanChange.REPAIRED), "a")
+    assert not runners["a"].continues(_joined(first, 2, 3), "a")  # not at the plan's start step
+    swapped = PlanRecord.from_wire({**_joined(first, 2, 2).to_wire(), "grid": [["b", "a"], ["c", "d"]]})
+    assert not runners["a"].continues(swapped, "a")

@@ -1,7 +1,8 @@
 """Churn in the live swarm: a peer joins mid-run, then a training peer is SIGKILLed.
 
 One scripted run on loopback: 4 peers train 2 stages x 2 replicas; once training runs a fifth
-peer joins and the plan names it standby without stopping training; two steps later (at step 12
+peer joins and the plan names it standby without stopping training (every training peer keeps
+its runner, codec state and optimizer); two steps later (at step 12
 at the earliest) a training peer is
 SIGKILLed, the coordinator notices its heartbeat is gone, aborts the step in flight and
 publishes a plan in which the standby peer takes the dead peer's cell, loading the stage from
@@ -70,6 +71,8 @@ def test_joining_peer_is_named_standby_without_stopping_training(run):
     assert joined["grid"] == previous["grid"]
     assert {s["kind"] for s in joined["sources"].values()} == {"keep"}  # nobody reloads or restarts anything
     assert joined["start_step"] > 1
+    for name in (n for row in joined["grid"] for n in row):  # runners, codec state and optimizers stay as they are
+        assert f"plan {joined['version']}: kept its runner" in run["swarm"].log(name), run["swarm"].log(name)[-2000:]
 
 
 def test_killed_peer_is_replaced_within_30_s(run):
