@@ -15,8 +15,9 @@ on a `Mailbox` the loop fills. Payloads travel as their own zmq frame without co
     transport.close()
 
 Robustness: every socket has a maximum frame size (zmq.MAXMSGSIZE, and the parser checks again); malformed
-frames are counted and dropped; messages of an older plan version are dropped and counted, newer ones are held
-until this peer adopts that version, and data delivered but not yet claimed is capped at `max_unclaimed_bytes`
+frames are counted and dropped; messages of an older plan version are dropped and counted, those of the next
+version are held until this peer adopts it (later ones are dropped), a second message with the same key is
+refused, and data delivered but not yet claimed is capped at `max_unclaimed_bytes`, each sender's share too
 (`peers.zmq_mailbox`); a send to a peer that accepts nothing blocks at most `send_timeout` seconds once
 `max_pending` messages queue up (plus as many in zmq's own pipe: that bounds memory per neighbour), then raises
 PeerTimeout; `close` wakes every waiter with TransportClosed. The same port answers probes (`peers.probe`) and
