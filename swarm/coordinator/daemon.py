@@ -50,6 +50,7 @@ from .planning import (
     growth_target,
     predicted_step_s,
     refill,
+    restart_lost_stages,
     resumed_placement,
     scenario_from_records,
     stage_holders,
@@ -314,10 +315,12 @@ class Coordinator:
         holders = None if previous is None else stage_holders(previous, records, self.committed_step,
                                                               self.committed_version, live)
         sources = assign_sources(placement.grid, holders, origin)
-        if origin is None and StateSource(SourceKind.CHECKPOINT) in sources.values():
-            if self.checkpoint is None:
-                self.on_event("cannot restart a stage without a live replica: no checkpoint yet; waiting for peers")
-                return
+        lost_state = origin is None and StateSource(SourceKind.CHECKPOINT) in sources.values()
+        if lost_state and self.checkpoint is None:  # nothing to roll back to: the lost stages start from the seed
+            sources, lost = restart_lost_stages(placement.grid, sources)
+            placement.reason.text += f"; stages {lost} lost every replica before any checkpoint: seeded anew"
+            self.report.event("stages_restarted", stages=lost, step=start_step)
+        elif lost_state and self.checkpoint is not None:
             start_step = self.checkpoint.step + 1
             sources = dict.fromkeys(members, StateSource(SourceKind.CHECKPOINT))
             placement.reason.text += ("; a stage lost every replica: rolled back to checkpoint step "

@@ -14,7 +14,8 @@ The live state transfer moves a stage's state between peers but cannot re-split 
 re-plan keeps the current layer split. Each plan carries its `PlanReason` (who joined or left, the
 grid change, the peers that move; the coordinator adds the predicted cost). Each cell gets a
 `StateSource`: keep, a donor peer (spread round-robin over the stage's live holders), the
-checkpoint (no live holder) or init (first plan of a fresh run).
+checkpoint (no live holder) or init (first plan of a fresh run, or a stage that lost every holder
+before the first checkpoint: it starts over from the seed).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from swarm.scheduler import plan as schedule
 
 __all__ = ["Placement", "MIN_STEPS_BETWEEN_CHANGES", "scenario_from_records", "first_placement",
            "describe_losses", "fit_batch", "refill", "growth_target", "grow", "to_scheduler_plan", "assign_sources",
-           "Holders", "stage_holders",
+           "Holders", "stage_holders", "restart_lost_stages",
            "predicted_step_s", "scenario_job"]
 
 MIN_STEPS_BETWEEN_CHANGES = 3
@@ -258,6 +259,15 @@ def assign_sources(grid: list[list[str]], holders: Holders | None, origin: Sourc
             else:
                 sources[name] = StateSource(SourceKind.CHECKPOINT)
     return sources
+
+
+def restart_lost_stages(grid: list[list[str]], sources: dict[str, StateSource],
+                        ) -> tuple[dict[str, StateSource], list[int]]:
+    """With no checkpoint yet, stages whose every cell must restore from one start over from the seed
+    instead (the other stages keep their state): the sources, and the stages restarted."""
+    lost = [stage for stage, row in enumerate(grid) if all(sources[n].kind is SourceKind.CHECKPOINT for n in row)]
+    restarted = {name: StateSource(SourceKind.INIT) for stage in lost for name in grid[stage]}
+    return {**sources, **restarted}, lost
 
 
 def _placement(old: PlanRecord, new: Plan, live: dict[str, PeerRecord], reason: PlanReason) -> Placement:

@@ -35,6 +35,7 @@ from swarm.coordinator.planning import (
     growth_target,
     predicted_step_s,
     refill,
+    restart_lost_stages,
     scenario_from_records,
     stage_holders,
 )
@@ -149,6 +150,13 @@ def test_a_stage_with_no_live_holder_restores_from_the_checkpoint():
     assert sources == {"a": KEEP, "x": CHECKPOINT}
     fresh = assign_sources([["a"], ["x"]], holders, origin=SourceKind.INIT)
     assert set(fresh.values()) == {StateSource(SourceKind.INIT)}
+
+
+def test_before_any_checkpoint_a_stage_that_lost_every_holder_starts_from_the_seed():
+    previous = _plan([["a"], ["b"]])
+    holders = stage_holders(previous, _holding(previous.grid), 4, 3, live={"a", "x"})
+    sources, lost = restart_lost_stages([["a"], ["x"]], assign_sources([["a"], ["x"]], holders, origin=None))
+    assert lost == [1] and sources == {"a": KEEP, "x": StateSource(SourceKind.INIT)}
 
 
 def test_a_member_still_loading_its_stage_is_no_holder_and_no_donor():
