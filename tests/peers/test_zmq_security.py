@@ -54,7 +54,12 @@ def _raw_dealer(context: zmq.Context, address: str, keys: CurveKeys | None = Non
 
 def _send(sock: zmq.Socket, kind: str, step: int, index: int, payload: bytes, sender: str,
           plan_version: int = 0) -> None:
-    sock.send_multipart(wire.pack(Message(kind, step, index, payload), sender=sender, plan_version=plan_version))
+    """Queue one message; never blocks (after a refused handshake zmq has no pipe to queue it in)."""
+    try:
+        sock.send_multipart(wire.pack(Message(kind, step, index, payload), sender=sender, plan_version=plan_version),
+                            flags=zmq.NOBLOCK)
+    except zmq.Again:
+        pass
 
 
 def test_plain_zmq_client_gets_no_pong_and_delivers_nothing(pair):

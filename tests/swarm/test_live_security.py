@@ -33,6 +33,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 200  # long enough (about 40 s) for the attacker's DHT node to join while it trains
 FORGED_VERSION = 999
+NO_REPLY_S = 2.0  # a plain client's pings get no pong for this long
 GRID = ["--batch", "4", "--micro-batches", "2", "--stages", "2", "--replicas", "1", "--checkpoint-every", "8",
         "--lr", "3e-3"]
 
@@ -188,14 +189,17 @@ def _plain_client_probe(address: str, plan_version: int, step: int) -> dict[str,
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(address)
-    sock.send_multipart(wire.pack(Message(wire.PING, 0, 7, b""), sender="intruder", plan_version=0))
-    answered = bool(sock.poll(2000))
-    for index in range(2):
-        garbage = Message(wire.ACT_KIND, step, index, os.urandom(512))
-        try:  # the failed handshake dropped the connection: zmq may have nowhere left to queue it
-            sock.send_multipart(wire.pack(garbage, sender="p1", plan_version=plan_version), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+    ping = wire.pack(Message(wire.PING, 0, 7, b""), sender="intruder", plan_version=0)
+    garbage = [wire.pack(Message(wire.ACT_KIND, step, index, os.urandom(512)), sender="p1", plan_version=plan_version)
+               for index in range(2)]
+    answered, deadline = False, time.monotonic() + NO_REPLY_S
+    while time.monotonic() < deadline and not answered:
+        for frames in (ping, *garbage):
+            try:  # a failed handshake drops the connection: zmq may have nowhere to queue until it redials
+                sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        answered = bool(sock.poll(200))
     sock.close()
     context.term()
     return {"answered": answered}
