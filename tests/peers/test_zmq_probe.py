@@ -10,6 +10,7 @@ import pytest
 from peers.probe import check_reachable, measure_bandwidth, probe, unreachable_hint
 from peers.transport import PeerTimeout
 from peers.zmq_transport import ZmqTransport
+from tests.threads import wait_until
 
 
 @pytest.fixture
@@ -71,11 +72,8 @@ def test_a_busy_checker_is_asked_again_not_taken_for_unreachable(live, nobody):
     assert live.stats()["received"]["reach_request"] > 5  # the fifth asked again after "busy"
 
 
-def _wait_for_reach_tasks(transport: ZmqTransport, count: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while transport.stats()["received"].get("reach_request", 0) < count:
-        assert time.monotonic() < deadline, "the slow checks never arrived"
-        time.sleep(0.01)
+def _wait_for_reach_tasks(transport: ZmqTransport, count: int) -> None:
+    wait_until(lambda: transport.stats()["received"].get("reach_request", 0) >= count, 5.0, "the slow checks")
 
 
 def test_unreachable_hint_says_what_to_open_and_which_flag_to_use():
