@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -154,6 +154,36 @@ class ActivationDelta:
         """Drop every m (both sides), e.g. when the sending stage's parameters were replaced."""
         self._memory.clear()
         self._updates.clear()
+
+    def state(self) -> dict[str, Any]:
+        """A copy of m, the update counts and the eviction order: what a resumed side needs to stay in
+        step with its peer. Plain tensors, ints, lists and strings, so weights-only loading accepts it."""
+        held = [(i, m) for i, m in self._memory.items() if m is not None]
+        return {"codec": self.codec, "capacity": self.capacity, "memory_dtype": str(self.memory_dtype),
+                "order": list(self._memory), "held": [i for i, _ in held], "memory": [m.clone() for _, m in held],
+                "updates": [self._updates[i] for i, _ in held]}
+
+    def load_state(self, state: dict[str, Any], *, device: torch.device | str | None = None) -> None:
+        """Adopt `state()` of a side of a link like this one (same codec, capacity and memory dtype),
+        with m on `device` (a checkpoint loads to the CPU; m must sit where new rows will)."""
+        mine = {"codec": self.codec, "capacity": self.capacity, "memory_dtype": str(self.memory_dtype)}
+        theirs = {key: state.get(key) for key in mine}
+        if theirs != mine:
+            raise CodecError(f"activation memory state is for {theirs}, this side is {mine}")
+        try:
+            order, held, memory, updates = (list(state[key]) for key in ("order", "held", "memory", "updates"))
+        except (KeyError, TypeError):
+            raise CodecError("activation memory state lacks its order, held samples, rows or counts") from None
+        if (len(set(order)) != len(order) or len(order) > self.capacity or not set(held) <= set(order)
+                or len(set(held)) != len(held) or not len(held) == len(memory) == len(updates)
+                or not all(isinstance(m, torch.Tensor) and m.dtype == (self.memory_dtype or m.dtype) for m in memory)
+                or not all(isinstance(c, int) and 0 <= c <= 0xFFFFFFFF for c in updates)):
+            raise CodecError("activation memory state is inconsistent (order, held samples, memory rows and "
+                             "update counts disagree); it is not a state() of an ActivationDelta")
+        rows = dict(zip(held, memory, strict=True))
+        self._memory = OrderedDict((int(i), rows[i].to(device or rows[i].device, copy=True) if i in rows else None)
+                                   for i in order)
+        self._updates = {int(i): int(c) for i, c in zip(held, updates, strict=True)}
 
     def __len__(self) -> int:
         return sum(m is not None for m in self._memory.values())

@@ -6,7 +6,7 @@ not accumulate. This is what makes 4-bit (or sparsified) data-parallel gradients
 """
 from __future__ import annotations
 
-from typing import Hashable
+from typing import Hashable, Mapping
 
 import torch
 
@@ -57,6 +57,21 @@ class ErrorFeedback:
     def residual(self, key: Hashable) -> torch.Tensor | None:
         """The fp32 residual held for `key`, or None."""
         return self._residuals.get(key)
+
+    def residuals(self) -> dict[Hashable, torch.Tensor]:
+        """Copies of every residual, for a checkpoint: a resumed run needs them to repeat exactly."""
+        return {key: residual.clone() for key, residual in self._residuals.items()}
+
+    def load_residuals(self, residuals: Mapping[Hashable, torch.Tensor], *,
+                       device: torch.device | str | None = None) -> None:
+        """Replace every residual by a copy of these (from `residuals()` of a link like this one),
+        on `device` (a checkpoint loads to the CPU)."""
+        for key, residual in residuals.items():
+            if not isinstance(residual, torch.Tensor) or residual.dtype != torch.float32:
+                raise CodecError(f"error feedback residual {key!r} must be an fp32 tensor, got "
+                                 f"{getattr(residual, 'dtype', type(residual).__name__)}")
+        self._residuals = {key: residual.to(device or residual.device, copy=True)
+                           for key, residual in residuals.items()}
 
     def reset(self, key: Hashable | None = None) -> None:
         """Drop the residual of `key`, or of every key when None."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -101,6 +102,38 @@ class GradientAverager:
         for feedback in (self._sender_feedback, self._owner_feedback):
             if feedback is not None:
                 feedback.reset()
+
+    def residual_state(self) -> dict[str, Any]:
+        """Copies of the error-feedback residuals, keyed by the peer each belongs to, with the codec
+        and group they were computed for: without them a resumed replica's next step differs."""
+        residuals: dict[str, dict[str, torch.Tensor]] = {"sent": {}, "owned": {}}
+        for feedback, part in ((self._sender_feedback, "sent"), (self._owner_feedback, "owned")):
+            for key, residual in (feedback.residuals() if feedback is not None else {}).items():
+                assert isinstance(key, tuple)
+                residuals[part][self.group[key[1]]] = residual
+        return {"codec": self.codec, "error_feedback": self._sender_feedback is not None, "group": list(self.group),
+                "peer": self.transport.name, **residuals}
+
+    def load_residual_state(self, state: dict[str, Any], *, device: torch.device | str | None = None) -> None:
+        """Adopt `residual_state()` of this replica's seat in this very group, residuals on `device`;
+        ValueError saying what differs otherwise (another codec, group, replica, or residuals for
+        peers outside the group)."""
+        mine = {"codec": self.codec, "error_feedback": self._sender_feedback is not None,
+                "group": list(self.group), "peer": self.transport.name}
+        differs = {key: (state.get(key), value) for key, value in mine.items() if state.get(key) != value}
+        if differs:
+            raise ValueError("all-reduce residuals are from another averager: " + ", ".join(
+                f"{key} {theirs!r} (here {ours!r})" for key, (theirs, ours) in differs.items()))
+        sent, owned = dict(state.get("sent", {})), dict(state.get("owned", {}))
+        others = set(self.group) - {self.transport.name}
+        strangers = sorted(set(sent) - others) + sorted(set(owned) - {self.transport.name})
+        if strangers:
+            raise ValueError(f"all-reduce residuals name peers {strangers} that are not {self.transport.name!r}'s "
+                             f"partners (sent) or itself (owned) in group {self.group}")
+        for feedback, part, kind in ((self._sender_feedback, sent, "reduce"), (self._owner_feedback, owned, "gather")):
+            if feedback is not None:
+                feedback.load_residuals({(kind, self.group.index(name)): value for name, value in part.items()},
+                                        device=device)
 
     def _average(self, step: int, tensors: Sequence[torch.Tensor]) -> None:
         flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])

@@ -8,6 +8,7 @@ all-reduce, `--grad`, with error feedback). Every message crosses a `compression
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -74,6 +75,23 @@ class ActivationChannel:
         if self._delta is None:
             return compression.describe(payload).shape
         return compression.ActivationDelta.shape_of(payload)
+
+    def state(self) -> dict[str, Any]:
+        """A copy of this side's AQ-SGD memory (empty without delta), for an exact resume."""
+        return {"codec": self.codec, "delta": self._delta.state() if self._delta is not None else {}}
+
+    def load_state(self, state: dict[str, Any], *, device: torch.device | None = None) -> None:
+        """Adopt `state()` of this side of a link like this one, m on `device`; ValueError (a
+        CodecError) if it is not."""
+        delta = state.get("delta")
+        if state.get("codec") != self.codec or bool(delta) != (self._delta is not None):
+            raise compression.CodecError(
+                f"activation channel state is for codec {state.get('codec')!r} "
+                f"{'with' if delta else 'without'} AQ-SGD delta; this channel is {self.codec!r} "
+                f"{'with' if self._delta is not None else 'without'}")
+        if self._delta is not None:
+            assert isinstance(delta, dict)
+            self._delta.load_state(delta, device=device)
 
     def forget(self, sample_ids: list[int]) -> None:
         """Sender side of an aborted step: these samples' next visit goes in full, resyncing m."""

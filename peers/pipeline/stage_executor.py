@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import torch
 from torch import nn
 
@@ -210,6 +211,37 @@ class StageExecutor:
         self.stage.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
+    def codec_state(self) -> dict[str, Any]:
+        """Copies of the compression state that carries across steps, which `state_dict()` lacks: the
+        all-reduce's error-feedback residuals and the AQ-SGD memories of both forward links (the
+        backward channel is stateless). With it a restored executor repeats the original bit for bit.
+        Only tensors, ints, strings, lists and dicts: `torch.load(weights_only=True)` accepts it."""
+        state = {**self._codec_identity(), "gradient": self.averager.residual_state(),
+                 "outgoing": self._outgoing.state(), "incoming": self._incoming.state()}
+        if self._pending is not None:  # recorded so that loading refuses it
+            state["pending_step"] = self._pending
+        return state
+
+    def load_codec_state(self, state: dict[str, Any]) -> None:
+        """Adopt `codec_state()` of this cell (after `load_state_dict`); ValueError saying what differs
+        for another codec, AQ-SGD capacity, group or neighbours, or a state taken mid-step. Atomic."""
+        for where, step in (("here", self._pending), ("in that state", state.get("pending_step"))):
+            if step is not None:
+                raise ValueError(f"step {step} is prepared but not applied {where}; codec state only moves "
+                                 "between settled steps")
+        differs = [f"{key} {state.get(key)!r} (here {value!r})"
+                   for key, value in self._codec_identity().items() if state.get(key) != value]
+        if differs:
+            raise ValueError("codec state is from another executor: " + ", ".join(differs))
+        before = self.codec_state()
+        try:
+            self.averager.load_residual_state(state.get("gradient", {}), device=self._device)
+            self._outgoing.load_state(state.get("outgoing", {}), device=self._device)
+            self._incoming.load_state(state.get("incoming", {}), device=self._device)
+        except BaseException:
+            self.load_codec_state(before)
+            raise
+
     def param_checksum(self) -> str:
         """sha256 of this stage's parameters: replicas of a stage must agree after every step."""
         return param_checksum(self.stage)
@@ -305,6 +337,12 @@ class StageExecutor:
         claimed = self._incoming.shape_of(payload)
         length = claimed[1] if len(claimed) == 3 and 1 <= claimed[1] <= config.context else config.context
         return (rows, length, config.d_model)
+
+    def _codec_identity(self) -> dict[str, Any]:
+        """What a codec state must have been taken under: the codecs and this cell's neighbours."""
+        return {"codecs": msgspec.structs.asdict(self.codecs),
+                "layout": {"stage": self.stage_index, "stages": self.num_stages, "prev": self.prev or "",
+                           "next": self.next or ""}}
 
     def _seed(self, step: int, micro_batch: int, channel: int) -> int:
         """Stochastic-rounding seed: a run repeats exactly, and no two messages share noise."""
