@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                            "identity across restarts; its \"public\" key is what a coordinator's --allow-keys "
                            "lists [default: a new key per run, with --join-token]")
     join.add_argument("--cache-dir", type=Path, metavar="DIR",
-                      help="where the run's corpus is kept once fetched from the coordinator (by its sha256) "
+                      help="where the run's corpus is kept once fetched from the coordinator (by its sha256), and "
+                           "this peer's DHT signing key (identity/NAME: a restarted peer keeps its name) "
                            "[default: $XDG_CACHE_HOME/swarm or ~/.cache/swarm]")
     args = parser.parse_args(argv)
     from peers.daemon import PeerDaemon, PeerOptions, UnreachableError  # heavy imports after --help

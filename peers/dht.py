@@ -19,7 +19,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,18 @@ from hivemind.proto import crypto_pb2
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
-__all__ = ["SwarmDHT", "dht_time", "load_or_create_key", "peer_id_of", "REQUEST_TIMEOUT_S"]
+__all__ = ["SwarmDHT", "dht_time", "load_or_create_key", "peer_id_of", "GET_TIMEOUT_S", "STORE_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _START_ATTEMPTS = 3
-REQUEST_TIMEOUT_S = 10.0
+# How long one request may wait for hivemind's answer. They must stay well below a peer record's
+# life (`peers.daemon.timeouts.PEER_TTL_S`, 10 s, re-stored every HEARTBEAT_S = 2 s by a loop that
+# also reads the control record): the worst gap between two heartbeats is one get's deadline plus
+# the heartbeat interval, and a gap past the TTL makes a live peer look dead.
+GET_TIMEOUT_S = 5.0
+STORE_TIMEOUT_S = 4.0  # two heartbeats: a store still unanswered by then is overtaken by the next one
 
 
 def dht_time() -> float:
@@ -131,7 +136,7 @@ class SwarmDHT:
                 if attempt == _START_ATTEMPTS - 1:
                     raise
         self._closed = False
-        self._lock = threading.Lock()  # hivemind's pipe to its DHT process is not thread-safe
+        self._lock = threading.Lock()  # hivemind's pipe to its DHT process is not thread-safe (`_submit`)
 
     @property
     def owner(self) -> bytes:
@@ -143,21 +148,23 @@ class SwarmDHT:
         with self._lock:
             return [str(addr) for addr in self._dht.get_visible_maddrs()]
 
-    def store(self, key: str, value: Any, ttl: float, subkey: bytes | str | None = None) -> bool:
+    def store(self, key: str, value: Any, ttl: float, subkey: bytes | str | None = None, *,
+              timeout: float = STORE_TIMEOUT_S) -> bool:
         """Store `value` until now + `ttl` seconds; a newer store of the same (key, subkey) wins.
 
-        False when the store failed or took longer than `REQUEST_TIMEOUT_S` (hivemind itself
-        would wait forever if its process were wedged; a daemon must not).
+        False when the store failed, took longer than `timeout` seconds (hivemind itself would wait
+        forever if its process were wedged; a daemon must not) or the node is closed. Never waits
+        behind another thread's request: a heartbeat goes out while a slow read is still pending.
         """
-        with self._lock:
-            future = self._dht.store(key, value, dht_time() + ttl, subkey=subkey, return_future=True)
-            return bool(self._result(future, f"store of {key!r}", False))
+        future = self._submit(lambda: self._dht.store(key, value, dht_time() + ttl, subkey=subkey,
+                                                      return_future=True))
+        return bool(self._result(future, f"store of {key!r}", False, timeout))
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str, *, timeout: float = GET_TIMEOUT_S) -> Any:
         """The latest value under `key` (a dict subkey -> value for subkeyed records), or None
-        (also when the lookup failed or timed out)."""
-        with self._lock:
-            found = self._result(self._dht.get(key, latest=True, return_future=True), f"get of {key!r}", None)
+        (also when the lookup failed, took longer than `timeout` seconds or the node is closed)."""
+        future = self._submit(lambda: self._dht.get(key, latest=True, return_future=True))
+        found = self._result(future, f"get of {key!r}", None, timeout)
         if found is None:
             return None
         value = found.value
@@ -165,11 +172,21 @@ class SwarmDHT:
             return {subkey: item.value for subkey, item in value.items()}
         return value
 
-    def _result(self, future: Any, what: str, default: Any) -> Any:
+    def _submit(self, request: Callable[[], Any]) -> Any:
+        """hivemind's future for `request()`, or None once closed. Only the send is locked: two
+        threads writing hivemind's pipe at once would interleave their bytes, but its DHT process
+        runs each request as a task of its own and its futures may be awaited from any thread, so
+        the wait happens outside the lock and one slow get holds up nobody else."""
+        with self._lock:
+            return None if self._closed else request()
+
+    def _result(self, future: Any, what: str, default: Any, timeout: float) -> Any:
+        if future is None:
+            return default
         try:
-            return future.result(REQUEST_TIMEOUT_S)
+            return future.result(timeout)
         except Exception as error:  # a timeout, or hivemind's own error types from its process
-            log.warning("DHT %s failed: %s", what, error or type(error).__name__)
+            log.warning("DHT %s failed: %s", what, str(error) or type(error).__name__)  # a timeout has no text
             future.cancel()
             return default
 

@@ -34,7 +34,14 @@ class Message:
 
 
 class PeerTimeout(TimeoutError):
-    """A neighbour did not deliver in time: the step must be aborted, not waited on forever."""
+    """A neighbour did not deliver in time: the step must be aborted, not waited on forever.
+
+    peer: the neighbour that stayed silent, when one is known: the coordinator blames it.
+    """
+
+    def __init__(self, message: str, peer: str = "") -> None:
+        super().__init__(message)
+        self.peer = peer
 
 
 class TransportClosed(RuntimeError):
@@ -106,7 +113,7 @@ class Mailbox:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise PeerTimeout(f"no {kind!r} message from {sender!r} for step {step}, index {index} "
-                                      f"within {timeout:.1f} s")
+                                      f"within {timeout:.1f} s", peer=sender)
                 self._cond.wait(remaining)
             return self._messages.pop(key)
 

@@ -86,7 +86,7 @@ class Links:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise PeerTimeout(f"peer {to!r} at {link.address} accepted no data for {self.send_timeout:.1f} s "
-                                      f"({link.pending} messages queued)")
+                                      f"({link.pending} messages queued)", peer=to)
                 self._cond.wait(remaining)
 
     def release(self, link: Link) -> None:

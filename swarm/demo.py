@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         swarm.close()
     report = swarm.report()
     console.print()
-    console.print(f"report: {swarm.checkpoint_dir / 'report.json'}")
+    console.print(f"report: {swarm.checkpoint_dir / 'report.jsonl'} (plots: swarm report {swarm.checkpoint_dir})")
     console.print(f"checkpoint: {report.get('checkpoint') or 'none written yet'}")
     console.print(f"logs: {directory}/*.log")
     return code

@@ -90,12 +90,13 @@ class LocalSwarm:
         return self.processes[name].wait(timeout)
 
     def report(self) -> dict[str, Any]:
-        """The coordinator's `report.json` (empty until the first plan)."""
+        """The coordinator's report, folded from its `report.jsonl` (empty until the coordinator starts)."""
+        from swarm.coordinator.report import read_report  # the coordinator package imports torch: only when read
+
         try:
-            report = json.loads((self.checkpoint_dir / "report.json").read_text())
+            return read_report(self.checkpoint_dir)
         except (OSError, ValueError):
             return {}
-        return report if isinstance(report, dict) else {}
 
     def committed_step(self) -> int:
         steps = self.report().get("steps") or [{"step": 0}]

@@ -36,6 +36,7 @@ from .credentials import Credentials
 from .links import measure_links
 from .records import CoordinatorPin, write_peer
 from .stage_runner import StageRunner
+from .stage_state import codec_slot
 from .timeouts import HEARTBEAT_S, PEER_TTL_S
 
 __all__ = ["PeerOptions", "PeerDaemon", "UnreachableError"]
@@ -66,13 +67,14 @@ class PeerOptions:
     attack: str | None = None  # a `--attack` spec: the fault injector of `peers.attack` (tests and demos only)
     join_token: JoinToken | None = None  # --join-token: admission to a swarm with a swarm key
     peer_key: Path | None = None  # --peer-key: this peer's curve key pair, kept (for --allow-keys swarms)
-    cache_dir: Path | None = None  # --cache-dir: where fetched corpora are kept (None: ~/.cache/swarm)
+    cache_dir: Path | None = None  # --cache-dir: fetched corpora, the DHT identity (None: ~/.cache/swarm)
 
 
 def _join_dht(options: PeerOptions) -> SwarmDHT:
-    """This peer's DHT node; ValueError saying which flag to fix when it cannot join."""
+    """This peer's DHT node, its signing key kept (a restart is the same peer); ValueError naming the flag."""
     try:
-        return SwarmDHT(options.initial_peers, host=options.host)
+        identity = (options.cache_dir or default_cache_dir()) / "identity" / options.name
+        return SwarmDHT(options.initial_peers, host=options.host, identity_dir=identity)
     except Exception as error:  # hivemind raises its own types (P2PDaemonError, TimeoutError) for bad addresses
         raise ValueError(f"cannot join the DHT via --initial-peers {' '.join(options.initial_peers)} "
                          f"(listening on --host {options.host}): {error}. Pass the full multiaddr the coordinator "
@@ -195,6 +197,7 @@ class PeerDaemon:
                 self._update(step=runner.applied_step, param_checksum=runner.checksum(), prepared_step=0)
                 if control.checkpoint_step == runner.applied_step:
                     self.transport.serve_state(runner.stage, runner.blob())
+                    self.transport.serve_state(codec_slot(runner.stage, runner.replica), runner.codec_blob())
                 self._announce()
             if control.done and (runner is None or runner.applied_step >= control.committed_step):
                 self.on_event(f"{self.options.name}: the run finished at step {control.committed_step}")
@@ -235,7 +238,7 @@ class PeerDaemon:
             if not self._current[1].is_set():
                 self._failed_version = runner.plan.version
                 self.on_event(f"{self.options.name}: step {step} failed: {error}")
-                self._update(error=f"step {step}: {error}")
+                self._update(error=f"step {step}: {error}", blamed=_blamed(error, self.options.name))
                 self._announce()
             return None  # a failed step never reached the optimizer: nothing to discard
         stats = result.stats
@@ -271,7 +274,7 @@ class PeerDaemon:
         position = plan.position(self.options.name)
         if old is not None and prepared is None and old.continues(plan, self.options.name):
             old.adopt(plan, abort)
-            self._update(plan_version=plan.version, error="")
+            self._update(plan_version=plan.version, error="", blamed="")
             self._announce()
             self.on_event(f"{self.options.name}: plan {plan.version}: kept its runner (stage {old.stage} replica "
                           f"{old.replica}, codec state and optimizer untouched)")
@@ -280,7 +283,7 @@ class PeerDaemon:
             self._flagged.update(old.suspects())
         if position is None:
             self._runner = None
-            self._update(state="standby", plan_version=plan.version, stage=-1, replica=-1, error="")
+            self._update(state="standby", plan_version=plan.version, stage=-1, replica=-1, error="", blamed="")
             self.on_event(f"{self.options.name}: plan {plan.version}: standby")
             self._announce()
             return None
@@ -294,7 +297,8 @@ class PeerDaemon:
         except (PeerTimeout, TransportClosed, RuntimeError) as error:
             self.on_event(f"{self.options.name}: cannot take up plan {plan.version}: {error}")
             self._runner = None  # it holds no stage now: the coordinator must not name it a holder or donor
-            self._update(plan_version=plan.version, stage=-1, replica=-1, error=f"plan {plan.version}: {error}")
+            self._update(plan_version=plan.version, stage=-1, replica=-1, error=f"plan {plan.version}: {error}",
+                         blamed=_blamed(error, self.options.name))
             self._announce()
             return None
         runner = self._runner
@@ -302,7 +306,8 @@ class PeerDaemon:
             self.metrics.state_loaded(plan.sources[self.options.name].kind.value, runner.loaded_bytes,
                                       runner.load_seconds)
         self._update(state="training", plan_version=plan.version, stage=runner.stage, replica=runner.replica,
-                     step=runner.applied_step, param_checksum=runner.checksum(), prepared_step=0, error="")
+                     step=runner.applied_step, param_checksum=runner.checksum(), prepared_step=0, error="",
+                     blamed="")
         self._announce()
         self.on_event(f"{self.options.name}: plan {plan.version}: stage {runner.stage} replica {runner.replica} "
                       f"from step {plan.start_step} ({plan.sources[self.options.name]})")
@@ -387,3 +392,9 @@ class PeerDaemon:
                 abort.set()
             stop.wait(0.2)
         self._current[1].set()
+
+
+def _blamed(error: Exception, own_name: str) -> str:
+    """Whom a failure names (`PeerRecord.blamed`): the silent or misbehaving neighbour, else this peer itself."""
+    named = error.peer if isinstance(error, PeerTimeout) else error.sender if isinstance(error, BadMessage) else ""
+    return named or own_name

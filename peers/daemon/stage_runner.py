@@ -27,7 +27,8 @@ from peers.state_transfer import StateTransferError, fetch_state
 from peers.transport import Message, PeerTimeout, Transport, TransportClosed
 
 from .records import COORDINATOR_NAME
-from .stage_state import StageState, pack_state, unpack_state
+from .stage_state import StageState, codec_slot, pack_state, unpack_state
+from .timeouts import WAIT_NESTING
 
 __all__ = ["StageRunner", "PlanAborted"]
 
@@ -134,6 +135,10 @@ class StageRunner:
         """This stage's state after `applied_step`, as donors and checkpoints carry it."""
         return pack_state(self.stage, self.plan.layers, self._applied, self.executor.state_dict())
 
+    def codec_blob(self) -> bytes:
+        """This cell's codec state after `applied_step`, as checkpoints carry it (at `codec_slot`)."""
+        return pack_state(self.stage, self.plan.layers, self._applied, self.executor.codec_state())
+
     def _load(self, source: StateSource, previous: StageRunner | None) -> None:
         self._applied = self.plan.start_step - 1
         self.loaded_bytes, self.load_seconds = 0, 0.0  # state fetched over the network (metrics)
@@ -148,22 +153,30 @@ class StageRunner:
         donor = COORDINATOR_NAME if source.kind is SourceKind.CHECKPOINT else source.donor
         address = self.plan.checkpoint_address if donor == COORDINATOR_NAME else self.plan.addresses[donor]
         started = time.monotonic()
-        self.executor.load_state_dict(self._fetch(address, source, self.plan.keys.get(donor or "")).state)
+        server_key = self.plan.keys.get(donor or "")
+        self.executor.load_state_dict(self._fetch(address, source, server_key, self.stage).state)
+        if source.kind is SourceKind.CHECKPOINT and self.plan.codec_state:  # every cell resumes its own
+            try:
+                self.executor.load_codec_state(self._fetch(address, source, server_key,
+                                                           codec_slot(self.stage, self.replica)).state)
+            except ValueError as error:
+                raise RuntimeError(f"the checkpoint's codec state of this cell does not fit: {error}") from None
         self.load_seconds = time.monotonic() - started
         expected = self.plan.checksums[self.stage] if self.plan.checksums else ""
         if source.kind is SourceKind.PEER and expected and self.checksum() != expected:
             raise RuntimeError(f"the state of stage {self.stage} from {source.donor} has parameter checksum "
                                f"{self.checksum()}, but its replicas agree on {expected}: refusing it")
 
-    def _fetch(self, address: str, source: StateSource, server_key: str | None) -> StageState:
-        """The donor's blob of this stage at start_step - 1 (it may publish it a moment later)."""
+    def _fetch(self, address: str, source: StateSource, server_key: str | None, slot: int) -> StageState:
+        """The donor's blob at `slot` (this stage, or this cell's codec state) of start_step - 1 (it may
+        publish it a moment later)."""
         deadline = time.monotonic() + self.timeouts.message_s * 3
         last = "no answer"
         while time.monotonic() < deadline:
             if self.link.aborted():
                 raise PlanAborted("plan changed while fetching state")
             try:
-                blob = fetch_state(address, self.stage, timeout=self.timeouts.message_s,
+                blob = fetch_state(address, slot, timeout=self.timeouts.message_s,
                                    keys=self.keys if server_key else None, server_key=server_key)
                 state = unpack_state(blob)
                 if state.step == self._applied and state.layers == list(self.plan.layers):
@@ -173,7 +186,8 @@ class StageRunner:
             except (StateTransferError, ValueError) as error:
                 last = str(error)
             time.sleep(_SLICE_S)
-        raise PeerTimeout(f"could not load stage {self.stage} at step {self._applied} from {source}: {last}")
+        raise PeerTimeout(f"could not load stage {self.stage} at step {self._applied} from {source}: {last}",
+                          peer=source.donor or "")
 
 
 class _PlanLink:
@@ -199,14 +213,16 @@ class _PlanLink:
         self.transport.send(to, replace(message, plan_version=message.plan_version or self._version))
 
     def recv(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message:
-        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        """A message of this plan; the wait is `timeout` (message_s) times the kind's `WAIT_NESTING`."""
+        wait = (self._timeout if timeout is None else timeout) * WAIT_NESTING.get(kind, 1)
+        deadline = time.monotonic() + wait
         while True:
             if self._abort.is_set():
                 raise PlanAborted(f"plan {self._version} was replaced while waiting for {kind!r} from {sender!r}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PeerTimeout(f"no {kind!r} from {sender!r} for step {step} (index {index}) within "
-                                  f"{self._timeout:.0f} s")
+                                  f"{wait:.0f} s", peer=sender)
             try:
                 return self.transport.recv(sender, kind, step, index, timeout=min(_SLICE_S, remaining))
             except PeerTimeout:

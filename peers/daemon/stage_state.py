@@ -1,7 +1,9 @@
 """A stage's state as one blob: what donors serve, newcomers load and checkpoints store.
 
 The blob carries the step it was taken after and the layer split, so a reader can refuse a
-state from the wrong step or shape instead of training on it silently.
+state from the wrong step or shape instead of training on it silently. The same format carries a
+cell's codec state (`StageExecutor.codec_state`: error-feedback residuals, AQ-SGD memories), which
+belongs to one (stage, replica) cell rather than to the stage: it is served at `codec_slot`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["StageState", "pack_state", "unpack_state"]
+__all__ = ["StageState", "pack_state", "unpack_state", "codec_slot"]
+
+CODEC_SLOT = 1 << 29  # state-server slots from here: codec state by cell (stage slots are the stage numbers)
+_MAX_REPLICAS = 1 << 12
+
+
+def codec_slot(stage: int, replica: int) -> int:
+    """The state-server slot of cell (stage, replica)'s codec state, on its peer and in a checkpoint."""
+    return CODEC_SLOT + stage * _MAX_REPLICAS + replica
 
 
 @dataclass(frozen=True)

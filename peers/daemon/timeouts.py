@@ -15,10 +15,16 @@ obey the same numbers and no knob is tuned on its own.
                                                    SIGKILLed peer is noticed; five beats ride out
                                                    a busy CPU (a first-call kernel compile can hold
                                                    the interpreter for seconds)
-    commit_s    = message_s * (2 * stages + 2)     the coordinator's patience for a step: longer
+    commit_s    = message_s * (2 * stages + 4)     the coordinator's patience for a step: longer
                                                    than any chain of message waits inside it; a
                                                    peer that heartbeats but never prepares is
                                                    evicted after it
+
+Inside a step the waits nest too (`WAIT_NESTING`, multiples of message_s): a forward activation
+waits 1, a backward gradient 2 (it needs the downstream's forward first), an all-reduce share 3 and
+a gathered chunk 4. So when a link breaks, the first peer to give up is the one right behind it:
+its report names the silent sender (`PeerTimeout.peer`), and the coordinator aborts the step before
+the peers whose waits are only a consequence time out and name someone innocent.
 
 Each level is longer than the one it contains, so the cause of a failure is always noticed by the
 level that owns it: a dead peer by its expired record (peer_ttl_s), a hung link by the waiting
@@ -28,12 +34,14 @@ peer (message_s), a hung peer by the coordinator (commit_s). A graceful leave (S
 from __future__ import annotations
 
 from peers.protocol import Timeouts
+from peers.wire import ACT_KIND, GATHER_KIND, GRAD_KIND, REDUCE_KIND
 
-__all__ = ["derive_timeouts", "HEARTBEAT_S", "PEER_TTL_S"]
+__all__ = ["derive_timeouts", "HEARTBEAT_S", "PEER_TTL_S", "WAIT_NESTING"]
 
 HEARTBEAT_S = 2.0
 PEER_TTL_S = 5 * HEARTBEAT_S
 MIN_MESSAGE_S = 10.0
+WAIT_NESTING = {ACT_KIND: 1, GRAD_KIND: 2, REDUCE_KIND: 3, GATHER_KIND: 4}
 
 
 def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: float,
@@ -49,6 +57,6 @@ def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: 
     compute_s = step_flops / (tflops * 1e12)
     step_s = compute_s + 2 * micro_batches * stages * transfer_s
     message_s = max(MIN_MESSAGE_S, 3 * step_s)
-    commit_s = message_s * (2 * stages + 2)
+    commit_s = message_s * (2 * stages + 4)
     return Timeouts(transfer_s=transfer_s, step_s=step_s, message_s=message_s, heartbeat_s=HEARTBEAT_S,
                     peer_ttl_s=PEER_TTL_S, commit_s=commit_s)

@@ -46,6 +46,7 @@ class Departure(str, Enum):
     TIMED_OUT = "timed_out"  # it heartbeats but did not prepare within commit_s: evicted
     NOT_BACK = "not_back"    # a resumed coordinator's plan member that has not rejoined
     SUSPECTED = "suspected"  # most of its stage's replicas flagged its gradients, step after step: evicted
+    BLAMED = "blamed"        # the failures of one grid kept naming it (a silent or broken link): evicted
 
     def describe(self) -> str:
         """The phrase a person reads after the peer's name."""
@@ -59,6 +60,7 @@ _DESCRIPTIONS = {
     Departure.TIMED_OUT: "did not finish the step in time (evicted)",
     Departure.NOT_BACK: "is not back",
     Departure.SUSPECTED: "sent gradients its replicas kept refusing (evicted)",
+    Departure.BLAMED: "was named by failure after failure of the same grid (evicted)",
 }
 
 

@@ -102,7 +102,9 @@ class PeerRecord(_Record):
     coordinator re-enters the DHT through them). rejected: messages its data port or engine
     refused, cumulative per category (`peers.transport.REJECTIONS`: malformed, nonfinite, ...).
     suspects: peers whose gradient shares this peer's all-reduce refused or flagged as outliers,
-    with the number of steps it did (cumulative, over every plan).
+    with the number of steps it did (cumulative, over every plan). error: why its last step under
+    `plan_version` failed ("" if none); blamed: the peer that failure names (the silent or
+    misbehaving neighbour, or this peer itself when the fault is its own).
     """
 
     what: ClassVar[str] = "peer record"
@@ -130,6 +132,7 @@ class PeerRecord(_Record):
     rejected: dict[str, NonNegativeInt] = {}
     suspects: dict[Name, NonNegativeInt] = {}
     error: str = ""
+    blamed: str = ""
     curve_key: str = ""
     admission: str = ""
 
@@ -156,7 +159,10 @@ class PlanRecord(_Record, forbid_unknown_fields=True):
     keys: the curve public key of every peer the plan names (empty in an open swarm): the only
     keys neighbours accept connections from, and the server keys they dial. checksums[s]: the
     parameter checksum stage s's holders agree on at start_step - 1 ("" unknown; empty list: none),
-    which a peer loading that stage from a donor must get.
+    which a peer loading that stage from a donor must get. codec_state: the checkpoint the cells
+    restore from holds every cell's codec state for this very grid (error-feedback residuals, AQ-SGD
+    memories): each peer loading from it loads its own cell's too, so the run goes on as it would
+    have. Without it they start fresh codec state, both ends of every link alike.
     """
 
     what: ClassVar[str] = "plan record"
@@ -174,6 +180,7 @@ class PlanRecord(_Record, forbid_unknown_fields=True):
     checkpoint_address: str = ""
     keys: dict[Name, CurveKey] = {}
     checksums: list[str] = []
+    codec_state: bool = False
 
     def __post_init__(self) -> None:
         widths = {len(row) for row in self.grid}

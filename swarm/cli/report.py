@@ -1,7 +1,8 @@
-"""`swarm report RUN_DIR [--out DIR]`: plots and a Markdown summary of a run, from its report.json.
+"""`swarm report RUN_DIR [--out DIR]`: plots and a Markdown summary of a run, from its report log.
 
-RUN_DIR is the coordinator's `--checkpoint-dir` (where `report.json` lives; the file itself works
-too). Writes, into DIR (default RUN_DIR/report):
+RUN_DIR is the coordinator's `--checkpoint-dir` (where `report.jsonl` lives; the file itself works
+too, and so does a run directory from before the log, with its `report.json`). Works on a run in
+progress. Writes, into DIR (default RUN_DIR/report):
 
     loss.png          loss per committed step
     tokens_per_s.png  throughput per step (and its running median)
@@ -14,7 +15,6 @@ display is needed.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -31,25 +31,27 @@ def add_parser(sub: Any) -> None:
     """The `report` subcommand of `swarm`."""
     report = sub.add_parser("report", help="plots and a Markdown summary of a run directory",
                             description="Plot loss, tokens/s and bytes per channel of a run (with its plan "
-                                        "changes) and write a Markdown summary, from RUN_DIR/report.json.")
+                                        "changes) and write a Markdown summary, from RUN_DIR/report.jsonl.")
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR",
-                        help="the coordinator's --checkpoint-dir (or its report.json)")
+                        help="the coordinator's --checkpoint-dir (or its report.jsonl)")
     report.add_argument("--out", type=Path, metavar="DIR", help="where the PNGs and report.md go "
                                                                "[default: RUN_DIR/report]")
 
 
 def run(args: argparse.Namespace) -> int:
-    source = args.run_dir / "report.json" if args.run_dir.is_dir() else args.run_dir
+    from swarm.coordinator.report import REPORT_LOG, read_report  # the coordinator package imports torch
+
+    source = args.run_dir / REPORT_LOG if args.run_dir.is_dir() else args.run_dir
     try:
-        report = json.loads(source.read_text())
+        report = read_report(args.run_dir)
     except OSError as error:
         print(f"swarm report: cannot read {source}: {error.strerror or error}; RUN_DIR is the coordinator's "
               "--checkpoint-dir", file=sys.stderr)
         return 2
     except ValueError as error:
-        print(f"swarm report: {source} is not JSON: {error}", file=sys.stderr)
+        print(f"swarm report: {source} is not a report: {error}", file=sys.stderr)
         return 2
-    if not isinstance(report, dict) or not report.get("steps"):
+    if not report.get("steps"):
         print(f"swarm report: {source} holds no committed steps yet", file=sys.stderr)
         return 2
     out = args.out or source.parent / "report"

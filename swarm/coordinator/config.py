@@ -14,6 +14,7 @@ from peers.protocol import Codecs, PeerRecord, PlanChange, PlanReason, TrainingS
 from swarm.flags import add_codec_arguments, add_training_arguments, codecs_from_args, training_from_args
 
 from .planning import Placement
+from .report import REPORT_LOG
 
 __all__ = ["CoordinatorConfig", "GivenPlan", "add_arguments", "from_args", "parse_listen", "load_given_plan",
            "given_placement"]
@@ -87,6 +88,8 @@ class CoordinatorConfig:
     swarm_key: Path | None = None  # --swarm-key: admitted peers only, CurveZMQ on the data plane
     allowed_keys: frozenset[str] = frozenset()  # --allow-keys: curve keys admitted without a join token
     evict_suspects: int = 0  # --evict-suspects K: evict a replica its stage flagged K committed steps in a row
+    evict_after: int = 2  # --evict-after K: failures of one grid in a row that evict the peer they name most
+    readmit_after_s: float = 30.0  # --readmit-after S: an evicted peer's first back-off (doubles each time)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +126,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evict a replica that most of its stage's other replicas flag as sending outlier or "
                              "unusable gradients (see --aggregate) K committed steps in a row; 0 only names it in "
                              "the log and report [default: %(default)s]")
+    parser.add_argument("--evict-after", type=int, default=2, metavar="K",
+                        help="evict the peer that K failed attempts in a row at the same grid name most (the "
+                             "silent end of a broken link, a neighbour sending garbage) [default: %(default)s]")
+    parser.add_argument("--readmit-after", type=float, default=30.0, metavar="S",
+                        help="let an evicted peer rejoin after S seconds, doubling each time the same peer is "
+                             "evicted again (at most 600 s) [default: %(default)s]")
     parser.add_argument("--allow-keys", type=Path, metavar="FILE",
                         help="with --swarm-key: also admit peers whose curve public key (the \"public\" of their "
                              "--peer-key file) is listed in FILE, one per line")
@@ -171,14 +180,20 @@ def from_args(args: argparse.Namespace) -> CoordinatorConfig:
         raise ValueError(f"--swarm-key {swarm_key} is a directory; give the path of a key file (created if missing)")
     if getattr(args, "evict_suspects", 0) < 0:
         raise ValueError(f"--evict-suspects must be 0 (off) or positive, got {args.evict_suspects}")
-    if args.resume and not (args.checkpoint_dir / "latest.json").exists():
-        raise ValueError(f"--resume: no checkpoint in {str(args.checkpoint_dir)!r} (latest.json is missing)")
+    if getattr(args, "evict_after", 2) < 1:
+        raise ValueError(f"--evict-after must be at least 1, got {args.evict_after}")
+    if not getattr(args, "readmit_after", 30.0) > 0:
+        raise ValueError(f"--readmit-after must be positive seconds, got {args.readmit_after}")
+    if args.resume and not any((args.checkpoint_dir / name).exists() for name in ("latest.json", REPORT_LOG)):
+        raise ValueError(f"--resume: no earlier run in {str(args.checkpoint_dir)!r} (neither a checkpoint, "
+                         "latest.json, nor a report.jsonl); drop --resume to start a new run there")
     return CoordinatorConfig(
         host=host, port=port, training=training, codecs=codecs, stages=args.stages, replicas=args.replicas,
         min_peers=args.min_peers if args.min_peers is not None else args.stages * args.replicas,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume, plan=given,
         http=parse_listen(args.http, "--http") if getattr(args, "http", None) else None,
-        evict_suspects=getattr(args, "evict_suspects", 0), swarm_key=swarm_key,
+        evict_suspects=getattr(args, "evict_suspects", 0), evict_after=getattr(args, "evict_after", 2),
+        readmit_after_s=getattr(args, "readmit_after", 30.0), swarm_key=swarm_key,
         allowed_keys=_allowed_keys(allowed) if allowed is not None else frozenset())
 
 

@@ -1,11 +1,11 @@
 """The coordinator daemon: plan the swarm, drive the step protocol, survive churn, checkpoint.
 
 One loop, polling the DHT every `POLL_S`:
-1. no plan yet: wait for enough `ready` peers, place them (scheduler, or the checkpoint's grid
-   with `--resume`) and publish plan version 1 (or the next version after the one in the DHT).
-2. a grid member is gone (record expired = heartbeat loss, `leaving` = graceful exit, an error
-   report, or no prepare within `commit_s`): abort the step in flight and publish a repaired
-   plan that restarts it, with a reason. No step is ever applied by only some peers.
+1. no plan yet: wait for enough `ready` peers, place them (the scheduler; with `--resume` the live
+   peers' or the checkpoint's grid, see `resume`) and publish the next plan version.
+2. a grid member is gone (record expired, `leaving`, an error report naming whom to blame, or no
+   prepare within `commit_s`): abort the step in flight and publish a repaired plan that restarts
+   it, with a reason. No step is ever applied by only some peers.
 3. every member prepared step s under the current version: commit s (peers apply it),
    checkpoint if due, and between steps admit newcomers (standby, or a whole new replica).
 The control record tells peers what was committed and which plan governs the next step.
@@ -21,6 +21,8 @@ import msgspec
 from models import get_config
 from peers.daemon.corpus import CORPUS_SLOT
 from peers.daemon.records import COORDINATOR_NAME, CoordinatorPin, publish_coordinator
+from peers.daemon.stage_state import codec_slot
+from peers.daemon.timeouts import PEER_TTL_S
 from peers.protocol import (
     CONTROL_KEY,
     PLAN_KEY,
@@ -38,25 +40,27 @@ from peers.security import Admission
 from peers.zmq_transport import ZmqTransport
 
 from .admission import Gatekeeper
-from .checkpoint import Checkpoint, StageUnavailable, fetch_stages, read_latest, write_checkpoint, write_json_atomic
+from .blame import Blame, Evictions
+from .checkpoint import Checkpoint, read_latest, write_json_atomic
+from .checkpointer import Checkpointer, Skipped
 from .config import CoordinatorConfig, given_placement
+from .growth import Growth
 from .planning import (
     Placement,
     assign_sources,
     describe_losses,
+    describe_reason,
     first_placement,
     fit_batch,
-    grow,
-    growth_target,
     predicted_step_s,
     refill,
     restart_lost_stages,
-    resumed_placement,
     scenario_from_records,
     stage_holders,
 )
-from .report import RunReport
-from .startup import PEERS_FILE, announce_corpus, load_secrets, read_json, start_dht
+from .report import REPORT_LOG, RunReport
+from .resume import resume_start
+from .startup import PEERS_FILE, announce_corpus, load_secrets, start_dht
 from .suspects import SuspectTracker
 from .timeouts import plan_timeouts
 
@@ -81,9 +85,9 @@ class Coordinator:
         self.codecs = config.codecs
         self.dir = config.checkpoint_dir
         self.dir.mkdir(parents=True, exist_ok=True)
-        previous = read_json(self.dir / "report.json") if config.resume else None
-        self.report = RunReport(self.dir / "report.json", previous)
-        self.checkpoint: Checkpoint | None = read_latest(self.dir) if config.resume else None
+        self.report = RunReport(self.dir / REPORT_LOG, resume=config.resume)  # continues the log on --resume
+        resumable = config.resume and (self.dir / "latest.json").exists()
+        self.checkpoint: Checkpoint | None = read_latest(self.dir) if resumable else None
         self.plan: PlanRecord | None = None
         self.timeouts: Timeouts | None = None
         self.committed_step = self.checkpoint.step if self.checkpoint else 0
@@ -92,10 +96,11 @@ class Coordinator:
         self.loss: float | None = None
         self.tokens_per_s = 0.0
         self.last_change_step = 0
-        self.step_clock = time.monotonic()
-        self.evicted: set[str] = set()
+        self.step_clock = self.started = time.monotonic()
+        self.evicted = Evictions(config.readmit_after_s)  # timed out, blamed or suspected: out until a back-off ends
+        self.blame = Blame(config.evict_after)
         self.suspects = SuspectTracker(config.evict_suspects, self.report.event, on_event)
-        self._growth_declined: tuple[frozenset[str], int] | None = None  # (live peers, replicas)
+        self.growth = Growth(config.replicas, self.training, self.codecs, on_event)
         self.tokens_per_step = self.training.batch * get_config(self.training.model).context
 
     def run(self, stop: threading.Event) -> int:
@@ -106,6 +111,7 @@ class Coordinator:
             self.gatekeeper = Gatekeeper(self.dir, self.secrets.keys, self.secrets.token, self.config.allowed_keys,
                                          self.on_event, resume=self.config.resume)
             self.admission = Admission()
+            self.checkpoints = Checkpointer(self.dir, self.secrets.keys)
             self.states = ZmqTransport("coordinator", host=self.config.host, port=0, keys=self.secrets.keys,
                                        admission=self.admission if self.secrets.keys else None)
             addrs = self.dht.multiaddrs()
@@ -119,8 +125,7 @@ class Coordinator:
             if self.corpus is not None:
                 self.states.serve_state(CORPUS_SLOT, self.corpus)
             if self.checkpoint is not None:
-                for stage, blob in self.checkpoint.stages.items():
-                    self.states.serve_state(stage, blob)
+                self._serve(self.checkpoint)
                 self.on_event(f"resuming from the checkpoint of step {self.checkpoint.step} ({self.checkpoint.path})")
             last_publish = 0.0
             while not stop.is_set():
@@ -141,6 +146,9 @@ class Coordinator:
     # ---- one decision ------------------------------------------------------------------------
 
     def _tick(self) -> bool:
+        self._collect_checkpoints(self.checkpoints.collect())
+        for name in self.evicted.released():
+            self.on_event(f"{name}'s eviction back-off ended: it may rejoin")
         records = self.gatekeeper.read(self.dht)
         if self.gatekeeper.secure:
             self.admission.update({name: admitted.key for name, admitted in self.gatekeeper.admitted.items()})
@@ -159,16 +167,20 @@ class Coordinator:
 
     def _maybe_start(self, records: dict[str, PeerRecord]) -> None:
         ready = {n: r for n, r in records.items() if r.state in _READY_STATES}
-        if self.checkpoint is not None:
-            old = PlanRecord.from_wire(self.checkpoint.plan)
-            if len(ready) < min(len(old.members()), self.config.min_peers):
+        if self.config.resume:
+            previous = CoordinatorPin(self.dht.owner).plan(self.dht)  # the last plan before the restart
+            start = resume_start(previous, self.checkpoint, ready, self.training, self.codecs, self.config.min_peers,
+                                 patient=time.monotonic() - self.started < PEER_TTL_S)
+            if start is None:
                 return
-            placement = resumed_placement(old, self.checkpoint.step, ready, self.training, self.codecs)
-            if placement is None:  # a stage has nobody yet: wait for more peers
-                return
-            self.report.rollback(self.checkpoint.step)
-            self._publish_plan(fit_batch(placement, self.training), ready, origin=SourceKind.CHECKPOINT,
-                               start_step=self.checkpoint.step + 1)
+            if start.rolled_back_to is not None:
+                self.report.rollback(start.rolled_back_to)
+            for step in range(len(self.report.steps) + 1, start.committed + 1):  # committed, then the crash
+                self.report.step(step, start.version, {}, 0.0, 0.0)
+            self.plan = previous if start.origin is None else None  # the holders of its cells keep their state
+            self.committed_step, self.committed_version = start.committed, start.version
+            self._publish_plan(fit_batch(start.placement, self.training), ready, origin=start.origin,
+                               start_step=start.start_step)
             return
         if len(ready) < self.config.min_peers:
             return
@@ -218,6 +230,11 @@ class Coordinator:
         # be told to "keep" state it never loaded, and fail again forever: refill it instead.
         reported = {n for n, why in lost.items() if why is Departure.REPORTED and n in live
                     and (live[n].stage, live[n].step) == (self._stage_of(n), self.committed_step)}
+        if reported and len(reported) == len(lost) and (culprit := self.blame.failed(
+                self.plan.grid, [records[n].blamed or n for n in reported])) is not None:
+            lost[culprit] = Departure.BLAMED  # the same grid failed --evict-after times, naming it most
+            self.evicted.add(culprit)
+            reported.discard(culprit)
         dead = {n: why for n, why in lost.items() if n not in reported}
         try:
             placement = refill(self.plan, live, dead, self.training, self.codecs, self.training.seed) if dead \
@@ -253,6 +270,7 @@ class Coordinator:
         self.report.step(step, committed_plan.version, losses, self.tokens_per_s, seconds)
         self.report.observe(committed_plan, records)
         self.evicted.update(self.suspects.judge(committed_plan, records, step))
+        self.blame.succeeded()
         finished = step >= self.training.steps
         if not finished:
             self._admit(records, step)
@@ -262,9 +280,11 @@ class Coordinator:
                       f"loss {loss_text}, {self.tokens_per_s:.0f} tokens/s")
         self.report.save()  # before the checkpoint: a checkpoint on disk implies its step is in the report
         if due:
-            self._checkpoint(step, committed_plan)
-            self.report.save()
+            assert self.timeouts is not None
+            self.checkpoints.start(step, committed_plan, self.timeouts.message_s)
         if finished:
+            self._collect_checkpoints(self.checkpoints.wait(self.timeouts.message_s * (committed_plan.stages + 1)
+                                                            if self.timeouts else 30.0))
             self._publish_control(done=True)
             self.on_event(f"finished {step} steps; report: {self.report.path}; checkpoint: {self.report.checkpoint}")
             time.sleep(2 * POLL_S + 1.0)  # let peers read `done` before the DHT node goes away
@@ -273,30 +293,9 @@ class Coordinator:
     def _admit(self, records: dict[str, PeerRecord], step: int) -> None:
         """Between steps: name newcomers standby, grow by a whole replica when hysteresis allows."""
         assert self.plan is not None
-        placed = set(self.plan.members()) | set(self.plan.standby)
-        live = self._live(records)
-        newcomers = sorted(set(live) - placed)
-        plan = self.plan
-        if newcomers:
-            plan = PlanRecord.from_wire({**self.plan.to_wire(), "standby": [*self.plan.standby, *newcomers]})
-        target = growth_target(plan, live, self.config.replicas or 1 << 30, step - self.last_change_step,
-                               self.training)
-        grown = None
-        if target is not None and (frozenset(live), target) != self._growth_declined:
-            try:
-                grown = grow(plan, live, target, self.training, self.codecs, self.training.seed)
-            except ValueError as error:  # the scheduler's ScenarioError / PlanError: keep the grid
-                self.on_event(f"cannot grow the grid: {error}")
-            if grown is None:  # ask the scheduler again only when the live peers change
-                self._growth_declined = (frozenset(live), target)
-        if grown is not None:
-            self._publish_plan(grown, records, origin=None, start_step=step + 1)
-        elif newcomers:
-            text = (f"{', '.join(newcomers)} joined: standby until {self.plan.stages} standby peers can fill a "
-                    "new replica")
-            reason = PlanReason(PlanChange.JOINED, text, joined=newcomers)
-            self._publish_plan(Placement([list(r) for r in plan.grid], list(plan.layers), list(plan.standby), reason),
-                               records, origin=None, start_step=step + 1)
+        placement = self.growth.placement(self.plan, self._live(records), step - self.last_change_step)
+        if placement is not None:
+            self._publish_plan(placement, records, origin=None, start_step=step + 1)
 
     def _live(self, records: dict[str, PeerRecord]) -> dict[str, PeerRecord]:
         """Peers that can take a cell now: announced ready, training or standby, and not evicted."""
@@ -328,16 +327,21 @@ class Coordinator:
             placement.reason.rolled_back_to = self.checkpoint.step
             self.committed_step = self.checkpoint.step
             self.report.rollback(self.checkpoint.step)
+            self.checkpoints.invalidate()
+        codec_state = (self.checkpoint is not None and self.checkpoint.codec_for(placement.grid)
+                       and all(source.kind is SourceKind.CHECKPOINT for source in sources.values()))
         if placement.reason.predicted_step_s is None:
             placement.reason.predicted_step_s = predicted_step_s(placement, records, self.training, self.codecs)
         self.timeouts = plan_timeouts(placement, records, self.training, self.codecs)
-        version = max(self._published_version(), previous.version if previous else 0) + 1
+        published = CoordinatorPin(self.dht.owner).plan(self.dht)  # a resumed coordinator continues after it
+        version = max(published.version if published else 0, previous.version if previous else 0,
+                      *(record.plan_version for record in records.values())) + 1
         plan = PlanRecord(version=version, start_step=start_step, grid=placement.grid, layers=placement.layers,
                           addresses={n: records[n].address for n in members}, sources=sources, codecs=self.codecs,
                           training=msgspec.structs.replace(self.training, timeouts=self.timeouts),
                           reason=placement.reason, standby=placement.standby,
                           checkpoint_address=self.states.address, keys=self._keys([*members, *placement.standby]),
-                          checksums=holders.checksums if holders and origin is None else [])
+                          checksums=holders.checksums if holders and origin is None else [], codec_state=codec_state)
         publish_coordinator(self.dht, PLAN_KEY, plan.to_wire())
         write_json_atomic(self.dir / PEERS_FILE, {"dht_addrs": [a for r in records.values() for a in r.dht_addrs]})
         self.plan = plan
@@ -349,7 +353,7 @@ class Coordinator:
         grid = " | ".join(" ".join(row) for row in plan.grid)
         self.on_event(f"plan {version} from step {start_step}: [{grid}]"
                       + (f" standby [{' '.join(plan.standby)}]" if plan.standby else "")
-                      + f" -- {_describe(plan.reason)}")
+                      + f" -- {describe_reason(plan.reason)}")
 
     def _publish_control(self, done: bool = False) -> None:
         assert self.states is not None
@@ -369,32 +373,26 @@ class Coordinator:
         return {**{name: admitted[name].key for name in names if name in admitted},
                 COORDINATOR_NAME: self.secrets.keys.public}
 
-    def _published_version(self) -> int:
-        """The newest plan version in the DHT (a resumed coordinator continues after it)."""
-        plan = CoordinatorPin(self.dht.owner).plan(self.dht)
-        return plan.version if plan is not None else 0
-
     # ---- checkpoints -------------------------------------------------------------------------
 
-    def _checkpoint(self, step: int, plan: PlanRecord) -> None:
-        """Fetch each stage's state of `step` from one of its replicas and write it atomically."""
-        assert self.timeouts is not None and self.states is not None
-        try:
-            blobs = fetch_stages([[(plan.addresses[n], plan.keys.get(n)) for n in row] for row in plan.grid], step,
-                                 self.timeouts.message_s, self.secrets.keys)
-        except StageUnavailable as error:
-            self.on_event(f"checkpoint of step {step} skipped: {error}")
-            self.report.event("checkpoint_skipped", step=step, stage=error.stage)
-            return
-        path = write_checkpoint(self.dir, step, plan.to_wire(), blobs)
-        self.checkpoint = Checkpoint(step=step, path=path, plan=plan.to_wire(), stages=blobs)
-        for stage, blob in blobs.items():
+    def _serve(self, checkpoint: Checkpoint) -> None:
+        """Serve `checkpoint` to peers restoring from it: each stage's state, each cell's codec state."""
+        assert self.states is not None
+        for stage, blob in checkpoint.stages.items():
             self.states.serve_state(stage, blob)
-        self.report.checkpoint = str(path)
-        self.on_event(f"checkpoint of step {step} written to {path}")
+        for (stage, replica), blob in checkpoint.codec.items():
+            self.states.serve_state(codec_slot(stage, replica), blob)
 
-
-def _describe(reason: PlanReason) -> str:
-    """A plan's reason as the event line shows it: the text plus the predicted step time."""
-    predicted = "" if reason.predicted_step_s is None else f" (predicted {reason.predicted_step_s:.3g} s/step)"
-    return reason.text + predicted
+    def _collect_checkpoints(self, outcomes: list[Checkpoint | Skipped]) -> None:
+        """Adopt the checkpoints the `Checkpointer` finished: serve them, name them in the report."""
+        assert self.states is not None
+        for outcome in outcomes:
+            if isinstance(outcome, Skipped):
+                self.on_event(f"checkpoint of step {outcome.step} skipped: {outcome.why}")
+                self.report.event("checkpoint_skipped", step=outcome.step, stage=outcome.stage)
+                continue
+            self.checkpoint = outcome
+            self._serve(outcome)
+            self.report.checkpoint = str(outcome.path)
+            self.report.save()
+            self.on_event(f"checkpoint of step {outcome.step} written to {outcome.path}")

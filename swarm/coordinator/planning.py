@@ -40,7 +40,8 @@ from swarm.scheduler import Plan, Scenario, moved_peers, predict, replan
 from swarm.scheduler import plan as schedule
 
 __all__ = ["Placement", "MIN_STEPS_BETWEEN_CHANGES", "scenario_from_records", "first_placement",
-           "describe_losses", "fit_batch", "refill", "growth_target", "grow", "to_scheduler_plan", "assign_sources",
+           "describe_losses", "describe_reason", "fit_batch", "refill", "growth_target", "grow", "to_scheduler_plan",
+           "assign_sources",
            "Holders", "stage_holders", "restart_lost_stages",
            "predicted_step_s", "scenario_job"]
 
@@ -122,6 +123,12 @@ def describe_losses(lost: dict[str, Departure]) -> str:
     return "; ".join(f"{name} {cause.describe()}" for name, cause in sorted(lost.items()))
 
 
+def describe_reason(reason: PlanReason) -> str:
+    """A plan's reason as the event line shows it: the text plus the predicted step time."""
+    predicted = "" if reason.predicted_step_s is None else f" (predicted {reason.predicted_step_s:.3g} s/step)"
+    return reason.text + predicted
+
+
 def refill(plan: PlanRecord, live: dict[str, PeerRecord], lost: dict[str, Departure], training: TrainingSpec,
            codecs: Codecs, seed: int = 0) -> Placement:
     """The scheduler's `replan` after `lost` members left: holes refilled, layers kept.
@@ -143,10 +150,11 @@ def refill(plan: PlanRecord, live: dict[str, PeerRecord], lost: dict[str, Depart
     return _placement(plan, new, survivors, PlanReason(PlanChange.REPAIRED, why, lost=dict(lost)))
 
 
-def resumed_placement(old: PlanRecord, step: int, ready: dict[str, PeerRecord], training: TrainingSpec,
+def resumed_placement(old: PlanRecord, origin: str, ready: dict[str, PeerRecord], training: TrainingSpec,
                       codecs: Codecs) -> Placement | None:
-    """A resumed coordinator's first placement: the checkpoint's plan `old` (of `step`), refilled where
-    its peers are not back; None while some stage has nobody."""
+    """A resumed coordinator's first placement: plan `old` (the checkpoint's, or the last one the live
+    peers follow; `origin` says which, for the reason), refilled where its peers are not back; None
+    while some stage has nobody."""
     missing = {name: Departure.NOT_BACK for name in old.members() if name not in ready}
     try:
         placement = (refill(old, ready, missing, training, codecs, training.seed) if missing
@@ -156,7 +164,7 @@ def resumed_placement(old: PlanRecord, step: int, ready: dict[str, PeerRecord], 
     except (RuntimeError, ValueError):  # the scheduler's ScenarioError / PlanError: a stage has nobody
         return None
     placement.reason.change = PlanChange.RESUMED
-    placement.reason.text = f"resumed from the checkpoint of step {step}: {placement.reason.text}"
+    placement.reason.text = f"resumed from {origin}: {placement.reason.text}"
     return placement
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from peers.protocol import Codecs, TrainingSpec
+from swarm.coordinator.report import read_report
 from swarm.flags import as_flags, check_codecs, training_from_args
 from swarm.scheduler import Scenario
 from swarm.scheduler.job import Compression
@@ -106,13 +107,13 @@ def run_swarm(net: NetHarness, options: RunOptions, say: Callable[[str], None] =
             "--port", str(DATA_PORT), "--threads", "1", *([] if options.fused else ["--no-fused"]),
             *(["--link-latency", str(latency)] if latency else [])), cgroup=net.cgroup(device))
     say(f"coordinator and {len(net.topology.devices)} peers started; training {options.training.steps} steps")
-    start_counters = _wait(net, directory / "report.json", deadline, say, options.training.steps)
+    start_counters = _wait(net, directory, deadline, say, options.training.steps)
     end_counters = net.topology.counters()
     peers_done = time.monotonic() + 30
     while time.monotonic() < peers_done and any(procs.procs[d].poll() is None for d in net.topology.devices):
         time.sleep(_POLL_S)
     time.sleep(1.0)  # the observer's last read of the leaving peers' final records
-    coordinator_report = json.loads((directory / "report.json").read_text())
+    coordinator_report = read_report(directory)
     peer_records = json.loads(records.read_text()) if records.exists() else {}
     return build_report(net, options, coordinator_report, peer_records, start_counters, end_counters,
                         wall_s=time.monotonic() - started, exit_codes=procs.dead())
@@ -142,7 +143,8 @@ def _initial_peers(net: NetHarness, path: Path, host: str, deadline: float) -> l
 
 def _wait(net: NetHarness, report: Path, deadline: float, say: Callable[[str], None],
           total_steps: int) -> dict[tuple[str, str], int]:
-    """Until the coordinator exits 0; the tc counters from when its first plan appeared."""
+    """Until the coordinator exits 0; the tc counters from when its first plan appeared in the
+    report of its directory `report`."""
     procs = net.processes
     start: dict[tuple[str, str], int] | None = None
     last_step = 0
@@ -175,12 +177,11 @@ def _check_alive(net: NetHarness, name: str) -> None:
         raise RuntimeError(f"{name} exited {code} early\n{_tails(net, [name])}")
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(directory: Path) -> dict[str, Any]:
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_report(directory)
+    except (OSError, ValueError):  # not written yet
         return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _tails(net: NetHarness, names: list[str]) -> str:

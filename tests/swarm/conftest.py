@@ -131,5 +131,5 @@ def observed_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture
 def observed_run_dir(observed_run: dict[str, Any]) -> Path:
-    """The finished run's --checkpoint-dir (report.json, checkpoints, coordinator.json)."""
+    """The finished run's --checkpoint-dir (report.jsonl, checkpoints, coordinator.json)."""
     return Path(observed_run["swarm"].checkpoint_dir)

@@ -255,15 +255,17 @@ def test_bad_flags_are_refused_naming_the_flag(flags, message):
         from_args(_args(*flags))
 
 
-def test_resume_needs_a_checkpoint(tmp_path):
+def test_resume_needs_an_earlier_run_but_not_a_checkpoint(tmp_path):
     args = _args("--min-peers", "2", "--resume")
     args.checkpoint_dir = tmp_path
-    with pytest.raises(ValueError, match="--resume: no checkpoint"):
+    with pytest.raises(ValueError, match="--resume: no earlier run"):
         from_args(args)
+    (tmp_path / "report.jsonl").write_text("")  # a run that died before its first checkpoint
+    assert from_args(args).resume
 
 
 def test_a_rollback_drops_the_abandoned_steps_so_each_step_appears_once(tmp_path):
-    report = RunReport(tmp_path / "report.json")
+    report = RunReport(tmp_path / "report.jsonl")
     for step in range(1, 8):
         report.step(step, 1, {"p": 1.0}, 10.0, 0.1)
         report.checksums[str(step)] = {"0": {"p": "x"}}
@@ -271,3 +273,4 @@ def test_a_rollback_drops_the_abandoned_steps_so_each_step_appears_once(tmp_path
     assert [entry["step"] for entry in report.steps] == [1, 2, 3, 4, 5]
     assert sorted(map(int, report.checksums)) == [1, 2, 3, 4, 5]
     assert report.events[-1]["abandoned_steps"] == [6, 7]
+    report.close()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from swarm.coordinator.report import read_report
+
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="swarm-sim net needs root (network namespaces, tc, "
                                                            "cgroups)")]
@@ -132,11 +134,11 @@ def test_a_signal_mid_run_leaves_nothing_behind(tmp_path, signum):
     before = _Before(tmp_path)
     work = tmp_path / "work"
     process = _sim("run", str(PRESETS / "uniform4.json"), "--steps", "200", "--workdir", str(work))
-    report = work / "coordinator" / "report.json"
+    report = work / "coordinator"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if json.loads(report.read_text()).get("steps"):
+            if read_report(report).get("steps"):
                 break
         except (OSError, ValueError):
             pass

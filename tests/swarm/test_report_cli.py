@@ -2,7 +2,6 @@
 the directory of a real run (`observed_run`, conftest.py)."""
 from __future__ import annotations
 
-import json
 import struct
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from PIL import Image
 
 from swarm.cli.report import FIGURES, write_report
 from swarm.cli.status import main
+from swarm.coordinator.report import RunReport
 
 from .conftest import STEPS
 
@@ -63,9 +63,12 @@ def test_a_report_without_per_step_bytes_plots_the_totals(tmp_path):
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "cannot read" in capsys.readouterr().err
-    (tmp_path / "report.json").write_text(json.dumps({"plans": [], "steps": []}))
+    RunReport(tmp_path).close()  # a log with no commits
     assert main(["report", str(tmp_path)]) == 2
     assert "no committed steps yet" in capsys.readouterr().err
+    (tmp_path / "report.jsonl").write_text("not json\n")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a report" in capsys.readouterr().err
 
 
 @pytest.mark.slow
