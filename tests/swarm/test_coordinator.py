@@ -274,3 +274,55 @@ def test_a_rollback_drops_the_abandoned_steps_so_each_step_appears_once(tmp_path
     assert sorted(map(int, report.checksums)) == [1, 2, 3, 4, 5]
     assert report.events[-1]["abandoned_steps"] == [6, 7]
     report.close()
+
+
+def _checkpoint(step, plan):
+    from pathlib import Path
+
+    from swarm.coordinator.checkpoint import Checkpoint
+
+    return Checkpoint(step=step, path=Path("step"), plan=plan.to_wire(), stages={})
+
+
+def test_a_resumed_coordinator_continues_from_the_live_peers_step_when_every_stage_has_a_holder():
+    from swarm.coordinator.resume import resume_start
+
+    previous = _plan([["a", "b"], ["c", "d"]])
+    records = _holding(previous.grid, step=9, c={"step": 8, "prepared_step": 9, "prepared_version": 3})
+    start = resume_start(previous, _checkpoint(6, previous), records, TRAINING, CODECS, 4, patient=True)
+    assert (start.origin, start.start_step, start.committed, start.version) == (None, 10, 9, 3)
+    assert start.rolled_back_to is None and "the live peers at step 9" in start.placement.reason.text
+    assert start.placement.grid == previous.grid
+
+
+def test_a_resumed_coordinator_waits_for_the_last_plans_members_while_patient():
+    from swarm.coordinator.resume import resume_start
+
+    previous = _plan([["a", "b"], ["c", "d"]])
+    records = _holding(previous.grid, step=9)
+    del records["d"]
+    assert resume_start(previous, _checkpoint(6, previous), records, TRAINING, CODECS, 4, patient=True) is None
+
+
+def test_a_resumed_coordinator_rolls_back_to_the_checkpoint_when_a_stage_has_no_live_holder():
+    from swarm.coordinator.resume import resume_start
+
+    previous = _plan([["a", "b"], ["c", "d"]])
+    records = _holding(previous.grid, step=9, c={"stage": -1}, d={"stage": -1})
+    start = resume_start(previous, _checkpoint(6, previous), records, TRAINING, CODECS, 4, patient=True)
+    assert (start.origin, start.start_step, start.committed, start.version) == (SourceKind.CHECKPOINT, 7, 6, 0)
+    assert start.rolled_back_to == 6
+    assert resume_start(None, _checkpoint(6, previous), records, TRAINING, CODECS, 4, patient=True).rolled_back_to == 6
+
+
+def test_without_a_checkpoint_a_resume_keeps_the_stages_someone_holds_or_starts_over():
+    from swarm.coordinator.resume import resume_start
+
+    previous = _plan([["a", "b"], ["c", "d"]])
+    partial = _holding(previous.grid, step=9, c={"stage": -1}, d={"stage": -1})
+    start = resume_start(previous, None, partial, TRAINING, CODECS, 4, patient=True)
+    assert (start.origin, start.committed) == (None, 9)  # stage 1 restarts from the seed (restart_lost_stages)
+    nobody = _holding(previous.grid, step=9, **{n: {"stage": -1} for n in "abcd"})
+    assert resume_start(previous, None, nobody, TRAINING, CODECS, 4, patient=True) is None
+    over = resume_start(previous, None, nobody, TRAINING, CODECS, 4, patient=False)
+    assert (over.origin, over.start_step, over.rolled_back_to) == (SourceKind.INIT, 1, 0)
