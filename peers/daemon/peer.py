@@ -26,7 +26,7 @@ from peers.metrics import MetricsServer, PeerMetrics, serve_metrics
 from peers.pipeline import NonFiniteStep
 from peers.probe import check_reachable, unreachable_hint
 from peers.profiling import measure_device
-from peers.protocol import ControlRecord, JoinToken, PeerRecord, PlanRecord, SourceKind, StateSource
+from peers.protocol import ControlRecord, JoinToken, PeerRecord, PlanRecord
 from peers.torch_threads import torch_threads
 from peers.transport import BadMessage, PeerTimeout, TransportClosed
 from peers.zmq_transport import ZmqTransport
@@ -264,7 +264,7 @@ class PeerDaemon:
         if prepared is not None and old is not None:
             old.discard()
             self.metrics.aborted()
-        if old is not None and StateSource(SourceKind.PEER, self.options.name) in plan.sources.values():
+        if old is not None and plan.donates(self.options.name):
             self.transport.serve_state(old.stage, old.blob())
         self.transport.set_plan_version(plan.version)  # purges what the old plan left unclaimed
         abort = threading.Event()

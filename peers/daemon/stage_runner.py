@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from dataclasses import replace
 
 import msgspec
 
-from models import SequenceDataset, build_stage, get_config
+from models import SequenceDataset, build_stage, get_config, param_checksum
 from peers.attack import Attack
 from peers.pipeline import OptimizerSettings, StageExecutor, StepResult
 from peers.protocol import PlanChange, PlanRecord, SourceKind, StateSource, Timeouts
@@ -26,9 +27,10 @@ from peers.security import CurveKeys
 from peers.state_transfer import StateTransferError, fetch_state
 from peers.transport import Message, PeerTimeout, Transport, TransportClosed
 
+from .layer_state import old_stages_for, regroup
 from .records import COORDINATOR_NAME
 from .stage_state import StageState, codec_slot, pack_state, unpack_state
-from .timeouts import WAIT_NESTING
+from .timeouts import FIRST_STEP_PATIENCE, WAIT_NESTING
 
 __all__ = ["StageRunner", "PlanAborted"]
 
@@ -54,6 +56,7 @@ class StageRunner:
         if position is None:
             raise ValueError(f"{name!r} has no cell in plan {plan.version}")
         self.plan = plan
+        self.name = name
         self.stage, self.replica = position
         self.dataset = dataset
         self.keys = keys
@@ -115,7 +118,9 @@ class StageRunner:
         if self.stage in (0, self.plan.stages - 1):
             batch = self.dataset.train_batch(step, self.training.batch, self.training.seed)
             batch = batch.chunk(self.plan.replicas)[self.replica]
-        return self.executor.run_step(step, batch, self.plan.version, apply=False)
+        result = self.executor.run_step(step, batch, self.plan.version, apply=False)
+        self.link.warm = True
+        return result
 
     def apply(self, step: int) -> None:
         """Apply the prepared `step`: the coordinator committed it."""
@@ -144,6 +149,9 @@ class StageRunner:
         self.loaded_bytes, self.load_seconds = 0, 0.0  # state fetched over the network (metrics)
         if source.kind is SourceKind.INIT:
             return
+        if source.kind is SourceKind.LAYERS:
+            self._load_layers(previous)
+            return
         if source.kind is SourceKind.KEEP:
             if previous is None or previous.stage != self.stage or previous.applied_step != self._applied:
                 raise RuntimeError(f"plan {self.plan.version} says keep stage {self.stage} at step {self._applied}, "
@@ -167,9 +175,38 @@ class StageRunner:
             raise RuntimeError(f"the state of stage {self.stage} from {source.donor} has parameter checksum "
                                f"{self.checksum()}, but its replicas agree on {expected}: refusing it")
 
-    def _fetch(self, address: str, source: StateSource, server_key: str | None, slot: int) -> StageState:
-        """The donor's blob at `slot` (this stage, or this cell's codec state) of start_step - 1 (it may
-        publish it a moment later)."""
+    def _load_layers(self, previous: StageRunner | None) -> None:
+        """A cell of a re-split plan: each old stage that holds some of this stage's parameters, from this
+        peer's previous runner when it was that stage, else from one of its holders (spread by name),
+        checked against the checksum its holders agree on; then the layers this stage keeps."""
+        resplit = self.plan.resplit
+        if resplit is None:
+            raise RuntimeError(f"plan {self.plan.version} re-splits layers but names no old split")
+        config, started = get_config(self.training.model), time.monotonic()
+        states: dict[int, StageState] = {}
+        for old in old_stages_for(resplit.layers, self.plan.layers, self.stage):
+            if previous is not None and (previous.stage, previous.applied_step, previous.plan.layers) == (
+                    old, self._applied, resplit.layers):
+                states[old] = StageState(old, list(resplit.layers), self._applied, previous.executor.state_dict())
+                continue
+            holders = resplit.holders[old]
+            donor = holders[zlib.crc32(self.name.encode()) % len(holders)]
+            states[old] = self._fetch(self.plan.addresses[donor], StateSource(SourceKind.PEER, donor),
+                                      self.plan.keys.get(donor), old, layers=resplit.layers)
+            expected = resplit.checksums[old] if resplit.checksums else ""
+            module = build_stage(config, resplit.layers, old, seed=self.training.seed, device="cpu")
+            module.load_state_dict(states[old].state["model"])
+            if expected and param_checksum(module) != expected:
+                raise RuntimeError(f"old stage {old} from {donor} has parameter checksum {param_checksum(module)}, "
+                                   f"but its holders agree on {expected}: refusing it")
+        self.executor.load_state_dict(regroup(config, states, self.plan.layers, self.stage))
+        self.load_seconds = time.monotonic() - started
+
+    def _fetch(self, address: str, source: StateSource, server_key: str | None, slot: int,
+               layers: list[int] | None = None) -> StageState:
+        """The donor's blob at `slot` (a stage, or this cell's codec state) of start_step - 1, taken under
+        the split `layers` (default: this plan's); the donor may publish it a moment later."""
+        layers = list(self.plan.layers) if layers is None else list(layers)
         deadline = time.monotonic() + self.timeouts.message_s * 3
         last = "no answer"
         while time.monotonic() < deadline:
@@ -179,8 +216,8 @@ class StageRunner:
                 blob = fetch_state(address, slot, timeout=self.timeouts.message_s,
                                    keys=self.keys if server_key else None, server_key=server_key)
                 state = unpack_state(blob)
-                if state.step == self._applied and state.layers == list(self.plan.layers):
-                    self.loaded_bytes = len(blob)
+                if state.step == self._applied and state.layers == layers:
+                    self.loaded_bytes += len(blob)
                     return state
                 last = f"it serves step {state.step}, layers {state.layers}"
             except (StateTransferError, ValueError) as error:
@@ -204,6 +241,7 @@ class _PlanLink:
         self._version = version
         self._abort = abort
         self._timeout = timeout
+        self.warm = False  # until this runner's first step prepared: its own and its neighbours' first calls are slow
 
     def aborted(self) -> bool:
         return self._abort.is_set()
@@ -213,8 +251,10 @@ class _PlanLink:
         self.transport.send(to, replace(message, plan_version=message.plan_version or self._version))
 
     def recv(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message:
-        """A message of this plan; the wait is `timeout` (message_s) times the kind's `WAIT_NESTING`."""
+        """A message of this plan; the wait is `timeout` (message_s) times the kind's `WAIT_NESTING`, and
+        `FIRST_STEP_PATIENCE` times that for the runner's first step (kernels load, caches fill)."""
         wait = (self._timeout if timeout is None else timeout) * WAIT_NESTING.get(kind, 1)
+        wait *= 1 if self.warm else FIRST_STEP_PATIENCE
         deadline = time.monotonic() + wait
         while True:
             if self._abort.is_set():

@@ -24,7 +24,9 @@ Inside a step the waits nest too (`WAIT_NESTING`, multiples of message_s): a for
 waits 1, a backward gradient 2 (it needs the downstream's forward first), an all-reduce share 3 and
 a gathered chunk 4. So when a link breaks, the first peer to give up is the one right behind it:
 its report names the silent sender (`PeerTimeout.peer`), and the coordinator aborts the step before
-the peers whose waits are only a consequence time out and name someone innocent.
+the peers whose waits are only a consequence time out and name someone innocent. A runner's first
+step waits `FIRST_STEP_PATIENCE` times longer: on a slow peer, the first calls into torch (kernel
+selection, allocator warm-up) can take longer than a whole message_s, and that is no fault.
 
 Each level is longer than the one it contains, so the cause of a failure is always noticed by the
 level that owns it: a dead peer by its expired record (peer_ttl_s), a hung link by the waiting
@@ -36,12 +38,13 @@ from __future__ import annotations
 from peers.protocol import Timeouts
 from peers.wire import ACT_KIND, GATHER_KIND, GRAD_KIND, REDUCE_KIND
 
-__all__ = ["derive_timeouts", "HEARTBEAT_S", "PEER_TTL_S", "WAIT_NESTING"]
+__all__ = ["derive_timeouts", "HEARTBEAT_S", "PEER_TTL_S", "WAIT_NESTING", "FIRST_STEP_PATIENCE"]
 
 HEARTBEAT_S = 2.0
 PEER_TTL_S = 5 * HEARTBEAT_S
 MIN_MESSAGE_S = 10.0
 WAIT_NESTING = {ACT_KIND: 1, GRAD_KIND: 2, REDUCE_KIND: 3, GATHER_KIND: 4}
+FIRST_STEP_PATIENCE = 3
 
 
 def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: float,
@@ -57,6 +60,6 @@ def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: 
     compute_s = step_flops / (tflops * 1e12)
     step_s = compute_s + 2 * micro_batches * stages * transfer_s
     message_s = max(MIN_MESSAGE_S, 3 * step_s)
-    commit_s = message_s * (2 * stages + 4)
+    commit_s = message_s * (2 * stages + 4)  # a plan's first step gets FIRST_STEP_PATIENCE times this too
     return Timeouts(transfer_s=transfer_s, step_s=step_s, message_s=message_s, heartbeat_s=HEARTBEAT_S,
                     peer_ttl_s=PEER_TTL_S, commit_s=commit_s)

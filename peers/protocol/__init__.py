@@ -5,7 +5,7 @@ codecs, timeouts), `changes` why a plan looks as it does (state sources, reasons
 the one mechanism that checks them all (msgspec Structs). Nothing here imports torch.
 """
 from .admission import Admitted, JoinToken, admission_proof, check_proof, owner_fingerprint, read_allowed_keys
-from .changes import Departure, PlanChange, PlanReason, SourceKind, StateSource
+from .changes import Departure, PlanChange, PlanReason, Resplit, SourceKind, StateSource
 from .records import (
     CONTROL_KEY,
     PEER_STATES,
@@ -27,7 +27,7 @@ __all__ = [
     "PEERS_KEY", "PLAN_KEY", "CONTROL_KEY", "PEER_STATES", "PeerState", "CHANNELS", "CODEC_FLAGS", "DTYPES",
     "ComputeDtype",
     "RecordError", "PeerRecord", "PlanRecord", "ControlRecord", "Link", "Codecs", "Timeouts", "TrainingSpec",
-    "SourceKind", "StateSource", "Departure", "PlanChange", "PlanReason",
+    "SourceKind", "StateSource", "Departure", "PlanChange", "PlanReason", "Resplit",
     "Admitted", "JoinToken", "admission_proof", "check_proof", "owner_fingerprint", "read_allowed_keys",
     "peer_subkey", "subkey_name", "subkey_owner", "from_builtins", "to_builtins", "validated",
 ]

@@ -9,9 +9,9 @@ from enum import Enum
 
 import msgspec
 
-from .validation import FiniteFloat, Name, NonNegativeInt, RecordError
+from .validation import FiniteFloat, Name, NonNegativeInt, PositiveInt, RecordError
 
-__all__ = ["SourceKind", "StateSource", "Departure", "PlanChange", "PlanReason"]
+__all__ = ["SourceKind", "StateSource", "Departure", "PlanChange", "PlanReason", "Resplit"]
 
 
 class SourceKind(str, Enum):
@@ -21,6 +21,7 @@ class SourceKind(str, Enum):
     PEER = "peer"              # fetch it from a live replica of the stage (the donor)
     CHECKPOINT = "checkpoint"  # from the coordinator's state server
     INIT = "init"              # fresh weights from the run's seed
+    LAYERS = "layers"          # the layer split changed: its layers from the old stages' holders (`Resplit`)
 
 
 class StateSource(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -72,6 +73,7 @@ class PlanChange(str, Enum):
     REPAIRED = "repaired"  # members were lost: the step in flight was aborted and the grid refilled
     JOINED = "joined"      # newcomers became standby; the grid is unchanged
     GROWN = "grown"        # standby peers filled a whole new pipeline replica
+    RESPLIT = "resplit"    # the swarm's compute changed: layers (and peers) moved where the scheduler predicts a gain
 
 
 class PlanReason(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,3 +91,24 @@ class PlanReason(msgspec.Struct, forbid_unknown_fields=True):
     joined: list[Name] = []
     rolled_back_to: NonNegativeInt = 0
     predicted_step_s: FiniteFloat | None = None
+
+
+class Resplit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the layers of a re-split plan come from: the old split (`layers`, one count per old stage),
+    the replicas that hold each old stage at the plan's start step - 1 (`holders[j]`), and the parameter
+    checksum they agree on (`checksums[j]`, "" unverified). A `SourceKind.LAYERS` cell fetches every
+    old stage that overlaps its new layers from one of its holders and keeps what it needs."""
+
+    layers: list[PositiveInt]
+    holders: list[list[Name]]
+    checksums: list[str] = []
+
+    def __post_init__(self) -> None:
+        if len(self.holders) != len(self.layers) or not all(self.holders):
+            raise RecordError("resplit field 'holders' must name at least one holder for each old stage")
+        if self.checksums and len(self.checksums) != len(self.layers):
+            raise RecordError("resplit field 'checksums' must have one entry per old stage")
+
+    def donors(self) -> list[str]:
+        """Every holder named, once."""
+        return sorted({name for holders in self.holders for name in holders})

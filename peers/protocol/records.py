@@ -3,8 +3,11 @@
 Three records live in the hivemind DHT, all signed (`RSASignatureValidator`: the writer's
 `[owner:...]` marker is part of the subkey, so nobody can overwrite another node's record):
 
-- `swarm.peers`, one subkey per peer: a `PeerRecord`, re-stored every heartbeat with a TTL of a few
-  heartbeats, so a peer that dies silently vanishes on its own.
+- `swarm.peers.{bucket}`, one subkey per peer: a `PeerRecord`, re-stored every heartbeat with a TTL
+  of a few heartbeats, so a peer that dies silently vanishes on its own. A DHT get returns every
+  subkey of a key in one message (hivemind caps those at 4 MiB), so the records are spread over
+  PEER_BUCKETS keys by a hash of the peer's name (`peer_bucket`), and each record is bounded
+  (PEER_RECORD_MAX_BYTES): at 10,000 peers a bucket holds ~160 records, a few hundred KB.
 - `swarm.plan`, subkey of the coordinator: the current `PlanRecord` (versioned; peers act only on
   a version newer than theirs).
 - `swarm.control`, subkey of the coordinator: the `ControlRecord` driving the step protocol: which
@@ -15,39 +18,81 @@ mistyped, out of bounds or inconsistent raises `RecordError` naming the field.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import msgspec
 
 from ..transport import REJECTIONS
 from .admission import Admitted, CurveKey
-from .changes import PlanReason, StateSource
+from .changes import PlanReason, Resplit, SourceKind, StateSource
 from .training import CHANNELS, Codecs, TrainingSpec
 from .validation import (
     FiniteFloat,
     Name,
     NonNegativeFloat,
     NonNegativeInt,
+    PeerName,
     PositiveFloat,
     PositiveInt,
     RecordError,
+    check_encoded_size,
+    encoded_size,
     from_builtins,
     to_builtins,
 )
 
 __all__ = [
     "PEERS_KEY", "PLAN_KEY", "CONTROL_KEY", "PEER_STATES", "PeerState", "Link", "PeerRecord", "PlanRecord",
-    "ControlRecord", "peer_subkey", "subkey_name", "subkey_owner",
+    "ControlRecord", "peer_subkey", "subkey_name", "subkey_owner", "PEER_BUCKETS", "peer_bucket", "bucket_key",
+    "BUCKET_KEYS", "PEER_RECORD_MAX_BYTES", "MAX_LINKS", "MAX_SUSPECTS", "MAX_DHT_ADDRS", "MAX_ERROR_CHARS",
 ]
 
-PEERS_KEY = "swarm.peers"
+PEERS_KEY = "swarm.peers"  # the prefix of the bucket keys: records live under `bucket_key(peer_bucket(name))`
 PLAN_KEY = "swarm.plan"
 CONTROL_KEY = "swarm.control"
 PeerState = Literal["joining", "ready", "training", "standby", "leaving"]
 PEER_STATES: tuple[str, ...] = get_args(PeerState)
 
+# Fixed within a swarm: every reader and writer must agree on it. 64 buckets keep a bucket near
+# 160 records (~200 KB; at most ~1.7 MiB with every record at its bound) at 10,000 peers.
+PEER_BUCKETS = 64
+
+# A peer record's bounds. Every field has one; with ASCII text they add up to about 7.9 KB
+# (tests/peers/test_record_bounds.py builds that record), and `PeerRecord` refuses any record whose
+# msgpack encoding exceeds PEER_RECORD_MAX_BYTES (multi-byte text). The DHT adds ~0.8 KB per record
+# (the signer's key in the subkey, the signature, the expiration).
+PEER_RECORD_MAX_BYTES = 8192
+MAX_LINKS = 32  # links it measured (peers.daemon.links probes 8 peers)
+MAX_SUSPECTS = 16  # the peers it flagged most (a writer keeps the top counts)
+MAX_DHT_ADDRS = 8
+MAX_ERROR_CHARS = 256
+
 _OWNER = b"[owner:"
 Address = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+_PeerAddress = Annotated[str, msgspec.Meta(max_length=256)]
+_Multiaddr = Annotated[str, msgspec.Meta(max_length=128)]
+_Short = Annotated[str, msgspec.Meta(max_length=64)]  # device, checksum, curve key, join proof
+_Error = Annotated[str, msgspec.Meta(max_length=MAX_ERROR_CHARS)]
+_Blamed = Annotated[str, msgspec.Meta(max_length=80)]  # "" or a peer name
+_Cell = Annotated[int, msgspec.Meta(ge=-1)]  # -1: no cell
+_Counts = Annotated[dict[_Short, NonNegativeInt], msgspec.Meta(max_length=max(len(CHANNELS), len(REJECTIONS)))]
+
+
+def peer_bucket(name: str) -> int:
+    """The bucket holding `name`'s record: the first 8 bytes of sha256(name), so every process and
+    every Python version agrees (the built-in `hash` is salted per process)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % PEER_BUCKETS
+
+
+def bucket_key(bucket: int) -> str:
+    """The DHT key of one bucket of peer records."""
+    if not 0 <= bucket < PEER_BUCKETS:
+        raise ValueError(f"bucket {bucket} is not in 0..{PEER_BUCKETS - 1}")
+    return f"{PEERS_KEY}.{bucket}"
+
+
+BUCKET_KEYS: tuple[str, ...] = tuple(bucket_key(bucket) for bucket in range(PEER_BUCKETS))
 
 
 def peer_subkey(name: str, owner: bytes) -> bytes:
@@ -105,36 +150,43 @@ class PeerRecord(_Record):
     with the number of steps it did (cumulative, over every plan). error: why its last step under
     `plan_version` failed ("" if none); blamed: the peer that failure names (the silent or
     misbehaving neighbour, or this peer itself when the fault is its own).
+
+    Every field is bounded (MAX_LINKS, MAX_SUSPECTS, ...) and the whole record encodes to at most
+    PEER_RECORD_MAX_BYTES, so a bucket of records stays far below hivemind's message limit.
+    `from_wire` refuses a record beyond its bounds; `to_wire`, the writer's side, trims the fields a
+    running peer fills from what happens to it (error text, suspects, links, DHT addresses), so a
+    peer's own heartbeat never fails validation. Its name, address and device are the operator's:
+    those it does not trim.
     """
 
     what: ClassVar[str] = "peer record"
 
-    name: Name
-    address: str
-    device: str
+    name: PeerName
+    address: _PeerAddress
+    device: _Short
     tflops: PositiveFloat
     memory_gb: NonNegativeFloat
     state: PeerState = "joining"
     heartbeat: FiniteFloat = 0.0
-    links: dict[Name, Link] = {}
-    dht_addrs: list[str] = []
+    links: Annotated[dict[PeerName, Link], msgspec.Meta(max_length=MAX_LINKS)] = {}
+    dht_addrs: Annotated[list[_Multiaddr], msgspec.Meta(max_length=MAX_DHT_ADDRS)] = []
     plan_version: NonNegativeInt = 0
     step: NonNegativeInt = 0
-    stage: int = -1
-    replica: int = -1
-    param_checksum: str = ""
+    stage: _Cell = -1
+    replica: _Cell = -1
+    param_checksum: _Short = ""
     prepared_step: NonNegativeInt = 0
     prepared_version: NonNegativeInt = 0
     loss: float | None = None
-    bytes_sent: dict[str, NonNegativeInt] = {}
-    values_sent: dict[str, NonNegativeInt] = {}
+    bytes_sent: _Counts = {}
+    values_sent: _Counts = {}
     dropped_stale: NonNegativeInt = 0
-    rejected: dict[str, NonNegativeInt] = {}
-    suspects: dict[Name, NonNegativeInt] = {}
-    error: str = ""
-    blamed: str = ""
-    curve_key: str = ""
-    admission: str = ""
+    rejected: _Counts = {}
+    suspects: Annotated[dict[PeerName, NonNegativeInt], msgspec.Meta(max_length=MAX_SUSPECTS)] = {}
+    error: _Error = ""
+    blamed: _Blamed = ""
+    curve_key: _Short = ""
+    admission: _Short = ""
 
     def __post_init__(self) -> None:
         for table in (self.bytes_sent, self.values_sent):
@@ -146,6 +198,11 @@ class PeerRecord(_Record):
         if unknown:
             raise RecordError(f"peer record field 'rejected' names unknown categories {sorted(unknown)[:8]}; "
                               f"categories are {', '.join(REJECTIONS)}")
+        check_encoded_size(self, PEER_RECORD_MAX_BYTES, f"peer record {self.name!r}")
+
+    def to_wire(self) -> dict[str, Any]:
+        """The record as its writer announces it: within every bound (see the class docstring)."""
+        return _trimmed(to_builtins(self))
 
 
 
@@ -162,7 +219,9 @@ class PlanRecord(_Record, forbid_unknown_fields=True):
     which a peer loading that stage from a donor must get. codec_state: the checkpoint the cells
     restore from holds every cell's codec state for this very grid (error-feedback residuals, AQ-SGD
     memories): each peer loading from it loads its own cell's too, so the run goes on as it would
-    have. Without it they start fresh codec state, both ends of every link alike.
+    have. Without it they start fresh codec state, both ends of every link alike. resplit: for a
+    plan whose layer split differs from the previous one, where its `SourceKind.LAYERS` cells fetch
+    their layers.
     """
 
     what: ClassVar[str] = "plan record"
@@ -181,6 +240,7 @@ class PlanRecord(_Record, forbid_unknown_fields=True):
     keys: dict[Name, CurveKey] = {}
     checksums: list[str] = []
     codec_state: bool = False
+    resplit: Resplit | None = None
 
     def __post_init__(self) -> None:
         widths = {len(row) for row in self.grid}
@@ -222,6 +282,11 @@ class PlanRecord(_Record, forbid_unknown_fields=True):
     def members(self) -> list[str]:
         return [name for row in self.grid for name in row]
 
+    def donates(self, name: str) -> bool:
+        """Whether `name` must serve its stage as it was before this plan: a cell's donor, or a holder
+        of an old stage that re-split cells fetch layers from."""
+        return (StateSource(SourceKind.PEER, name) in self.sources.values()
+                or (self.resplit is not None and any(name in holders for holders in self.resplit.holders)))
 
 
 class ControlRecord(_Record, forbid_unknown_fields=True):
@@ -251,4 +316,39 @@ class ControlRecord(_Record, forbid_unknown_fields=True):
     probe_address: str = ""
     curve_key: str = ""
     admitted: dict[Name, Admitted] = {}
+
+
+def _trimmed(wire: dict[str, Any]) -> dict[str, Any]:
+    """A peer record's wire form cut to its bounds where a running peer's own doings could exceed them.
+
+    Error text is shortened, the most-flagged suspects and the nearest links kept, the first DHT
+    addresses kept; then, while multi-byte text still holds it above PEER_RECORD_MAX_BYTES, the
+    error text halves, and the least-flagged suspects and farthest links go, one at a time.
+    """
+    wire["error"] = _cut(wire["error"], MAX_ERROR_CHARS)
+    wire["blamed"] = _cut(wire["blamed"], 80)
+    suspects: dict[str, int] = wire["suspects"]
+    if len(suspects) > MAX_SUSPECTS:
+        suspects = dict(sorted(suspects.items(), key=lambda item: (-item[1], item[0]))[:MAX_SUSPECTS])
+    links: dict[str, dict[str, float]] = wire["links"]
+    if len(links) > MAX_LINKS:
+        links = dict(sorted(links.items(), key=lambda item: (item[1]["latency_ms"], item[0]))[:MAX_LINKS])
+    wire.update(suspects=suspects, links=links, dht_addrs=wire["dht_addrs"][:MAX_DHT_ADDRS])
+    while encoded_size(wire) > PEER_RECORD_MAX_BYTES:
+        if wire["error"]:
+            wire["error"] = _cut(wire["error"], len(wire["error"]) // 2)
+        elif suspects:
+            del suspects[min(suspects, key=suspects.__getitem__)]
+        elif links:
+            del links[max(links, key=lambda name: links[name]["latency_ms"])]
+        else:
+            break  # its name, address or device: `from_wire` says which bound they break
+    return wire
+
+
+def _cut(text: str, length: int) -> str:
+    """`text` in at most `length` characters, an ellipsis marking a cut."""
+    if len(text) <= length:
+        return text
+    return text[:length - 1] + "…" if length > 0 else ""
 

@@ -15,6 +15,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+from peers.protocol import Departure
+
 __all__ = ["Blame", "Evictions", "MAX_BACKOFF_S"]
 
 MAX_BACKOFF_S = 600.0
@@ -61,18 +63,24 @@ class Evictions:
         self.backoff_s = backoff_s
         self._clock = clock
         self._until: dict[str, float] = {}
+        self._why: dict[str, Departure] = {}
         self.count: Counter[str] = Counter()  # evictions this run, by peer
 
-    def add(self, name: str) -> float:
-        """Evict `name` (again); returns how long it stays out."""
+    def add(self, name: str, why: Departure) -> float:
+        """Evict `name` (again) for `why`; returns how long it stays out."""
         self.count[name] += 1
         seconds = min(MAX_BACKOFF_S, self.backoff_s * 2.0 ** (self.count[name] - 1))
         self._until[name] = self._clock() + seconds
+        self._why[name] = why
         return seconds
 
-    def update(self, names: Iterable[str]) -> None:
+    def update(self, names: Iterable[str], why: Departure) -> None:
         for name in names:
-            self.add(name)
+            self.add(name, why)
+
+    def cause(self, name: str) -> Departure:
+        """Why `name` was evicted last."""
+        return self._why[name]
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self._until.get(name, 0.0) > self._clock()

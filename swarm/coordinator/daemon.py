@@ -6,9 +6,8 @@ One loop, polling the DHT every `POLL_S`:
 2. a grid member is gone (record expired, `leaving`, an error report naming whom to blame, or no
    prepare within `commit_s`): abort the step in flight and publish a repaired plan that restarts
    it, with a reason. No step is ever applied by only some peers.
-3. every member prepared step s under the current version: commit s (peers apply it),
-   checkpoint if due, and between steps admit newcomers (standby, or a whole new replica).
-The control record tells peers what was committed and which plan governs the next step.
+3. every member prepared step s under the current version: commit s (peers apply it), checkpoint
+   if due (`Checkpointer`), and between steps admit newcomers or re-split layers (`Growth`).
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from models import get_config
 from peers.daemon.corpus import CORPUS_SLOT
 from peers.daemon.records import COORDINATOR_NAME, CoordinatorPin, publish_coordinator
 from peers.daemon.stage_state import codec_slot
-from peers.daemon.timeouts import PEER_TTL_S
+from peers.daemon.timeouts import FIRST_STEP_PATIENCE, PEER_TTL_S
 from peers.protocol import (
     CONTROL_KEY,
     PLAN_KEY,
@@ -47,11 +46,11 @@ from .config import CoordinatorConfig, given_placement
 from .growth import Growth
 from .planning import (
     Placement,
-    assign_sources,
     describe_losses,
     describe_reason,
     first_placement,
     fit_batch,
+    plan_sources,
     predicted_step_s,
     refill,
     restart_lost_stages,
@@ -99,6 +98,7 @@ class Coordinator:
         self.step_clock = self.started = time.monotonic()
         self.evicted = Evictions(config.readmit_after_s)  # timed out, blamed or suspected: out until a back-off ends
         self.blame = Blame(config.evict_after)
+        self._waiting_for = ""  # why the plan cannot be repaired yet, as said last
         self.suspects = SuspectTracker(config.evict_suspects, self.report.event, on_event)
         self.growth = Growth(config.replicas, self.training, self.codecs, on_event)
         self.tokens_per_step = self.training.batch * get_config(self.training.model).context
@@ -213,13 +213,14 @@ class Coordinator:
             elif record.error and record.plan_version == self.plan.version:
                 lost[name] = Departure.REPORTED
             elif name in self.evicted:
-                lost[name] = Departure.SUSPECTED
-        if not lost and time.monotonic() - self.step_clock > self.timeouts.commit_s:
+                lost[name] = self.evicted.cause(name)
+        patience = FIRST_STEP_PATIENCE if self.committed_step + 1 == self.plan.start_step else 1  # kernels load
+        if not lost and time.monotonic() - self.step_clock > self.timeouts.commit_s * patience:
             step = self.committed_step + 1
             for name in self.plan.members():
                 if (records[name].prepared_step, records[name].prepared_version) != (step, self.plan.version):
                     lost[name] = Departure.TIMED_OUT
-                    self.evicted.add(name)
+                    self.evicted.add(name, Departure.TIMED_OUT)
         return lost
 
     def _replan(self, records: dict[str, PeerRecord], lost: dict[str, Departure]) -> None:
@@ -229,11 +230,11 @@ class Coordinator:
         # committed step; one that failed to take up its cell (e.g. a state fetch timed out) would
         # be told to "keep" state it never loaded, and fail again forever: refill it instead.
         reported = {n for n, why in lost.items() if why is Departure.REPORTED and n in live
-                    and (live[n].stage, live[n].step) == (self._stage_of(n), self.committed_step)}
+                    and (live[n].stage, live[n].step) == ((self.plan.position(n) or (-1, -1))[0], self.committed_step)}
         if reported and len(reported) == len(lost) and (culprit := self.blame.failed(
                 self.plan.grid, [records[n].blamed or n for n in reported])) is not None:
             lost[culprit] = Departure.BLAMED  # the same grid failed --evict-after times, naming it most
-            self.evicted.add(culprit)
+            self.evicted.add(culprit, Departure.BLAMED)
             reported.discard(culprit)
         dead = {n: why for n, why in lost.items() if n not in reported}
         try:
@@ -241,18 +242,15 @@ class Coordinator:
                 else Placement([list(row) for row in self.plan.grid], list(self.plan.layers), list(self.plan.standby),
                                PlanReason(PlanChange.REPAIRED, describe_losses(lost)))
         except (RuntimeError, ValueError) as error:  # ValueError: the scheduler's ScenarioError / PlanError
-            self.on_event(f"cannot repair the plan yet: {error}")
+            if f"{error}" != self._waiting_for:  # once per reason, not on every tick
+                self.on_event(f"cannot repair the plan yet: {error}")
+            self._waiting_for = f"{error}"
             return
         step = self.committed_step + 1
         placement.reason.lost = dict(lost)
         placement.reason.errors = {n: records[n].error for n in lost if n in records and records[n].error}
         placement.reason.text = f"step {step} aborted: {placement.reason.text}"
         self._publish_plan(fit_batch(placement, self.training), records, origin=None, start_step=step)
-
-    def _stage_of(self, name: str) -> int:
-        assert self.plan is not None
-        position = self.plan.position(name)
-        return -1 if position is None else position[0]
 
     def _commit(self, step: int, records: dict[str, PeerRecord]) -> bool:
         assert self.plan is not None
@@ -269,7 +267,7 @@ class Coordinator:
         self.checkpoint_step = step if due else 0
         self.report.step(step, committed_plan.version, losses, self.tokens_per_s, seconds)
         self.report.observe(committed_plan, records)
-        self.evicted.update(self.suspects.judge(committed_plan, records, step))
+        self.evicted.update(self.suspects.judge(committed_plan, records, step), Departure.SUSPECTED)
         self.blame.succeeded()
         finished = step >= self.training.steps
         if not finished:
@@ -294,8 +292,11 @@ class Coordinator:
         """Between steps: name newcomers standby, grow by a whole replica when hysteresis allows."""
         assert self.plan is not None
         placement = self.growth.placement(self.plan, self._live(records), step - self.last_change_step)
-        if placement is not None:
-            self._publish_plan(placement, records, origin=None, start_step=step + 1)
+        try:
+            if placement is not None:
+                self._publish_plan(placement, records, origin=None, start_step=step + 1)
+        except ValueError as error:  # a re-split whose old stages lost their holders: the plan stays
+            self.on_event(str(error))
 
     def _live(self, records: dict[str, PeerRecord]) -> dict[str, PeerRecord]:
         """Peers that can take a cell now: announced ready, training or standby, and not evicted."""
@@ -313,7 +314,7 @@ class Coordinator:
         live = {n for n, r in records.items() if r.state in _READY_STATES and n not in self.evicted}
         holders = None if previous is None else stage_holders(previous, records, self.committed_step,
                                                               self.committed_version, live)
-        sources = assign_sources(placement.grid, holders, origin)
+        sources, resplit = plan_sources(placement.grid, placement.layers, previous, holders, origin)
         lost_state = origin is None and StateSource(SourceKind.CHECKPOINT) in sources.values()
         if lost_state and self.checkpoint is None:  # nothing to roll back to: the lost stages start from the seed
             sources, lost = restart_lost_stages(placement.grid, sources)
@@ -337,11 +338,13 @@ class Coordinator:
         version = max(published.version if published else 0, previous.version if previous else 0,
                       *(record.plan_version for record in records.values())) + 1
         plan = PlanRecord(version=version, start_step=start_step, grid=placement.grid, layers=placement.layers,
-                          addresses={n: records[n].address for n in members}, sources=sources, codecs=self.codecs,
+                          addresses={n: records[n].address for n in [*members, *(resplit.donors() if resplit else [])]},
+                          sources=sources, codecs=self.codecs,
                           training=msgspec.structs.replace(self.training, timeouts=self.timeouts),
                           reason=placement.reason, standby=placement.standby,
                           checkpoint_address=self.states.address, keys=self._keys([*members, *placement.standby]),
-                          checksums=holders.checksums if holders and origin is None else [], codec_state=codec_state)
+                          checksums=holders.checksums if holders and origin is None and not resplit else [],
+                          codec_state=codec_state, resplit=resplit)
         publish_coordinator(self.dht, PLAN_KEY, plan.to_wire())
         write_json_atomic(self.dir / PEERS_FILE, {"dht_addrs": [a for r in records.values() for a in r.dht_addrs]})
         self.plan = plan
@@ -385,7 +388,6 @@ class Coordinator:
 
     def _collect_checkpoints(self, outcomes: list[Checkpoint | Skipped]) -> None:
         """Adopt the checkpoints the `Checkpointer` finished: serve them, name them in the report."""
-        assert self.states is not None
         for outcome in outcomes:
             if isinstance(outcome, Skipped):
                 self.on_event(f"checkpoint of step {outcome.step} skipped: {outcome.why}")

@@ -1,9 +1,11 @@
-"""Between two steps: what the grid does with the peers that are not in it.
+"""Between two steps: what the grid does with the peers that are not in it, and with its layers.
 
 Newcomers become standby (a `JOINED` plan: nobody in the grid is disturbed, see
 `StageRunner.continues`); once standby peers can fill a whole new pipeline replica and the
 hysteresis of `planning.growth_target` allows, the scheduler's `replan` grows the grid. A growth
-the scheduler declined is not asked again until the live peers change.
+the scheduler declined is not asked again until the live peers change. Otherwise, once the
+hysteresis allows, the scheduler is asked (again only when the live peers change) whether moving
+layers, and peers, would shorten the step enough to be worth it (`planning.resplit`).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections.abc import Callable
 
 from peers.protocol import Codecs, PeerRecord, PlanChange, PlanReason, PlanRecord, TrainingSpec
 
-from .planning import Placement, grow, growth_target
+from .planning import MIN_STEPS_BETWEEN_CHANGES, Placement, grow, growth_target, resplit
 
 __all__ = ["Growth"]
 
@@ -26,6 +28,7 @@ class Growth:
         self.codecs = codecs
         self.on_event = on_event
         self._declined: tuple[frozenset[str], int] | None = None  # (live peers, replicas) the scheduler turned down
+        self._resplit_asked: frozenset[str] = frozenset()  # the live peers the last re-split question was about
 
     def placement(self, plan: PlanRecord, live: dict[str, PeerRecord], steps_since_change: int) -> Placement | None:
         """The next plan's placement after a commit under `plan`, or None to keep it as it is.
@@ -45,6 +48,12 @@ class Growth:
             if grown is not None:
                 return grown
             self._declined = (frozenset(live), target)
+        if not newcomers and steps_since_change >= MIN_STEPS_BETWEEN_CHANGES and frozenset(live) != self._resplit_asked:
+            self._resplit_asked = frozenset(live)  # ask again only when the live peers change
+            try:
+                return resplit(plan, live, self.training, self.codecs, self.training.seed)
+            except ValueError as error:  # the scheduler's ScenarioError / PlanError: keep the split
+                self.on_event(f"cannot re-split the layers: {error}")
         if not newcomers:
             return None
         text = f"{', '.join(newcomers)} joined: standby until {plan.stages} standby peers can fill a new replica"

@@ -10,8 +10,11 @@ peers' measured TFLOPS, memory and links. Every later plan comes from the schedu
   replica, and not sooner than `MIN_STEPS_BETWEEN_CHANGES` after the last change, so a peer that
   flaps never makes the swarm thrash.
 
-The live state transfer moves a stage's state between peers but cannot re-split layers, so every
-re-plan keeps the current layer split. Each plan carries its `PlanReason` (who joined or left, the
+- re-split (elastic layers): when the swarm's compute changed (a fast peer joined, a slow one is
+  in the grid), the scheduler's plan of the same shape may move layers and peers; it is taken only
+  when the cost model predicts a step at least `RESPLIT_GAIN` shorter. Its cells assemble their
+  layers from the old stages' holders (`SourceKind.LAYERS`, `Resplit`); repairs and growth keep
+  the current split. Each plan carries its `PlanReason` (who joined or left, the
 grid change, the peers that move; the coordinator adds the predicted cost). Each cell gets a
 `StateSource`: keep, a donor peer (spread round-robin over the stage's live holders), the
 checkpoint (no live holder) or init (first plan of a fresh run, or a stage that lost every holder
@@ -32,6 +35,7 @@ from peers.protocol import (
     PlanChange,
     PlanReason,
     PlanRecord,
+    Resplit,
     SourceKind,
     StateSource,
     TrainingSpec,
@@ -42,10 +46,11 @@ from swarm.scheduler import plan as schedule
 __all__ = ["Placement", "MIN_STEPS_BETWEEN_CHANGES", "scenario_from_records", "first_placement",
            "describe_losses", "describe_reason", "fit_batch", "refill", "growth_target", "grow", "to_scheduler_plan",
            "assign_sources",
-           "Holders", "stage_holders", "restart_lost_stages",
+           "Holders", "stage_holders", "restart_lost_stages", "resplit", "plan_sources", "RESPLIT_GAIN",
            "predicted_step_s", "scenario_job"]
 
 MIN_STEPS_BETWEEN_CHANGES = 3
+RESPLIT_GAIN = 0.2  # a re-split moves state and resets codec memories: only for a clearly shorter step
 _DEFAULT_LINK = (1.0, 1.0)  # (Gbit/s, ms) for a pair nobody measured
 
 
@@ -196,6 +201,43 @@ def grow(plan: PlanRecord, live: dict[str, PeerRecord], replicas: int, training:
         new = Plan(new.scenario, new.grid, tuple(plan.layers))  # pin the split the peers' state has
     added = sorted(set(new.devices) - set(plan.members()))
     return _placement(plan, new, live, PlanReason(PlanChange.GROWN, f"{', '.join(added)} join the grid", joined=added))
+
+
+def resplit(plan: PlanRecord, live: dict[str, PeerRecord], training: TrainingSpec, codecs: Codecs,
+            seed: int = 0) -> Placement | None:
+    """The scheduler's plan of the same grid shape over the live peers, if it moves layers and its
+    predicted step is at least `RESPLIT_GAIN` shorter than the current plan's; else None."""
+    scenario = scenario_from_records(live, training, codecs, plan.stages, plan.replicas)
+    current = to_scheduler_plan(plan)
+    new, _ = replan(scenario, current, seed=seed, time_limit=1.0)
+    if (new.stages, new.replicas) != (plan.stages, plan.replicas) or list(new.layers) == list(plan.layers):
+        return None
+    before, after = predict(scenario, current, "full").iteration_s, predict(scenario, new, "full").iteration_s
+    if after > (1 - RESPLIT_GAIN) * before:
+        return None
+    text = f"layers {plan.layers} -> {list(new.layers)}, predicted {before:.3g} -> {after:.3g} s/step"
+    return _placement(plan, new, live, PlanReason(PlanChange.RESPLIT, text, predicted_step_s=after))
+
+
+def plan_sources(grid: list[list[str]], layers: list[int], previous: PlanRecord | None, holders: Holders | None,
+                 origin: SourceKind | None) -> tuple[dict[str, StateSource], Resplit | None]:
+    """Each cell's `StateSource` (see `assign_sources`), and for a plan that changes the layer split of
+    `previous`, where its cells fetch their layers: a stage whose layer range is unchanged is kept by
+    its holders, every other cell assembles its layers from the old stages' holders."""
+    if previous is None or origin is not None or list(layers) == list(previous.layers):
+        return assign_sources(grid, holders, origin), None
+    if holders is None or not all(holders.names):
+        raise ValueError(f"cannot re-split layers {previous.layers} -> {layers}: an old stage has no holder")
+    old_ranges, new_ranges = _ranges(previous.layers), _ranges(layers)
+    sources = {name: StateSource(SourceKind.KEEP) if stage < len(old_ranges) and new_ranges[stage] == old_ranges[stage]
+               and name in holders.names[stage] else StateSource(SourceKind.LAYERS)
+               for stage, row in enumerate(grid) for name in row}
+    return sources, Resplit(layers=list(previous.layers), holders=holders.names, checksums=holders.checksums)
+
+
+def _ranges(layers: list[int]) -> list[tuple[int, int]]:
+    """(first layer, layer count) of each stage of a split."""
+    return [(sum(layers[:stage]), count) for stage, count in enumerate(layers)]
 
 
 def to_scheduler_plan(plan: PlanRecord | Placement) -> Plan:

@@ -5,6 +5,7 @@ import pytest
 
 from peers.daemon.peer import _blamed
 from peers.pipeline import NonFiniteStep
+from peers.protocol import Departure
 from peers.transport import BadMessage, PeerTimeout
 from swarm.coordinator.blame import MAX_BACKOFF_S, Blame, Evictions
 
@@ -49,16 +50,16 @@ def test_evict_after_must_be_positive():
 def test_an_evicted_peer_is_out_for_a_back_off_that_doubles():
     now = [100.0]
     evictions = Evictions(10.0, clock=lambda: now[0])
-    assert evictions.add("a") == 10.0
-    assert "a" in evictions and "b" not in evictions
+    assert evictions.add("a", Departure.BLAMED) == 10.0
+    assert "a" in evictions and "b" not in evictions and evictions.cause("a") is Departure.BLAMED
     now[0] += 9.9
     assert "a" in evictions and evictions.released() == []
     now[0] += 0.2
     assert "a" not in evictions and evictions.released() == ["a"] and evictions.released() == []
-    assert evictions.add("a") == 20.0
+    assert evictions.add("a", Departure.BLAMED) == 20.0
     for _ in range(10):
-        evictions.add("a")
-    assert evictions.add("a") == MAX_BACKOFF_S
+        evictions.add("a", Departure.BLAMED)
+    assert evictions.add("a", Departure.BLAMED) == MAX_BACKOFF_S
 
 
 def test_a_failure_names_the_silent_or_misbehaving_neighbour_else_the_peer_itself():

@@ -326,3 +326,36 @@ def test_without_a_checkpoint_a_resume_keeps_the_stages_someone_holds_or_starts_
     assert resume_start(previous, None, nobody, TRAINING, CODECS, 4, patient=True) is None
     over = resume_start(previous, None, nobody, TRAINING, CODECS, 4, patient=False)
     assert (over.origin, over.start_step, over.rolled_back_to) == (SourceKind.INIT, 1, 0)
+
+
+def test_a_re_split_plan_fetches_moved_layers_from_the_old_stages_holders():
+    from swarm.coordinator.planning import plan_sources
+
+    previous = PlanRecord.from_wire({**_plan([["s0"], ["f0"]]).to_wire(), "layers": [1, 3]})
+    holders = stage_holders(previous, _holding(previous.grid), 4, 3, live={"s0", "f0", "f1"})
+    sources, resplit = plan_sources([["f1"], ["f0"]], [2, 2], previous, holders, origin=None)
+    assert sources == {"f1": StateSource(SourceKind.LAYERS), "f0": StateSource(SourceKind.LAYERS)}
+    assert resplit.layers == [1, 3] and resplit.holders == [["s0"], ["f0"]] and resplit.donors() == ["f0", "s0"]
+    kept, _ = plan_sources([["s0"], ["f0"]], [1, 3], previous, holders, origin=None)
+    assert kept == {"s0": KEEP, "f0": KEEP}  # the same split: no re-split
+    four = PlanRecord.from_wire({**_plan([["a"], ["b"], ["c"]]).to_wire(), "layers": [2, 1, 1]})
+    holding = stage_holders(four, _holding(four.grid), 4, 3, live=set("abc"))
+    moved, _ = plan_sources([["a"], ["b"], ["c"]], [2, 1, 1], four, holding, origin=None)
+    assert set(moved.values()) == {KEEP}
+    partly, _ = plan_sources([["a"], ["b"], ["c"]], [1, 2, 1], four, holding, origin=None)
+    assert partly == {"a": StateSource(SourceKind.LAYERS), "b": StateSource(SourceKind.LAYERS), "c": KEEP}
+    holding.names[1] = []
+    with pytest.raises(ValueError, match="no holder"):
+        plan_sources([["a"], ["b"], ["c"]], [1, 2, 1], four, holding, origin=None)
+
+
+def test_a_re_split_is_proposed_only_for_a_clearly_shorter_predicted_step():
+    from swarm.coordinator.planning import resplit
+
+    previous = PlanRecord.from_wire({**_plan([["s0"], ["f0"]], batch=8).to_wire(), "layers": [1, 3]})
+    slow = _records(["s0", "f0", "f1"], slow=["s0"])
+    placement = resplit(previous, slow, TRAINING, CODECS)
+    assert placement is not None and placement.reason.change is PlanChange.RESPLIT
+    assert placement.layers == [2, 2] and sorted(n for row in placement.grid for n in row) == ["f0", "f1"]
+    assert resplit(PlanRecord.from_wire({**previous.to_wire(), "layers": [2, 2]}), _records(["s0", "f0"]),
+                   TRAINING, CODECS) is None  # already balanced: nothing to gain
