@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from peers.logs import add_log_format_argument, configure_logging
+from peers.protocol.validation import MAX_NAME_CHARS
 
 __all__ = ["main"]
 
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_format)
     events = logging.getLogger("peers.daemon")
     name = args.name or f"{socket.gethostname()}-{secrets.token_hex(2)}"
+    if len(name) > MAX_NAME_CHARS:
+        parser.error(f"--name is {len(name)} characters long; peer records allow at most {MAX_NAME_CHARS}")
     if attack is not None:
         events.warning("%s: FAULT INJECTOR ACTIVE (--attack %s): this peer will send tampered gradients while "
                        "it is that replica of its stage; never use it in a real run", name, attack)

@@ -71,7 +71,8 @@ MAX_ERROR_CHARS = 256
 _OWNER = b"[owner:"
 Address = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 _PeerAddress = Annotated[str, msgspec.Meta(max_length=256)]
-_Multiaddr = Annotated[str, msgspec.Meta(max_length=128)]
+_MULTIADDR_CHARS = 128
+_Multiaddr = Annotated[str, msgspec.Meta(max_length=_MULTIADDR_CHARS)]
 _Short = Annotated[str, msgspec.Meta(max_length=64)]  # device, checksum, curve key, join proof
 _Error = Annotated[str, msgspec.Meta(max_length=MAX_ERROR_CHARS)]
 _Blamed = Annotated[str, msgspec.Meta(max_length=80)]  # "" or a peer name
@@ -322,7 +323,7 @@ def _trimmed(wire: dict[str, Any]) -> dict[str, Any]:
     """A peer record's wire form cut to its bounds where a running peer's own doings could exceed them.
 
     Error text is shortened, the most-flagged suspects and the nearest links kept, the first DHT
-    addresses kept; then, while multi-byte text still holds it above PEER_RECORD_MAX_BYTES, the
+    addresses that fit their bound kept; then, while multi-byte text still holds it above PEER_RECORD_MAX_BYTES, the
     error text halves, and the least-flagged suspects and farthest links go, one at a time.
     """
     wire["error"] = _cut(wire["error"], MAX_ERROR_CHARS)
@@ -333,7 +334,8 @@ def _trimmed(wire: dict[str, Any]) -> dict[str, Any]:
     links: dict[str, dict[str, float]] = wire["links"]
     if len(links) > MAX_LINKS:
         links = dict(sorted(links.items(), key=lambda item: (item[1]["latency_ms"], item[0]))[:MAX_LINKS])
-    wire.update(suspects=suspects, links=links, dht_addrs=wire["dht_addrs"][:MAX_DHT_ADDRS])
+    addrs = [addr for addr in wire["dht_addrs"] if len(addr) <= _MULTIADDR_CHARS][:MAX_DHT_ADDRS]
+    wire.update(suspects=suspects, links=links, dht_addrs=addrs)
     while encoded_size(wire) > PEER_RECORD_MAX_BYTES:
         if wire["error"]:
             wire["error"] = _cut(wire["error"], len(wire["error"]) // 2)

@@ -14,8 +14,9 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
-__all__ = ["RecordError", "from_builtins", "to_builtins", "validated", "PositiveInt", "NonNegativeInt", "PositiveFloat",
-           "NonNegativeFloat", "FiniteFloat", "Name"]
+__all__ = ["RecordError", "from_builtins", "to_builtins", "validated", "encoded_size", "check_encoded_size",
+           "PositiveInt", "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "FiniteFloat", "Name", "PeerName",
+           "MAX_NAME_CHARS"]
 
 T = TypeVar("T")
 Step = str | int
@@ -35,6 +36,10 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0, le=_HUGE)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0, le=_HUGE)]
 FiniteFloat = Annotated[float, msgspec.Meta(ge=-_HUGE, le=_HUGE)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+# A peer's own name, tighter than `Name` because a peer record holds up to dozens of them (links,
+# suspects) within its byte bound; the default name, HOSTNAME-XXXX, fits (Linux hostnames <= 64).
+MAX_NAME_CHARS = 80
+PeerName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
 
 
 class RecordError(ValueError):
@@ -59,6 +64,20 @@ def to_builtins(record: msgspec.Struct) -> dict[str, Any]:
     assert isinstance(value, dict)
     return value
 
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes of `value` as msgpack, the encoding hivemind stores DHT values in."""
+    return len(msgspec.msgpack.encode(value))
+
+
+def check_encoded_size(record: msgspec.Struct, limit: int, what: str) -> None:
+    """RecordError unless `record` encodes to at most `limit` bytes. Field bounds count characters; this
+    catches what they cannot (multi-byte text), so the DHT value holding the record stays bounded."""
+    size = encoded_size(record)
+    if size > limit:
+        raise RecordError(f"{what} encodes to {size} bytes, above its bound of {limit} bytes: shorten its text "
+                          "or drop entries")
 
 
 def validated(record: T, what: str) -> T:

@@ -6,7 +6,8 @@
 
 Shows every peer (name, state, stage, replica, device, measured speed and links, heartbeat age,
 parameter checksum), the plan version and why it changed, the global step, the last loss and
-tokens/s. It joins the DHT as a client only (nobody dials it) and leaves at once.
+tokens/s. It joins the DHT as a client only (nobody dials it), reads every bucket of peer records
+at once (`read_peers`: PEER_BUCKETS concurrent lookups) and leaves.
 """
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """Which announced peers belong to the swarm: names bound to keys, join tokens and allowlists checked.
 
-Every tick the coordinator reads all claims to peer names (`read_claims`) and keeps, for each
-name, only the record signed by the key the name is bound to. A name is bound the first time a
+Every tick the coordinator looks at all claims to peer names and keeps, for each name, only the
+record signed by the key the name is bound to. The claims come from a `PeerDirectory`: each tick
+re-reads the buckets of the names the coordinator needs fresh (its plan's members) and a few
+others round-robin, so a tick costs a bounded number of DHT lookups at any swarm size, and every
+record is at most one sweep (0.8 s at 20 ticks a second) old. A name is bound the first time a
 single key claims it and passes admission; the binding never moves, so a record for that name
 signed by anybody else is forged (ignored, counted). The bindings are kept in DIR/admitted.json,
 so a coordinator started with `--resume` recognises the same peers (a fresh run starts empty).
@@ -16,10 +19,10 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
-from peers.daemon.records import read_claims
+from peers.daemon.records import PeerDirectory
 from peers.dht import SwarmDHT
 from peers.protocol import Admitted, JoinToken, PeerRecord, RecordError, check_proof, from_builtins
 from peers.security import CurveKeys
@@ -51,16 +54,25 @@ class Gatekeeper:
         self.forged: Counter[str] = Counter()  # records ignored because another key owns the name
         self.refused: Counter[str] = Counter()  # names whose admission failed (each read counts)
         self._said: set[tuple[str, str]] = set()
+        self.directory: PeerDirectory | None = None  # made by the first `read`, for its DHT
 
     @property
     def secure(self) -> bool:
         return self.keys is not None
 
-    def read(self, dht: SwarmDHT) -> dict[str, PeerRecord]:
-        """The genuine records of admitted peers, by name; admits newcomers on the way."""
+    def read(self, dht: SwarmDHT, fresh: Collection[str] = ()) -> dict[str, PeerRecord]:
+        """The genuine records of admitted peers, by name; admits newcomers on the way.
+
+        fresh: names whose records must be re-read now (the current plan's members, so one that
+        expired or reported a failure shows this very tick); every other record is re-read at least
+        once per sweep (`PeerDirectory`). The first read reads every record.
+        """
+        if self.directory is None or self.directory.dht is not dht:
+            self.directory = PeerDirectory(dht)
+        self.directory.refresh(fresh)
         peers: dict[str, PeerRecord] = {}
         changed = False
-        for name, claims in read_claims(dht).items():
+        for name, claims in self.directory.claims().items():
             bound = self.admitted.get(name)
             if bound is not None:
                 for owner, record in claims:

@@ -149,7 +149,7 @@ class Coordinator:
         self._collect_checkpoints(self.checkpoints.collect())
         for name in self.evicted.released():
             self.on_event(f"{name}'s eviction back-off ended: it may rejoin")
-        records = self.gatekeeper.read(self.dht)
+        records = self.gatekeeper.read(self.dht, fresh=self.plan.members() if self.plan is not None else ())
         if self.gatekeeper.secure:
             self.admission.update({name: admitted.key for name, admitted in self.gatekeeper.admitted.items()})
         if self.plan is None:

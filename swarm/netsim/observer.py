@@ -3,8 +3,9 @@
     python -m swarm.netsim.observer --initial-peers MULTIADDR... --out peers.json [--interval 0.5]
 
 Runs inside the coordinator's namespace (the DHT is only reachable in there), reads the peer
-records every `--interval` seconds and writes, atomically, the newest record seen of every peer
-(by heartbeat) with its counters: bytes and values sent per channel, drops, state, measured links.
+records of every bucket (`read_peers`: all buckets at once) every `--interval` seconds and writes,
+atomically, the newest record seen of every peer (by heartbeat) with its counters: bytes and values
+sent per channel, drops, state, measured links.
 Peers that already left keep their last record, so the file ends holding each peer's final
 counters. Stops on SIGTERM/SIGINT.
 """

@@ -19,7 +19,8 @@ from peers.daemon.records import (
     write_peer,
 )
 from peers.dht import SwarmDHT, peer_id_of
-from peers.protocol import CONTROL_KEY, PEERS_KEY, ControlRecord, PeerRecord, owner_fingerprint, peer_subkey
+from peers.protocol import CONTROL_KEY, ControlRecord, PeerRecord, owner_fingerprint, peer_subkey
+from peers.protocol.records import bucket_key, peer_bucket
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +42,16 @@ def test_a_peer_record_is_visible_to_other_nodes_and_cannot_be_forged(nodes):
     assert write_peer(second, _record("honest"), ttl=30)
     assert read_peers(first)["honest"].state == "ready"
     forged = _record("honest").to_wire() | {"state": "leaving"}
-    assert not first.store(PEERS_KEY, forged, 30, subkey=peer_subkey("honest", second.owner))
+    assert not first.store(bucket_key(peer_bucket("honest")), forged, 30, subkey=peer_subkey("honest", second.owner))
     assert read_peers(first)["honest"].state == "ready"
 
 
 def test_invalid_records_are_skipped(nodes):
     first, second = nodes
-    second.store(PEERS_KEY, {"name": "broken"}, 30, subkey=peer_subkey("broken", second.owner))
-    second.store(PEERS_KEY, _record("alias").to_wire(), 30, subkey=peer_subkey("other-name", second.owner))
-    second.store(PEERS_KEY, _record("unsigned").to_wire(), 30, subkey=b"unsigned")
+    for name, value, subkey in (("broken", {"name": "broken"}, peer_subkey("broken", second.owner)),
+                                ("other-name", _record("alias").to_wire(), peer_subkey("other-name", second.owner)),
+                                ("unsigned", _record("unsigned").to_wire(), b"unsigned")):
+        assert second.store(bucket_key(peer_bucket(name)), value, 30, subkey=subkey) or name == "unsigned"
     peers = read_peers(first)
     assert not {"broken", "alias", "other-name", "unsigned"} & set(peers)
 
