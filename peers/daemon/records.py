@@ -36,6 +36,8 @@ from peers.protocol import (
 )
 from peers.protocol.records import BUCKET_KEYS, PEER_BUCKETS, bucket_key, peer_bucket
 
+from .timeouts import PEER_TTL_S
+
 __all__ = ["read_claims", "read_peers", "write_peer", "publish_coordinator", "CoordinatorPin", "COORDINATOR_NAME",
            "PLAN_TTL_S", "FORGED", "PeerDirectory", "Claims", "PER_REFRESH"]
 
@@ -94,7 +96,9 @@ class PeerDirectory:
     len(buckets of names) + per_refresh lookups, sent at once, and every bucket is re-read at least
     once every `sweep` refreshes: a record that expired, or a new one, shows within a sweep. The
     first refresh reads every bucket (a coordinator must not plan from a partial view). A bucket
-    whose lookup failed keeps its last records and is read again at the next refresh.
+    whose lookup failed keeps its last records and is read again at the next refresh. A record missing
+    from an answer while its own stamp says it cannot have expired yet (a lookup that reached a node
+    without it) is kept until it could have: a live peer never looks dead for one bad read.
 
         directory = PeerDirectory(dht)
         directory.refresh(plan.members())
@@ -132,7 +136,7 @@ class PeerDirectory:
         for bucket in buckets:
             key = bucket_key(bucket)
             if key in answers:
-                self._buckets[bucket] = _bucket_claims(bucket, answers[key])
+                self._buckets[bucket] = _unexpired(self._buckets.get(bucket, {}), _bucket_claims(bucket, answers[key]))
                 self._failed.discard(bucket)
             else:
                 self._failed.add(bucket)
@@ -213,6 +217,13 @@ class CoordinatorPin:
 def publish_coordinator(dht: SwarmDHT, key: str, value: dict[str, Any]) -> bool:
     """Store a coordinator record (plan or control) under the coordinator's signed subkey."""
     return dht.store(key, value, PLAN_TTL_S, subkey=peer_subkey(COORDINATOR_NAME, dht.owner))
+
+
+def _unexpired(before: Claims, now: Claims) -> Claims:
+    """`now`, plus the names of `before` it lacks whose newest record was stamped less than a TTL ago."""
+    kept = {name: claims for name, claims in before.items() if name not in now
+            and max(record.heartbeat for _, record in claims) + PEER_TTL_S > dht_time()}
+    return {**now, **kept}
 
 
 def _bucket_claims(bucket: int, found: Any) -> Claims:

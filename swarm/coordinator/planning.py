@@ -205,17 +205,19 @@ def grow(plan: PlanRecord, live: dict[str, PeerRecord], replicas: int, training:
 
 def resplit(plan: PlanRecord, live: dict[str, PeerRecord], training: TrainingSpec, codecs: Codecs,
             seed: int = 0) -> Placement | None:
-    """The scheduler's plan of the same grid shape over the live peers, if it moves layers and its
-    predicted step is at least `RESPLIT_GAIN` shorter than the current plan's; else None."""
+    """The scheduler's plan of the same grid shape over the live peers, if it moves layers or peers and
+    its predicted step is at least `RESPLIT_GAIN` shorter than the current plan's; else None."""
     scenario = scenario_from_records(live, training, codecs, plan.stages, plan.replicas)
     current = to_scheduler_plan(plan)
     new, _ = replan(scenario, current, seed=seed, time_limit=1.0)
-    if (new.stages, new.replicas) != (plan.stages, plan.replicas) or list(new.layers) == list(plan.layers):
+    same = (new.grid, tuple(new.layers)) == (current.grid, tuple(current.layers))
+    if same or (new.stages, new.replicas) != (plan.stages, plan.replicas):
         return None
     before, after = predict(scenario, current, "full").iteration_s, predict(scenario, new, "full").iteration_s
     if after > (1 - RESPLIT_GAIN) * before:
         return None
-    text = f"layers {plan.layers} -> {list(new.layers)}, predicted {before:.3g} -> {after:.3g} s/step"
+    moved = f"layers {plan.layers} -> {list(new.layers)}" if list(new.layers) != list(plan.layers) else "peers move"
+    text = f"{moved}, predicted {before:.3g} -> {after:.3g} s/step"
     return _placement(plan, new, live, PlanReason(PlanChange.RESPLIT, text, predicted_step_s=after))
 
 

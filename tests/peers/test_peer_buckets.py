@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from peers.daemon.records import FORGED, PER_REFRESH, PeerDirectory, read_claims, read_peers, write_peer
+from peers.daemon.timeouts import PEER_TTL_S
 from peers.protocol import PeerRecord, owner_fingerprint, peer_subkey
 from peers.protocol.records import BUCKET_KEYS, PEER_BUCKETS, bucket_key, peer_bucket
 
@@ -116,21 +117,41 @@ def test_every_bucket_is_re_read_within_one_sweep():
         assert seen == set(range(PEER_BUCKETS))
 
 
-def test_a_new_record_shows_and_an_expired_one_goes_within_a_sweep():
-    dht = FakeDHT()
-    write_peer(dht, _record("old"), ttl=5)
+@pytest.fixture
+def dht(monkeypatch):
+    """A fake DHT whose clock is also the one records are stamped and judged by."""
+    fake = FakeDHT()
+    monkeypatch.setattr("peers.daemon.records.dht_time", lambda: fake.now)
+    return fake
+
+
+def test_a_new_record_shows_and_an_expired_one_goes_within_a_sweep(dht):
+    write_peer(dht, _record("old"), ttl=PEER_TTL_S)
     directory = PeerDirectory(dht)
     directory.refresh()
     write_peer(dht, _record("new"), ttl=30)
-    dht.now = 6.0  # "old" expired in the DHT
+    dht.now = PEER_TTL_S + 1.0  # "old" expired in the DHT
     assert set(directory.peers()) == {"old"}  # nothing re-read yet
     for _ in range(directory.sweep):
         directory.refresh()
     assert set(directory.peers()) == {"new"}
 
 
-def test_the_buckets_of_the_names_asked_for_are_read_on_every_refresh():
-    dht = FakeDHT()
+def test_a_record_one_read_misses_is_kept_until_its_stamp_says_it_expired(dht):
+    write_peer(dht, _record("live"), ttl=PEER_TTL_S)
+    directory = PeerDirectory(dht)
+    directory.refresh()
+    hidden = dht.values.pop(bucket_key(peer_bucket("live")))  # a lookup that reached a node without it
+    dht.now = PEER_TTL_S / 2
+    directory.refresh(["live"])
+    assert "live" in directory.peers()  # it cannot have expired yet: a live peer is not declared dead
+    dht.values[bucket_key(peer_bucket("live"))] = hidden
+    dht.now = PEER_TTL_S + 1.0
+    directory.refresh(["live"])
+    assert "live" not in directory.peers()
+
+
+def test_the_buckets_of_the_names_asked_for_are_read_on_every_refresh(dht):
     for name in ("member", "other"):
         write_peer(dht, _record(name), ttl=5)
     directory = PeerDirectory(dht, per_refresh=1)
@@ -142,7 +163,7 @@ def test_the_buckets_of_the_names_asked_for_are_read_on_every_refresh():
     write_peer(dht, _record("member", state="leaving"), ttl=5)
     directory.refresh(["member"])
     assert directory.peers()["member"].state == "leaving"  # at once, not a sweep later
-    dht.now = 6.0
+    dht.now = PEER_TTL_S + 1.0
     directory.refresh(["member"])
     assert "member" not in directory.peers()
 

@@ -2,6 +2,7 @@
 buckets of the names it needs fresh plus a few round-robin, with admission and forgery rules unchanged
 (pure logic, on the fake DHT of tests/peers/test_peer_buckets.py)."""
 from peers.daemon.records import PER_REFRESH, write_peer
+from peers.daemon.timeouts import PEER_TTL_S
 from peers.protocol import owner_fingerprint
 from peers.protocol.records import PEER_BUCKETS
 from swarm.coordinator.admission import Gatekeeper
@@ -25,13 +26,14 @@ def test_the_first_read_admits_every_peer_and_later_reads_cost_a_few_lookups(tmp
     assert len(dht.asked[-1]) <= PER_REFRESH + len(members)
 
 
-def test_a_fresh_members_expiry_shows_at_once_and_anyone_elses_within_a_sweep(tmp_path):
+def test_a_fresh_members_expiry_shows_at_once_and_anyone_elses_within_a_sweep(tmp_path, monkeypatch):
     dht, gatekeeper = FakeDHT(), _gatekeeper(tmp_path)
+    monkeypatch.setattr("peers.daemon.records.dht_time", lambda: dht.now)  # records stamped on the fake's clock
     for name in ("member", "bystander"):
-        write_peer(dht, _record(name), ttl=5)
+        write_peer(dht, _record(name), ttl=PEER_TTL_S)
     write_peer(dht, _record("survivor"), ttl=60)
     gatekeeper.read(dht)
-    dht.now = 6.0
+    dht.now = PEER_TTL_S + 1.0
     assert "member" not in gatekeeper.read(dht, fresh=["member"])
     assert gatekeeper.directory is not None
     for _ in range(gatekeeper.directory.sweep):
