@@ -43,7 +43,7 @@ class NetSwarm:
         node = self.net.node(device)
         self.procs.start(device, node.netns, python_command(
             "peers.cli", "join", "--initial-peers", *self.initial, "--name", device, "--host", node.address,
-            "--port", str(DATA_PORT), "--threads", "1", "--cache-dir", str(self.dir.parent / "cache")),
+            "--port", str(DATA_PORT), "--threads", "1", "--no-fused", "--cache-dir", str(self.dir.parent / "cache")),
             cgroup=self.net.cgroup(device))
 
     def report(self) -> dict[str, Any]:
