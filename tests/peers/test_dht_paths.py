@@ -11,21 +11,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import pytest
-
 from peers.daemon.timeouts import HEARTBEAT_S, PEER_TTL_S
 from peers.dht import GET_TIMEOUT_S, STORE_TIMEOUT_S, SwarmDHT
 
 PROMPT_S = PEER_TTL_S / 4  # what "promptly" means here: far inside a record's life, on a loaded machine
-
-
-@pytest.fixture(scope="module")
-def nodes():
-    first = SwarmDHT()
-    second = SwarmDHT(first.multiaddrs())
-    yield first, second
-    second.close()
-    first.close()
 
 
 def test_the_deadlines_leave_a_heartbeat_time_before_its_record_expires():

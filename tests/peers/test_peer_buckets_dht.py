@@ -3,23 +3,11 @@ read back by another through `read_peers` (every bucket at once) and through a `
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from peers.daemon.records import PeerDirectory, read_peers, write_peer
-from peers.dht import SwarmDHT
 from peers.protocol import PeerRecord
 from peers.protocol.records import PEER_BUCKETS, peer_bucket
 
 PEERS = 300
-
-
-@pytest.fixture(scope="module")
-def nodes():
-    first = SwarmDHT()
-    second = SwarmDHT(first.multiaddrs())
-    yield first, second
-    second.close()
-    first.close()
 
 
 def _record(name: str, state: str = "ready") -> PeerRecord:

@@ -23,15 +23,6 @@ from peers.protocol import CONTROL_KEY, ControlRecord, PeerRecord, owner_fingerp
 from peers.protocol.records import bucket_key, peer_bucket
 
 
-@pytest.fixture(scope="module")
-def nodes():
-    first = SwarmDHT()
-    second = SwarmDHT(first.multiaddrs())
-    yield first, second
-    second.close()
-    first.close()
-
-
 def _record(name: str) -> PeerRecord:
     return PeerRecord(name=name, address="tcp://127.0.0.1:1", device="cpu", tflops=0.1, memory_gb=1.0,
                       state="ready")

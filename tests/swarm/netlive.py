@@ -7,16 +7,31 @@ every log tail in the failure message.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from swarm.coordinator.report import read_report
 from swarm.netsim.harness import NetHarness
 from swarm.netsim.processes import python_command
 from swarm.netsim.topology import DATA_PORT, DHT_PORT
+
+# every test here builds namespaces (and some firewall rules or cgroups): root only, as in CI
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces, iptables and cgroups need root")
+
+
+def tiny_scenario(name: str, devices: list[dict[str, Any]], sites: dict[str, Any], stages: int, replicas: int,
+                  links: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """A scenario file's contents for the `tiny` model (what the harness shapes links and cgroups from)."""
+    return {"name": name, "devices": devices, "sites": sites, "links": list(links),
+            "model": {"layers": 4, "d_model": 128, "heads": 4, "seq_len": 128, "vocab": 256},
+            "batch": {"global_sequences": 8, "micro_sequences": 2},
+            "parallelism": {"stages": stages, "replicas": replicas}}
 
 
 class NetSwarm:

@@ -10,7 +10,6 @@ and its back-off (`--readmit-after`) has passed, the peer is let back into the g
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -19,10 +18,9 @@ import pytest
 from swarm.netsim.harness import NetHarness
 from swarm.scheduler import Scenario
 
-from .netlive import NetSwarm
+from .netlive import NetSwarm, needs_root
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and iptables need root")]
+pytestmark = [pytest.mark.slow, needs_root]
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 60

@@ -18,23 +18,18 @@ import pytest
 from swarm.netsim.harness import NetHarness
 from swarm.scheduler import Plan, Scenario
 
-from .netlive import NetSwarm
+from .netlive import NetSwarm, needs_root, tiny_scenario
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")]
+pytestmark = [pytest.mark.slow, needs_root]
 
 STEPS = 30
 EVERY = 3
-SCENARIO = {
-    "name": "cascade",
-    "devices": [*({"id": f"a{i}", "site": "lan", "tflops": 1.0, "memory_gb": 4.0} for i in range(4)),
-                {"id": "y", "site": "far", "tflops": 1.0, "memory_gb": 4.0}],
-    "sites": {"lan": {"bandwidth_gbps": 1.0, "latency_ms": 0.5}, "far": {"bandwidth_gbps": 1.0, "latency_ms": 0.5}},
-    "links": [{"between": ["lan", "far"], "bandwidth_gbps": 0.002, "latency_ms": 5.0}],
-    "model": {"layers": 4, "d_model": 128, "heads": 4, "seq_len": 128, "vocab": 256},
-    "batch": {"global_sequences": 8, "micro_sequences": 2},
-    "parallelism": {"stages": 2, "replicas": 2},
-}
+SCENARIO = tiny_scenario(
+    "cascade",
+    [*({"id": f"a{i}", "site": "lan", "tflops": 1.0, "memory_gb": 4.0} for i in range(4)),
+     {"id": "y", "site": "far", "tflops": 1.0, "memory_gb": 4.0}],
+    {"lan": {"bandwidth_gbps": 1.0, "latency_ms": 0.5}, "far": {"bandwidth_gbps": 1.0, "latency_ms": 0.5}},
+    stages=2, replicas=2, links=[{"between": ["lan", "far"], "bandwidth_gbps": 0.002, "latency_ms": 5.0}])
 
 
 def _members(plan):

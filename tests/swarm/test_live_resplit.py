@@ -13,7 +13,6 @@ it, and the run must finish with every step committed once.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 
 import pytest
@@ -21,23 +20,17 @@ import pytest
 from swarm.netsim.harness import NetHarness
 from swarm.scheduler import Plan, Scenario
 
-from .netlive import NetSwarm
+from .netlive import NetSwarm, needs_root, tiny_scenario
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and cgroups need root")]
+pytestmark = [pytest.mark.slow, needs_root]
 
 STEPS = 30
 JOIN_AT = 8
-SCENARIO = {
-    "name": "resplit",
-    "devices": [{"id": "s0", "site": "lan", "tflops": 0.25, "memory_gb": 4.0},
-                {"id": "f0", "site": "lan", "tflops": 1.0, "memory_gb": 4.0},
-                {"id": "f1", "site": "lan", "tflops": 1.0, "memory_gb": 4.0}],
-    "sites": {"lan": {"bandwidth_gbps": 1.0, "latency_ms": 0.5}},
-    "model": {"layers": 4, "d_model": 128, "heads": 4, "seq_len": 128, "vocab": 256},
-    "batch": {"global_sequences": 8, "micro_sequences": 2},
-    "parallelism": {"stages": 2, "replicas": 1},
-}
+SCENARIO = tiny_scenario(
+    "resplit",
+    [{"id": "s0", "site": "lan", "tflops": 0.25, "memory_gb": 4.0},
+     *({"id": name, "site": "lan", "tflops": 1.0, "memory_gb": 4.0} for name in ("f0", "f1"))],
+    {"lan": {"bandwidth_gbps": 1.0, "latency_ms": 0.5}}, stages=2, replicas=1)
 
 
 def _seconds(report, first, last):
