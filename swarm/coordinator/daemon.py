@@ -118,8 +118,8 @@ class Coordinator:
             if not self.config.host.startswith("127."):  # volunteers elsewhere need a routable address first
                 addrs.sort(key=lambda addr: addr.startswith("/ip4/127."))
             token = {"join_token": self.secrets.token.encode()} if self.secrets.token else {}
-            write_json_atomic(self.dir / "coordinator.json",
-                              {"initial_peers": addrs, **token, **self.report.serve(self)})
+            write_json_atomic(self.dir / "coordinator.json", {"initial_peers": addrs, **token,
+                                                              **self.report.serve(self)})
             self.on_event(f"DHT node up; peers join with: swarm-peer join --initial-peers {addrs[0]}")
             self.on_event(f"initial peers written to {self.dir / 'coordinator.json'}")
             if self.corpus is not None:
@@ -335,8 +335,8 @@ class Coordinator:
             placement.reason.predicted_step_s = predicted_step_s(placement, records, self.training, self.codecs)
         self.timeouts = plan_timeouts(placement, records, self.training, self.codecs)
         published = CoordinatorPin(self.dht.owner).plan(self.dht)  # a resumed coordinator continues after it
-        version = max(published.version if published else 0, previous.version if previous else 0,
-                      *(record.plan_version for record in records.values())) + 1
+        seen = [plan.version for plan in (published, previous) if plan] + [r.plan_version for r in records.values()]
+        version = max([*seen, self.checkpoint.plan["version"] if self.checkpoint else 0]) + 1
         plan = PlanRecord(version=version, start_step=start_step, grid=placement.grid, layers=placement.layers,
                           addresses={n: records[n].address for n in [*members, *(resplit.donors() if resplit else [])]},
                           sources=sources, codecs=self.codecs,
