@@ -23,7 +23,7 @@ from .netlive import NetSwarm, needs_root
 pytestmark = [pytest.mark.slow, needs_root]
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = 60
+STEPS = 45
 EVICT_AFTER = 2
 
 

@@ -22,7 +22,7 @@ from .netlive import NetSwarm, needs_root, tiny_scenario
 
 pytestmark = [pytest.mark.slow, needs_root]
 
-STEPS = 30
+STEPS = 24
 EVERY = 3
 SCENARIO = tiny_scenario(
     "cascade",

@@ -24,7 +24,7 @@ from .netlive import NetSwarm, needs_root, tiny_scenario
 
 pytestmark = [pytest.mark.slow, needs_root]
 
-STEPS = 30
+STEPS = 26
 JOIN_AT = 8
 SCENARIO = tiny_scenario(
     "resplit",
