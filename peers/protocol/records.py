@@ -258,6 +258,9 @@ class PlanRecord(_Record, forbid_unknown_fields=True):
         missing = [name for name in members if name not in self.addresses or name not in self.sources]
         if missing:
             raise RecordError(f"plan record fields 'addresses'/'sources' lack grid peers {missing}")
+        unreachable = sorted({source.donor for source in self.sources.values() if source.donor} - set(self.addresses))
+        if unreachable:
+            raise RecordError(f"plan record field 'addresses' lacks the donors {unreachable} its sources name")
         if self.training.timeouts is None:
             raise RecordError("plan record field 'training.timeouts' is required in a published plan")
         try:

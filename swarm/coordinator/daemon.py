@@ -50,6 +50,7 @@ from .planning import (
     describe_reason,
     first_placement,
     fit_batch,
+    plan_donors,
     plan_sources,
     predicted_step_s,
     refill,
@@ -277,12 +278,11 @@ class Coordinator:
         self.on_event(f"step {step}/{self.training.steps} committed (plan {committed_plan.version}): "
                       f"loss {loss_text}, {self.tokens_per_s:.0f} tokens/s")
         self.report.save()  # before the checkpoint: a checkpoint on disk implies its step is in the report
+        assert self.timeouts is not None
         if due:
-            assert self.timeouts is not None
             self.checkpoints.start(step, committed_plan, self.timeouts.message_s)
         if finished:
-            self._collect_checkpoints(self.checkpoints.wait(self.timeouts.message_s * (committed_plan.stages + 1)
-                                                            if self.timeouts else 30.0))
+            self._collect_checkpoints(self.checkpoints.wait(self.timeouts.message_s * (committed_plan.stages + 1)))
             self._publish_control(done=True)
             self.on_event(f"finished {step} steps; report: {self.report.path}; checkpoint: {self.report.checkpoint}")
             time.sleep(2 * POLL_S + 1.0)  # let peers read `done` before the DHT node goes away
@@ -311,7 +311,7 @@ class Coordinator:
         assert self.states is not None
         previous = self.plan
         members = [n for row in placement.grid for n in row]
-        live = {n for n, r in records.items() if r.state in _READY_STATES and n not in self.evicted}
+        live = set(self._live(records))
         holders = None if previous is None else stage_holders(previous, records, self.committed_step,
                                                               self.committed_version, live)
         sources, resplit = plan_sources(placement.grid, placement.layers, previous, holders, origin)
@@ -338,7 +338,7 @@ class Coordinator:
         seen = [plan.version for plan in (published, previous) if plan] + [r.plan_version for r in records.values()]
         version = max([*seen, self.checkpoint.plan["version"] if self.checkpoint else 0]) + 1
         plan = PlanRecord(version=version, start_step=start_step, grid=placement.grid, layers=placement.layers,
-                          addresses={n: records[n].address for n in [*members, *(resplit.donors() if resplit else [])]},
+                          addresses={n: records[n].address for n in [*members, *plan_donors(sources, resplit)]},
                           sources=sources, codecs=self.codecs,
                           training=msgspec.structs.replace(self.training, timeouts=self.timeouts),
                           reason=placement.reason, standby=placement.standby,

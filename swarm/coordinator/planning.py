@@ -47,7 +47,7 @@ __all__ = ["Placement", "MIN_STEPS_BETWEEN_CHANGES", "scenario_from_records", "f
            "describe_losses", "describe_reason", "fit_batch", "refill", "growth_target", "grow", "to_scheduler_plan",
            "assign_sources",
            "Holders", "stage_holders", "restart_lost_stages", "resplit", "plan_sources", "RESPLIT_GAIN",
-           "predicted_step_s", "scenario_job"]
+           "predicted_step_s", "scenario_job", "plan_donors"]
 
 MIN_STEPS_BETWEEN_CHANGES = 3
 RESPLIT_GAIN = 0.2  # a re-split moves state and resets codec memories: only for a clearly shorter step
@@ -235,6 +235,12 @@ def plan_sources(grid: list[list[str]], layers: list[int], previous: PlanRecord 
                and name in holders.names[stage] else StateSource(SourceKind.LAYERS)
                for stage, row in enumerate(grid) for name in row}
     return sources, Resplit(layers=list(previous.layers), holders=holders.names, checksums=holders.checksums)
+
+
+def plan_donors(sources: dict[str, StateSource], resplit: Resplit | None) -> list[str]:
+    """Every peer a plan's cells fetch state from, members or not: the plan must list their addresses."""
+    named = {source.donor for source in sources.values() if source.donor}
+    return sorted(named | set(resplit.donors() if resplit else []))
 
 
 def _ranges(layers: list[int]) -> list[tuple[int, int]]:

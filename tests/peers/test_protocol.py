@@ -93,6 +93,8 @@ def test_plan_record_round_trip_and_positions():
     ({"layers": [4]}, "'layers' has 1 entries for 2 stages"),
     ({"layers": [0, 4]}, r"Expected `int` >= 1, got 0 - at `\$.layers\[0\]`"),
     ({"sources": {"a": {"kind": "keep"}}}, "lack grid peers"),
+    ({"sources": {**dict.fromkeys("abc", {"kind": "keep"}), "d": {"kind": "peer", "donor": "e"}}},
+     r"lacks the donors \['e'\] its sources name"),  # a standby donor must be reachable too
     ({"sources": dict.fromkeys("abcd", {"kind": "peer"})}, "'donor' must name a peer exactly when kind is 'peer'"),
     ({"codecs": {"fwd": "q3"}}, r"Object contains unknown field `fwd` - at `\$.codecs`"),
     ({"version": 0}, r"Expected `int` >= 1, got 0 - at `\$.version`"),

@@ -143,6 +143,16 @@ def test_sources_keep_holders_and_spread_newcomers_over_live_donors():
     assert {sources[n].kind for n in "xyzw"} == {SourceKind.PEER}
 
 
+def test_a_donor_moved_to_standby_is_still_listed_as_a_donor():
+    from swarm.coordinator.planning import plan_donors
+
+    previous = _plan([["p5"], ["p4"]])  # p3 takes stage 0 from p5, which the new plan names standby
+    holders = stage_holders(previous, _holding(previous.grid), 4, 3, live={"p3", "p4", "p5"})
+    sources = assign_sources([["p3"], ["p4"]], holders, origin=None)
+    assert sources["p3"] == StateSource(SourceKind.PEER, "p5")
+    assert plan_donors(sources, None) == ["p5"]
+
+
 def test_a_stage_with_no_live_holder_restores_from_the_checkpoint():
     previous = _plan([["a"], ["b"]])
     holders = stage_holders(previous, _holding(previous.grid), 4, 3, live={"a", "x"})
