@@ -19,6 +19,7 @@ import re
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -33,7 +34,8 @@ from hivemind.proto import crypto_pb2
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
-__all__ = ["SwarmDHT", "dht_time", "load_or_create_key", "peer_id_of", "GET_TIMEOUT_S", "STORE_TIMEOUT_S"]
+__all__ = ["SwarmDHT", "dht_time", "load_or_create_key", "peer_id_of", "verify_signed", "GET_TIMEOUT_S",
+           "STORE_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,17 @@ def _write_identity(key: RSAPrivateKey, path: Path) -> None:
     tmp.write_bytes(protobuf.SerializeToString())
     os.chmod(tmp, 0o600)
     tmp.replace(path)
+
+
+def verify_signed(owner: bytes, data: bytes, signature: bytes) -> bool:
+    """Whether `signature` is the signature of `data` by the key whose `[owner:...]` marker is `owner`."""
+    match = re.fullmatch(rb"\[owner:(.+)\]", owner)
+    if match is None:
+        return False
+    try:
+        return bool(RSAPublicKey.from_bytes(match.group(1)).verify(data, signature))
+    except (ValueError, TypeError):
+        return False
 
 
 def peer_id_of(owner: bytes) -> str | None:
@@ -117,6 +130,10 @@ class SwarmDHT:
         else:
             private_key = RSAPrivateKey()
         self.validator = RSASignatureValidator(private_key)
+        self._private_key = private_key
+        # Requests sent, by the name of the thread that sent them: a daemon's tests check that its
+        # training thread never waits on the DHT (see `peers.step_channel`).
+        self.calls: Counter[str] = Counter()
         for attempt in range(_START_ATTEMPTS):  # p2pd's bootstrap dial can time out on a loaded machine
             self._dht = _ReapingDHT(
                 initial_peers=list(initial_peers) or None,
@@ -143,6 +160,15 @@ class SwarmDHT:
     def owner(self) -> bytes:
         """The `[owner:...]` marker that makes a key or subkey writable only by this node."""
         return bytes(self.validator.local_public_key)
+
+    def sign(self, data: bytes) -> bytes:
+        """This node's signature of `data` with its record key; `verify_signed(owner, data, signature)` checks it."""
+        return bytes(self._private_key.sign(data))
+
+    def requests_by_thread(self) -> dict[str, int]:
+        """DHT requests sent so far, by the name of the thread that sent them (a copy)."""
+        with self._lock:
+            return dict(self.calls)
 
     def multiaddrs(self) -> list[str]:
         """Addresses other nodes pass as `--initial-peers` (loopback ones included)."""
@@ -197,6 +223,7 @@ class SwarmDHT:
         runs each request as a task of its own and its futures may be awaited from any thread, so
         the wait happens outside the lock and one slow get holds up nobody else."""
         with self._lock:
+            self.calls[threading.current_thread().name] += 1
             return None if self._closed else request()
 
     def _result(self, future: Any, what: str, default: Any, timeout: float) -> Any:

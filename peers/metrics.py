@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -72,7 +72,8 @@ class PeerMetrics:
     """The metrics of one volunteer. `record()` and `stats()` are read at scrape time (None: not yet)."""
 
     def __init__(self, record: Callable[[], PeerRecord | None],
-                 stats: Callable[[], dict[str, Any] | None]) -> None:
+                 stats: Callable[[], dict[str, Any] | None],
+                 dht_calls: Callable[[], Mapping[str, int]] = dict) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.steps_prepared = Counter("swarm_peer_steps_prepared", "Steps run up to the optimizer update", registry=r)
@@ -98,7 +99,7 @@ class PeerMetrics:
             self.state_bytes.labels(source=source)
             self.state_seconds.labels(source=source)
         self._last_heartbeat = 0.0
-        r.register(_Announced(record, stats, lambda: self._last_heartbeat))
+        r.register(_Announced(record, stats, lambda: self._last_heartbeat, dht_calls))
 
     def prepared(self, seconds: float, tokens: int, loss: float | None) -> None:
         self.steps_prepared.inc()
@@ -130,8 +131,9 @@ class _Announced(Collector):
     """What the peer announces and its data port counts, as they are when scraped."""
 
     def __init__(self, record: Callable[[], PeerRecord | None], stats: Callable[[], dict[str, Any] | None],
-                 last_heartbeat: Callable[[], float]) -> None:
+                 last_heartbeat: Callable[[], float], dht_calls: Callable[[], Mapping[str, int]]) -> None:
         self._record, self._stats, self._last_heartbeat = record, stats, last_heartbeat
+        self._dht_calls = dht_calls
 
     def collect(self) -> Iterator[Any]:
         record = self._record()
@@ -168,6 +170,12 @@ class _Announced(Collector):
             yield rejected
             yield CounterMetricFamily("swarm_peer_send_failed", "Messages zmq refused to send",
                                       value=sum(stats.get("send_failed", {}).values()))
+        calls = CounterMetricFamily("swarm_peer_dht_requests", "DHT requests this peer sent, by the thread that "
+                                    "sent them (the training thread, MainThread, sends none once it trains)",
+                                    labels=["thread"])
+        for thread, count in dict(self._dht_calls()).items():
+            calls.add_metric([thread], count)
+        yield calls
         beat = self._last_heartbeat()
         age = time.monotonic() - beat if beat else float("nan")
         yield GaugeMetricFamily("swarm_peer_heartbeat_age_seconds", "Seconds since this peer last announced its "

@@ -23,6 +23,8 @@ import asyncio
 import random
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -32,7 +34,7 @@ from peers.security import CurveKeys, check_curve_key, curve_client
 from peers.transport import Message, PeerTimeout
 from peers.zmq_client import check_address, check_curve_pair, open_dealer, receive_reply, send_control
 
-__all__ = ["probe", "measure_bandwidth", "check_reachable", "unreachable_hint", "probe_async",
+__all__ = ["probe", "measure_bandwidth", "check_reachable", "unreachable_hint", "probe_async", "ReachChecks",
            "parse_reach_request"]
 
 # A peer asked to probe someone else caps the time it spends on it.
@@ -140,6 +142,48 @@ def unreachable_hint(address: str, via: str | None = None) -> str:
             f"connection to it: allow inbound TCP port {port} in your firewall, forward it on your "
             f"router if you are behind NAT, or pass --host with an address of this machine that "
             f"others can reach (the current one is {host}) and --port with an open port.")
+
+
+# A data port runs at most this many reachability checks at once; more are answered "busy".
+_MAX_CONCURRENT_REACH = 4
+
+
+class ReachChecks:
+    """A data port's side of `check_reachable`: dial the requester's address back, answer the round trip.
+
+    reply(identity, kind, step, index, payload) answers on the port's ROUTER; runs on its loop thread.
+    """
+
+    def __init__(self, context: zmq.asyncio.Context, keys: CurveKeys | None,
+                 reply: Callable[[Any, str, int, int, bytes], None], reject: Callable[[str], None]) -> None:
+        self._context, self._keys, self._reply, self._reject = context, keys, reply, reject
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, identity: Any, request: Message) -> None:
+        try:
+            address, timeout, key = parse_reach_request(request.payload)
+        except ValueError as error:
+            self._reject(f"bad reachability request: {error}")
+            return
+        if len(self._tasks) >= _MAX_CONCURRENT_REACH:
+            busy = wire.ReachResultBody(busy=True)
+            self._reply(identity, wire.REACH_RESULT, 0, request.index, wire.pack_body(busy))
+            return
+
+        async def reach() -> None:
+            # dial back as a curve client of the requester's key when both sides have keys, else plainly
+            curve = self._keys is not None and key is not None
+            rtt = await probe_async(self._context, address, timeout, keys=self._keys if curve else None,
+                                    server_key=key if curve else None)
+            self._reply(identity, wire.REACH_RESULT, 0, request.index, wire.pack_body(wire.ReachResultBody(rtt=rtt)))
+
+        task = asyncio.ensure_future(reach())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
 
 
 async def probe_async(context: zmq.asyncio.Context, address: str, timeout: float, *, keys: CurveKeys | None = None,

@@ -11,8 +11,9 @@ types and ranges, and the payload size limit. Anything wrong raises `WireError` 
 so a transport can count and drop garbage instead of crashing.
 
 Kinds in `CONTROL_KINDS` are answered by the transport itself (probes, reachability checks, state
-transfer) and are exempt from the plan-version check: a newcomer does not know the plan yet. Their
-bodies are the msgspec Structs below; their constraints are the whole validation of a body.
+transfer, the step channel between peers and coordinator) and are exempt from the plan-version
+check: a newcomer does not know the plan yet. Their bodies are the msgspec Structs below; their
+constraints are the whole validation of a body (a record inside is checked by its own reader).
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ __all__ = [
     "WIRE_VERSION", "MAX_HEADER_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "MAX_CHUNK_BYTES", "CONTROL_KINDS",
     "TRAINING_KINDS", "ACT_KIND", "GRAD_KIND", "REDUCE_KIND", "GATHER_KIND",
     "PING", "PONG", "REACH_REQUEST", "REACH_RESULT", "STATE_REQUEST", "STATE_META", "STATE_CHUNK",
-    "STATE_ERROR", "ReachRequestBody", "ReachResultBody", "StateRequestBody", "StateMetaBody", "StateErrorBody",
+    "STATE_ERROR", "STEP_REPORT", "STEP_CONTROL", "StepReportBody", "StepControlBody",
+    "ReachRequestBody", "ReachResultBody", "StateRequestBody", "StateMetaBody", "StateErrorBody",
     "WireError", "pack", "unpack", "pack_body", "unpack_body",
 ]
 
@@ -48,8 +50,11 @@ TRAINING_KINDS = frozenset({ACT_KIND, GRAD_KIND, REDUCE_KIND, GATHER_KIND})
 PING, PONG = "ping", "pong"
 REACH_REQUEST, REACH_RESULT = "reach_request", "reach_result"
 STATE_REQUEST, STATE_META, STATE_CHUNK, STATE_ERROR = "state_request", "state_meta", "state_chunk", "state_error"
+# The step channel (`peers.step_channel`): a peer's signed record after each step it prepares, and
+# the coordinator's control record (and new plan) pushed back on the connection the peer dialed.
+STEP_REPORT, STEP_CONTROL = "step_report", "step_control"
 CONTROL_KINDS = frozenset({PING, PONG, REACH_REQUEST, REACH_RESULT,
-                           STATE_REQUEST, STATE_META, STATE_CHUNK, STATE_ERROR})
+                           STATE_REQUEST, STATE_META, STATE_CHUNK, STATE_ERROR, STEP_REPORT, STEP_CONTROL})
 
 _MAX_KIND_CHARS = 64
 _MAX_SENDER_CHARS = 256
@@ -124,8 +129,30 @@ class StateErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     retry: bool = False
 
 
+class StepReportBody(msgspec.Struct, frozen=True, kw_only=True):
+    """step_report: the peer's record (msgpack of its wire form), signed by its DHT key.
+
+    `owner` is the key's `[owner:...]` marker, `signature` its signature of `record`: the
+    coordinator takes the report only from the key the name is bound to, so a forged report cannot
+    commit a step for a peer that has not prepared it, curve or not.
+    """
+
+    record: Annotated[bytes, msgspec.Meta(max_length=64 * 1024)]
+    owner: Annotated[bytes, msgspec.Meta(max_length=4096)]
+    signature: Annotated[bytes, msgspec.Meta(max_length=4096)]
+
+
+class StepControlBody(msgspec.Struct, frozen=True, kw_only=True):
+    """step_control: the control record (msgpack of its wire form) and, when it names a plan this peer
+    has not been sent yet, that plan; the peer reads both exactly as it reads them from the DHT."""
+
+    control: Annotated[bytes, msgspec.Meta(max_length=1024 * 1024)]
+    plan: Annotated[bytes, msgspec.Meta(max_length=8 * 1024 * 1024)] = b""
+
+
 _Body = TypeVar("_Body", bound=msgspec.Struct)
-_BODY_TYPES = (ReachRequestBody, ReachResultBody, StateRequestBody, StateMetaBody, StateErrorBody)
+_BODY_TYPES = (ReachRequestBody, ReachResultBody, StateRequestBody, StateMetaBody, StateErrorBody, StepReportBody,
+               StepControlBody)
 _ENCODER = msgspec.msgpack.Encoder()
 _HEADER_DECODER = msgspec.msgpack.Decoder(_Header)
 _BODY_DECODERS: dict[type[msgspec.Struct], msgspec.msgpack.Decoder[Any]] = {

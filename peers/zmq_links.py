@@ -41,16 +41,18 @@ class Link:
     queue: asyncio.Queue[tuple[list[Any], str, int, float]]  # frames, kind, payload bytes, due time (0: now)
     writer: asyncio.Task[None] = field(init=False)  # started once the link exists
     pending: int = 0  # messages handed to `send` that zmq has not accepted yet
+    reader: asyncio.Task[None] | None = None  # a two-way link's: what the neighbour pushes back
 
 
 class Links:
     """The neighbours of one transport, by name; thread-safe.
 
-    new_socket(address, server_key): an unconnected DEALER set up for that neighbour (options, curve).
-    owner: the transport's name, for error messages.
+    new_socket(address, server_key, two_way): an unconnected DEALER set up for that neighbour (options,
+    curve); a two-way one is an asyncio socket. owner: the transport's name, for error messages.
     """
 
-    def __init__(self, owner: str, new_socket: Callable[[str, str | None], zmq.Socket[bytes]], stats: TransportStats,
+    def __init__(self, owner: str, new_socket: Callable[[str, str | None, bool], zmq.Socket[bytes]],
+                 stats: TransportStats,
                  *, max_pending: int, send_timeout: float) -> None:
         self.owner = owner
         self.max_pending = max_pending
@@ -103,13 +105,17 @@ class Links:
 
     # ---- loop-thread side -------------------------------------------------------------------
 
-    async def open(self, name: str, address: str, server_key: str | None) -> None:
-        """(Re)point `name` at `address`: a new DEALER and writer; the old link's queue is dropped."""
+    async def open(self, name: str, address: str, server_key: str | None,
+                   on_frames: Callable[[list[zmq.Frame]], None] | None = None) -> None:
+        """(Re)point `name` at `address`: a new DEALER and writer; the old link's queue is dropped.
+        on_frames: a two-way link, whose received messages go there (on the loop thread)."""
         await self.close(name)
-        sock = self._new_socket(address, server_key)
+        sock = self._new_socket(address, server_key, on_frames is not None)
         sock.connect(address)
         link = Link(address, server_key, sock, asyncio.Queue())
-        link.writer = asyncio.ensure_future(self._drain(link))
+        link.writer = asyncio.ensure_future(self._drain(link) if on_frames is None else self._send_each(link))
+        if on_frames is not None:
+            link.reader = asyncio.ensure_future(self._receive(link, on_frames))
         with self._cond:
             self._links[name] = link
 
@@ -119,16 +125,14 @@ class Links:
             link = self._links.pop(name, None)
             self._cond.notify_all()
         if link is not None:
-            link.writer.cancel()
-            link.sock.close(linger=0)
+            _stop(link)
 
     async def shutdown(self) -> None:
         """Close every link (after `mark_closed`)."""
         with self._cond:
             links, self._links = list(self._links.values()), {}
         for link in links:
-            link.writer.cancel()
-            link.sock.close(linger=0)
+            _stop(link)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -155,3 +159,43 @@ class Links:
                     self._stats.count_sent(kind, len(frames[0]), payload_bytes)
                 break
             self.release(link)
+
+    async def _send_each(self, link: Link) -> None:
+        """A two-way link's writer: its few small control messages simply wait for the socket."""
+        while True:
+            frames, kind, payload_bytes, due = await link.queue.get()
+            sock: Any = link.sock  # an asyncio socket (`new_socket(..., two_way=True)`)
+            try:
+                await sock.send_multipart(frames, copy=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("send to %s failed: %s", link.address, error)
+                self._stats.add("send_failed", kind)
+            else:
+                self._stats.count_sent(kind, len(frames[0]), payload_bytes)
+            self.release(link)
+
+    async def _receive(self, link: Link, on_frames: Callable[[list[zmq.Frame]], None]) -> None:
+        sock: Any = link.sock  # an asyncio socket, like `_send_each`'s
+        while True:
+            try:
+                frames = await sock.recv_multipart(copy=False)
+            except (asyncio.CancelledError, zmq.ContextTerminated):
+                return
+            except zmq.ZMQError as error:
+                if link.sock.closed:
+                    return
+                log.warning("receive from %s failed: %s", link.address, error)
+                continue
+            try:
+                on_frames(frames)
+            except Exception:  # a bug here must not take the link down with it
+                log.exception("failed to handle a message from %s", link.address)
+
+
+def _stop(link: Link) -> None:
+    link.writer.cancel()
+    if link.reader is not None:
+        link.reader.cancel()
+    link.sock.close(linger=0)

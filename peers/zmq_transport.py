@@ -34,8 +34,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from functools import partial
 from typing import Any, TypeVar
 
 import uvloop
@@ -44,21 +45,20 @@ import zmq.asyncio
 
 from peers import wire
 from peers.delay_line import DelayLine
-from peers.probe import parse_reach_request, probe_async
+from peers.probe import ReachChecks
 from peers.security import Admission, CurveKeys, ZapHandler, check_curve_key, curve_client, curve_server
 from peers.state_transfer import DEFAULT_CHUNK_BYTES, StateServer
 from peers.transport import Message, TransportClosed
 from peers.zmq_client import advertised_host, bind_host, check_address
 from peers.zmq_links import Links
 from peers.zmq_mailbox import GatedMailbox
+from peers.zmq_routes import ReportRoutes
 from peers.zmq_stats import TransportStats
 
 __all__ = ["ZmqTransport"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_MAX_CONCURRENT_REACH = 4
 
 
 class ZmqTransport:
@@ -106,7 +106,7 @@ class ZmqTransport:
         self._lock = threading.Lock()  # guards _closed
         self._closed = False
         self._zap: ZapHandler | None = None
-        self._reach_tasks: set[asyncio.Task[None]] = set()
+        self.reports = ReportRoutes()  # step reports, on a coordinator's port (`peers.step_channel`)
         self._loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"zmq-{name}", daemon=True)
         self._thread.start()
@@ -148,11 +148,14 @@ class ZmqTransport:
         """Wait for the message (sender, kind, step, index); PeerTimeout after `timeout` seconds."""
         return self._mailbox.take(sender, kind, step, index, timeout)
 
-    def connect(self, name: str, address: str, server_key: str | None = None) -> None:
+    def connect(self, name: str, address: str, server_key: str | None = None, *,
+                on_push: Callable[[Message], None] | None = None) -> None:
         """Route messages for peer `name` to `address` (tcp://HOST:PORT); re-pointing is allowed.
 
         With curve keys on, the link is a CURVE client of `server_key`, by default the key `admission`
         holds for `name` (ValueError if there is none); an open transport ignores `server_key`.
+        on_push: make the link two-way: what `name` pushes back on it (`push`) goes to
+        `on_push(message)` on the loop thread, its sender set to `name` (this side dialed the address).
         """
         check_address(address)
         self._check_open()
@@ -166,7 +169,17 @@ class ZmqTransport:
         link = self._links.get(name)
         if link is not None and (link.address, link.server_key) == (address, server_key):
             return
-        self._call(self._links.open(name, address, server_key))
+        on_frames = None if on_push is None else partial(self._pushed, name, on_push)
+        self._call(self._links.open(name, address, server_key, on_frames))
+
+    def push(self, name: str, kind: str, payload: bytes) -> bool:
+        """Send a control message to `name` on the connection its last step report came in on
+        (`reports`); False when it has not reported yet. Thread-safe, never blocks."""
+        identity = self.reports.route(name)
+        if identity is None or self._closed:
+            return False
+        self._loop.call_soon_threadsafe(self._reply, identity, kind, 0, 0, payload)
+        return True
 
     def disconnect(self, name: str) -> None:
         """Forget peer `name`: its queued messages are dropped, sends to it raise ValueError."""
@@ -265,6 +278,7 @@ class ZmqTransport:
             raise OSError(f"cannot bind the data port {endpoint}: {error}. Pass a free --port, or a --host "
                           f"that is an address of this machine") from None
         self._reader = asyncio.ensure_future(self._read())
+        self._reach = ReachChecks(self._context, self.keys, self._reply, self._stats.reject)
         return int(self._router.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
 
     def _new_socket(self, kind: int, context: zmq.Context[Any] | None = None) -> Any:
@@ -278,9 +292,10 @@ class ZmqTransport:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
         return sock
 
-    def _link_socket(self, address: str, server_key: str | None) -> zmq.Socket[bytes]:
-        """A neighbour's DEALER (on the loop thread): send-only, a CURVE client when keys are on."""
-        sock: zmq.Socket[bytes] = self._new_socket(zmq.DEALER, self._plain_context)
+    def _link_socket(self, address: str, server_key: str | None, two_way: bool) -> zmq.Socket[bytes]:
+        """A neighbour's DEALER (on the loop thread), a CURVE client when keys are on: plain and
+        send-only, or an asyncio one that the link also reads (two-way)."""
+        sock: zmq.Socket[bytes] = self._new_socket(zmq.DEALER, None if two_way else self._plain_context)
         if self.keys is not None and server_key is not None:
             curve_client(sock, self.keys, server_key)
         return sock
@@ -328,11 +343,26 @@ class ZmqTransport:
         elif message.kind == wire.STATE_REQUEST:
             self._reply(identity, *self._states.answer(message))
         elif message.kind == wire.REACH_REQUEST:
-            self._start_reach(identity, message)
+            self._reach.start(identity, message)
+        elif message.kind == wire.STEP_REPORT:
+            self.reports.received(identity, message)
         elif message.kind in wire.CONTROL_KINDS:
             self._stats.reject(f"unexpected control message {message.kind!r} on the data port")
         else:
             self._mailbox.deliver(message)
+
+    def _pushed(self, name: str, on_push: Callable[[Message], None], frames: list[zmq.Frame]) -> None:
+        """A message `name` sent back on a two-way link: only step_control is expected there."""
+        try:
+            message = wire.unpack(frames, max_message_bytes=self.max_message_bytes)
+        except wire.WireError as error:
+            self._stats.reject(f"from {name!r}: {error}")
+            return
+        if message.kind != wire.STEP_CONTROL:
+            self._stats.reject(f"unexpected {message.kind!r} message pushed by {name!r}")
+            return
+        self._stats.count_received(message.kind, sum(len(frame) for frame in frames))
+        on_push(replace(message, sender=name))
 
     def _authenticated(self, identity: zmq.Frame) -> str | None:
         """The admitted name of the curve key a message's connection authenticated with, or None (counted)."""
@@ -359,31 +389,9 @@ class ZmqTransport:
         else:
             future.add_done_callback(count)
 
-    def _start_reach(self, identity: zmq.Frame, request: Message) -> None:
-        try:
-            address, timeout, key = parse_reach_request(request.payload)
-        except ValueError as error:
-            self._stats.reject(f"bad reachability request: {error}")
-            return
-        if len(self._reach_tasks) >= _MAX_CONCURRENT_REACH:
-            busy = wire.ReachResultBody(busy=True)
-            self._reply(identity, wire.REACH_RESULT, 0, request.index, wire.pack_body(busy))
-            return
-
-        async def reach() -> None:
-            # dial back as a curve client of the requester's key when both sides have keys, else plainly
-            curve = self.keys is not None and key is not None
-            rtt = await probe_async(self._context, address, timeout, keys=self.keys if curve else None,
-                                    server_key=key if curve else None)
-            self._reply(identity, wire.REACH_RESULT, 0, request.index, wire.pack_body(wire.ReachResultBody(rtt=rtt)))
-
-        task = asyncio.ensure_future(reach())
-        self._reach_tasks.add(task)
-        task.add_done_callback(self._reach_tasks.discard)
-
     async def _shutdown(self) -> None:
-        for task in [self._reader, *self._reach_tasks]:
-            task.cancel()
+        self._reader.cancel()
+        self._reach.cancel()
         await self._links.shutdown()
         if self._zap is not None:
             await self._zap.stop()

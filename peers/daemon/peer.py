@@ -1,9 +1,13 @@
 """The volunteer daemon behind `swarm-peer join`: announce, follow plans, train, leave cleanly.
 
-Two threads. The main thread follows the control record: apply a committed step, switch to a
-newer plan (discarding a step that was aborted), prepare the next step. The watch thread
-re-announces the peer record every heartbeat and, when the plan changes or the peer is told to
-stop while a step waits on the network, aborts that wait at once (`StageRunner`'s link).
+Two threads. The main (training) thread follows the control record: apply a committed step, switch
+to a newer plan (discarding a step that was aborted), prepare the next step. It never calls the DHT
+once it trains: it reports each step to the coordinator over the step channel
+(`peers.step_channel`) and waits on the `ControlFeed`, which the coordinator's pushes and the
+heartbeat thread's DHT reads keep current. The heartbeat thread announces the peer record (every
+heartbeat, and at once when the main thread asks), reads the control record and plan from the DHT,
+and, when the plan changes or the peer is told to stop while a step waits on the network, aborts
+that wait at once (`StageRunner`'s link).
 
 Start-up order matters for the operator: measure the device, open the data port, ask the
 coordinator to dial it back (a NAT'd or firewalled peer is told what to open, instead of silently
@@ -20,21 +24,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import compression
+from peers import wire
 from peers.delay_line import DelayLine
-from peers.dht import SwarmDHT
+from peers.dht import SwarmDHT, dht_time
 from peers.metrics import MetricsServer, PeerMetrics, serve_metrics
 from peers.pipeline import NonFiniteStep
-from peers.probe import check_reachable, unreachable_hint
 from peers.profiling import measure_device
-from peers.protocol import ControlRecord, JoinToken, PeerRecord, PlanRecord
+from peers.protocol import JoinToken, PeerRecord, PlanRecord, RecordError
+from peers.step_channel import read_control, report_payload
 from peers.torch_threads import torch_threads
-from peers.transport import BadMessage, PeerTimeout, TransportClosed
+from peers.transport import BadMessage, Message, PeerTimeout, TransportClosed
 from peers.zmq_transport import ZmqTransport
 
+from .control_feed import ControlFeed
 from .corpus import Datasets, default_cache_dir
 from .credentials import Credentials
+from .joining import UnreachableError, await_admission, await_coordinator, check_data_port, join_dht
 from .links import measure_links
-from .records import CoordinatorPin, write_peer
+from .records import COORDINATOR_NAME, CoordinatorPin, write_peer
 from .stage_runner import StageRunner
 from .stage_state import codec_slot
 from .timeouts import HEARTBEAT_S, PEER_TTL_S
@@ -43,12 +50,7 @@ __all__ = ["PeerOptions", "PeerDaemon", "UnreachableError"]
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.05
-
-
-class UnreachableError(RuntimeError):
-    """Other peers cannot open a connection to this peer's data port; the message says what to fix."""
-
+WATCH_S = 0.2  # how often the heartbeat thread reads the control record from the DHT
 
 @dataclass(frozen=True)
 class PeerOptions:
@@ -68,18 +70,6 @@ class PeerOptions:
     join_token: JoinToken | None = None  # --join-token: admission to a swarm with a swarm key
     peer_key: Path | None = None  # --peer-key: this peer's curve key pair, kept (for --allow-keys swarms)
     cache_dir: Path | None = None  # --cache-dir: fetched corpora, the DHT identity (None: ~/.cache/swarm)
-
-
-def _join_dht(options: PeerOptions) -> SwarmDHT:
-    """This peer's DHT node, its signing key kept (a restart is the same peer); ValueError naming the flag."""
-    try:
-        identity = (options.cache_dir or default_cache_dir()) / "identity" / options.name
-        return SwarmDHT(options.initial_peers, host=options.host, identity_dir=identity)
-    except Exception as error:  # hivemind raises its own types (P2PDaemonError, TimeoutError) for bad addresses
-        raise ValueError(f"cannot join the DHT via --initial-peers {' '.join(options.initial_peers)} "
-                         f"(listening on --host {options.host}): {error}. Pass the full multiaddr the coordinator "
-                         "printed (/ip4/HOST/tcp/PORT/p2p/ID, also in its DIR/coordinator.json) and check that "
-                         "its port is reachable from here") from None
 
 
 class PeerDaemon:
@@ -105,7 +95,11 @@ class PeerDaemon:
                                   on_event)
         self._failed_version = 0  # a step failed under this plan: wait for the coordinator's next one
         self._flagged: Counter[str] = Counter()  # senders flagged by the all-reduce of runners replaced so far
-        self.metrics = PeerMetrics(lambda: self._record, lambda: self._transport.stats() if self._transport else None)
+        self.metrics = PeerMetrics(lambda: self._record, lambda: self._transport.stats() if self._transport else None,
+                                   lambda: self._dht.requests_by_thread() if self._dht else {})
+        self.feed = ControlFeed()
+        self._announce_now = threading.Event()  # the main thread asks the heartbeat thread to announce
+        self._channel = ""  # the coordinator address the step channel is connected to
         self._metrics_server: MetricsServer | None = None
 
     @property
@@ -140,7 +134,8 @@ class PeerDaemon:
             if options.metrics_port is not None:
                 self._metrics_server = serve_metrics(self.metrics.registry, options.host, options.metrics_port)
                 self.on_event(f"{options.name}: metrics at {self._metrics_server.url}")
-            self._dht = _join_dht(options)
+            self._dht = join_dht(options.initial_peers, options.host, options.cache_dir or default_cache_dir(),
+                                 options.name)
             delays = DelayLine.load(options.link_latency) if options.link_latency else None
             self._transport = ZmqTransport(options.name, host=options.host, port=options.port,
                                            advertise_host=options.advertise_host, link_latency=delays,
@@ -154,16 +149,21 @@ class PeerDaemon:
             watcher.start()
             self.on_event(f"{options.name}: data port {self.transport.address}, {profile.tflops:.3f} TFLOPS on "
                           f"{profile.device}, {profile.memory_gb:.1f} GB free")
-            control = self._await_coordinator(stop)
-            if control is None or not self._await_admission(control, stop):
+            control = await_coordinator(self.pin, self.dht, options.name, self.on_event, stop)
+            if control is None or not await_admission(self.pin, self.dht, self.credentials, control, options.name,
+                                                      self.on_event, stop):
                 return 130
-            self._check_reachable(control)
+            check_data_port(control, self.transport.address, self.credentials, options.name, self.on_event)
             self._update(links=measure_links(self.dht, self.pin.control(self.dht) or control, self.credentials))
+            self.feed.offer(control)
+            self._connect_channel(control.probe_address)
             self._update(state="ready")
+            self._report()
             return self._follow(stop)
         finally:
             stop.set()
             self._current[1].set()
+            self.feed.wake()
             if watcher.is_alive():
                 watcher.join(timeout=2 * HEARTBEAT_S)
             if self._record is not None and self._dht is not None:
@@ -184,9 +184,9 @@ class PeerDaemon:
     def _follow(self, stop: threading.Event) -> int:
         prepared: tuple[int, int] | None = None  # (step, plan version) whose update is pending
         while not stop.is_set():
-            control = self.pin.control(self.dht)
+            seen, control, known_plan = self.feed.snapshot()
             if control is None or control.plan_version == 0:
-                stop.wait(POLL_S)
+                self.feed.wait(seen)
                 continue
             runner = self._runner
             if (prepared and runner and control.committed_version == prepared[1]
@@ -198,25 +198,23 @@ class PeerDaemon:
                 if control.checkpoint_step == runner.applied_step:
                     self.transport.serve_state(runner.stage, runner.blob())
                     self.transport.serve_state(codec_slot(runner.stage, runner.replica), runner.codec_blob())
-                self._announce()
+                self._report()
             if control.done and (runner is None or runner.applied_step >= control.committed_step):
                 self.on_event(f"{self.options.name}: the run finished at step {control.committed_step}")
                 return 0
             plan = self._current[0]
             if control.plan_version > (plan.version if plan else 0):  # only ever move to a newer plan
-                prepared = self._switch(control, prepared)
-                continue
-            if plan is None or control.plan_version < plan.version:  # a stale read: look again
-                stop.wait(POLL_S)
+                if known_plan is not None and known_plan.version == control.plan_version:
+                    prepared = self._switch(known_plan, prepared)
+                else:  # the plan travels with the push, or the heartbeat thread reads it from the DHT
+                    self.feed.wait(seen)
                 continue
             runner = self._runner
             step = control.committed_step + 1
-            if (runner is None or prepared is not None or runner.applied_step != control.committed_step
-                    or self._failed_version == plan.version):
-                stop.wait(POLL_S)
-                continue
-            if step > control.total_steps:
-                stop.wait(POLL_S)
+            if (plan is None or control.plan_version < plan.version or runner is None or prepared is not None
+                    or runner.applied_step != control.committed_step or self._failed_version == plan.version
+                    or step > control.total_steps):
+                self.feed.wait(seen)  # a stale record, a failed step or a pending commit: woken by the next news
                 continue
             prepared = self._prepare(runner, step)
         self.on_event(f"{self.options.name}: leaving the swarm (signal)")
@@ -239,7 +237,7 @@ class PeerDaemon:
                 self._failed_version = runner.plan.version
                 self.on_event(f"{self.options.name}: step {step} failed: {error}")
                 self._update(error=f"step {step}: {error}", blamed=_blamed(error, self.options.name))
-                self._announce()
+                self._report()
             return None  # a failed step never reached the optimizer: nothing to discard
         stats = result.stats
         self.metrics.prepared(result.seconds, result.tokens, result.loss)
@@ -251,15 +249,11 @@ class PeerDaemon:
         self._update(prepared_step=step, prepared_version=runner.plan.version, loss=result.loss,
                      dropped_stale=sum(traffic["dropped_stale"].values()), rejected=traffic["rejected"],
                      suspects=dict(self._flagged + Counter(runner.suspects())))
-        self._announce()
+        self._report()
         return step, runner.plan.version
 
-    def _switch(self, control: ControlRecord, prepared: tuple[int, int] | None) -> tuple[int, int] | None:
-        """Adopt the plan the control record names; returns the (dropped) pending step."""
-        plan = self.pin.plan(self.dht)
-        if plan is None or plan.version != control.plan_version:
-            time.sleep(POLL_S)  # the plan record is stored before the control record; it is on its way
-            return prepared
+    def _switch(self, plan: PlanRecord, prepared: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Adopt `plan`, the one the control record names; returns the (dropped) pending step."""
         old = self._runner
         if prepared is not None and old is not None:
             old.discard()
@@ -275,7 +269,7 @@ class PeerDaemon:
         if old is not None and prepared is None and old.continues(plan, self.options.name):
             old.adopt(plan, abort)
             self._update(plan_version=plan.version, error="", blamed="")
-            self._announce()
+            self._report()
             self.on_event(f"{self.options.name}: plan {plan.version}: kept its runner (stage {old.stage} replica "
                           f"{old.replica}, codec state and optimizer untouched)")
             return None
@@ -285,7 +279,7 @@ class PeerDaemon:
             self._runner = None
             self._update(state="standby", plan_version=plan.version, stage=-1, replica=-1, error="", blamed="")
             self.on_event(f"{self.options.name}: plan {plan.version}: standby")
-            self._announce()
+            self._report()
             return None
         for name, address in plan.addresses.items():
             if name != self.options.name:
@@ -299,7 +293,7 @@ class PeerDaemon:
             self._runner = None  # it holds no stage now: the coordinator must not name it a holder or donor
             self._update(plan_version=plan.version, stage=-1, replica=-1, error=f"plan {plan.version}: {error}",
                          blamed=_blamed(error, self.options.name))
-            self._announce()
+            self._report()
             return None
         runner = self._runner
         if runner.loaded_bytes:
@@ -308,55 +302,10 @@ class PeerDaemon:
         self._update(state="training", plan_version=plan.version, stage=runner.stage, replica=runner.replica,
                      step=runner.applied_step, param_checksum=runner.checksum(), prepared_step=0, error="",
                      blamed="")
-        self._announce()
+        self._report()
         self.on_event(f"{self.options.name}: plan {plan.version}: stage {runner.stage} replica {runner.replica} "
                       f"from step {plan.start_step} ({plan.sources[self.options.name]})")
         return None
-
-    # ---- joining -----------------------------------------------------------------------------
-
-    def _await_coordinator(self, stop: threading.Event) -> ControlRecord | None:
-        started, warned = time.monotonic(), False
-        while not stop.is_set():
-            control = self.pin.control(self.dht)
-            if control is not None and control.probe_address:
-                return control
-            if not warned and time.monotonic() - started > 15:
-                self.on_event(f"{self.options.name}: no coordinator found yet; check --initial-peers "
-                              "(the address the coordinator printed)")
-                warned = True
-            stop.wait(0.2)
-        return None
-
-    def _await_admission(self, control: ControlRecord, stop: threading.Event) -> bool:
-        """Check that this peer and the swarm agree on admission, then wait to be admitted."""
-        credentials = self.credentials
-        credentials.check(control)
-        started, warned = time.monotonic(), False
-        while not stop.is_set():
-            credentials.refresh(control)
-            if credentials.admitted(control):
-                if credentials.keys is not None:
-                    self.on_event(f"{self.options.name}: admitted to the swarm")
-                return True
-            if not warned and time.monotonic() - started > 15:
-                self.on_event(f"{self.options.name}: not admitted yet; check --join-token (or that the coordinator "
-                              f"lists this key in --allow-keys: {credentials.public_key})")
-                warned = True
-            stop.wait(0.2)
-            control = self.pin.control(self.dht) or control
-        return False
-
-    def _check_reachable(self, control: ControlRecord) -> None:
-        try:
-            credentials = self.credentials
-            rtt = check_reachable(control.probe_address, self.transport.address, keys=credentials.keys,
-                                  server_key=credentials.coordinator_key or None, own_key=credentials.public_key)
-        except PeerTimeout:
-            self.on_event(f"{self.options.name}: the coordinator did not answer the reachability check; going on")
-            return
-        if rtt is None:
-            raise UnreachableError(unreachable_hint(self.transport.address, control.probe_address))
 
     # ---- the record --------------------------------------------------------------------------
 
@@ -371,27 +320,72 @@ class PeerDaemon:
         if write_peer(self.dht, snapshot, PEER_TTL_S):
             self.metrics.heartbeat()
 
+    def _report(self) -> None:
+        """Tell the coordinator at once (the step channel); the heartbeat thread announces it in the DHT next."""
+        with self._lock:
+            snapshot = PeerRecord.from_wire(self.record.to_wire())
+        snapshot.heartbeat = dht_time()
+        try:
+            self.transport.send(COORDINATOR_NAME, Message(wire.STEP_REPORT, 0, 0, report_payload(self.dht, snapshot)))
+        except (ValueError, PeerTimeout, TransportClosed) as error:  # the DHT copy still gets there
+            log.warning("step report not sent: %s", error)
+        self._announce_now.set()
+
+    def _connect_channel(self, address: str) -> None:
+        """The step channel to the coordinator's data port (again when a restarted coordinator moved it)."""
+        self.transport.connect(COORDINATOR_NAME, address, server_key=self.credentials.coordinator_key or None,
+                               on_push=self._pushed)
+        self._channel = address
+
+    def _pushed(self, message: Message) -> None:
+        """A step_control from the coordinator (on the transport's loop thread): into the feed."""
+        try:
+            control, plan = read_control(message.payload)
+        except (ValueError, RecordError) as error:
+            self.transport.count_rejection("malformed", f"step control from the coordinator: {error}")
+            return
+        if self.feed.offer(control, plan):
+            self._abort_if_moved_on()
+
+    def _abort_if_moved_on(self) -> None:
+        """Abort the step in flight when the control record names a newer plan than the one it runs under."""
+        plan, abort = self._current
+        control = self.feed.snapshot()[1]
+        if plan is not None and control is not None and control.plan_version > plan.version:
+            abort.set()
+
     def _watch(self, stop: threading.Event) -> None:
-        """Heartbeat, and abort a step that waits on the network when the plan moves on."""
+        """Heartbeat (and announce at once when asked), read the control record and plan from the DHT."""
         last = 0.0
         while not stop.is_set():
-            if time.monotonic() - last >= HEARTBEAT_S:
+            if self._announce_now.is_set() or time.monotonic() - last >= HEARTBEAT_S:
+                self._announce_now.clear()
                 try:
                     self._announce()
                 except Exception as error:  # a failed heartbeat is retried at the next one
                     log.warning("heartbeat failed: %s", error)
                 last = time.monotonic()
-            plan, abort = self._current
-            control = self.pin.control(self.dht) if plan is not None or self.credentials.keys is not None else None
-            if control is not None:
-                try:
-                    self.credentials.refresh(control)
-                except ValueError as error:  # a control record that binds one key to two names: keep the old set
-                    log.warning("ignoring the admitted keys of the control record: %s", error)
-            if plan is not None and control is not None and control.plan_version > plan.version:
-                abort.set()
-            stop.wait(0.2)
+            self._read_control()
+            self._announce_now.wait(WATCH_S)
         self._current[1].set()
+
+    def _read_control(self) -> None:
+        """The DHT's control record, and the plan it names when that is new, into the feed."""
+        _, known, plan = self.feed.snapshot()
+        if known is None and self.credentials.keys is None:  # still joining: the main thread reads it
+            return
+        control = self.pin.control(self.dht)
+        if control is None:
+            return
+        try:
+            self.credentials.refresh(control)
+        except ValueError as error:  # a control record that binds one key to two names: keep the old set
+            log.warning("ignoring the admitted keys of the control record: %s", error)
+        newer_plan = self.pin.plan(self.dht) if control.plan_version > (plan.version if plan else 0) else None
+        if self.feed.offer(control, newer_plan):
+            self._abort_if_moved_on()
+        if self._channel and control.probe_address and control.probe_address != self._channel:
+            self._connect_channel(control.probe_address)
 
 
 def _blamed(error: Exception, own_name: str) -> str:

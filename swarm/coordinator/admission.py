@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from peers.daemon.records import PeerDirectory
+from peers.daemon.records import COORDINATOR_NAME, PeerDirectory
 from peers.dht import SwarmDHT
 from peers.protocol import Admitted, JoinToken, PeerRecord, RecordError, check_proof, from_builtins
 from peers.security import CurveKeys
@@ -89,12 +89,20 @@ class Gatekeeper:
             if why:
                 self._refuse(name, why)
                 continue
-            self.admitted[name] = Admitted(key=record.curve_key if self.secure else "", owner=owner)
+            # a new dict, never a changed one: other threads read `admitted` while this one admits
+            self.admitted = {**self.admitted, name: Admitted(key=record.curve_key if self.secure else "", owner=owner)}
             peers[name] = record
             changed = True
         if changed:
             write_json_atomic(self.path, {name: {"key": a.key, "owner": a.owner} for name, a in self.admitted.items()})
         return peers
+
+    def plan_keys(self, names: list[str]) -> dict[str, str]:
+        """The curve keys a plan lists: of `names` and of the coordinator (none in an open swarm)."""
+        if self.keys is None:
+            return {}
+        admitted = self.admitted
+        return {**{name: admitted[name].key for name in names if name in admitted}, COORDINATOR_NAME: self.keys.public}
 
     def _why_not(self, name: str, owner: str, record: PeerRecord) -> str:
         """Why `record` cannot be admitted ("" when it can)."""

@@ -1,6 +1,6 @@
 """The coordinator daemon: plan the swarm, drive the step protocol, survive churn, checkpoint.
 
-One loop, polling the DHT every `POLL_S`:
+One loop, woken by each step report (`step_channel`) and each read of the DHT (`POLL_S` apart):
 1. no plan yet: wait for enough `ready` peers, place them (the scheduler; with `--resume` the live
    peers' or the checkpoint's grid, see `resume`) and publish the next plan version.
 2. a grid member is gone (record expired, `leaving`, an error report naming whom to blame, or no
@@ -19,7 +19,7 @@ import msgspec
 
 from models import get_config
 from peers.daemon.corpus import CORPUS_SLOT
-from peers.daemon.records import COORDINATOR_NAME, CoordinatorPin, publish_coordinator
+from peers.daemon.records import CoordinatorPin, publish_coordinator
 from peers.daemon.stage_state import codec_slot
 from peers.daemon.timeouts import FIRST_STEP_PATIENCE, PEER_TTL_S
 from peers.protocol import (
@@ -61,6 +61,7 @@ from .planning import (
 from .report import REPORT_LOG, RunReport
 from .resume import resume_start
 from .startup import PEERS_FILE, announce_corpus, load_secrets, start_dht
+from .step_channel import RecordReader, StepReports
 from .suspects import SuspectTracker
 from .timeouts import plan_timeouts
 
@@ -107,6 +108,7 @@ class Coordinator:
     def run(self, stop: threading.Event) -> int:
         self.dht = start_dht(self.config, self.on_event)
         self.states: ZmqTransport | None = None
+        self.reader: RecordReader | None = None
         try:
             self.secrets = load_secrets(self.config, self.dht, self.on_event)
             self.gatekeeper = Gatekeeper(self.dir, self.secrets.keys, self.secrets.token, self.config.allowed_keys,
@@ -115,6 +117,9 @@ class Coordinator:
             self.checkpoints = Checkpointer(self.dir, self.secrets.keys)
             self.states = ZmqTransport("coordinator", host=self.config.host, port=0, keys=self.secrets.keys,
                                        admission=self.admission if self.secrets.keys else None)
+            self.reports = StepReports(self.states, self.gatekeeper)  # woken by each peer's step report
+            self.reader = RecordReader(self.gatekeeper, self.dht, lambda: self.plan.members() if self.plan else (),
+                                       self.reports.wake, POLL_S)  # the DHT's view, read off this loop
             addrs = self.dht.multiaddrs()
             if not self.config.host.startswith("127."):  # volunteers elsewhere need a routable address first
                 addrs.sort(key=lambda addr: addr.startswith("/ip4/127."))
@@ -135,11 +140,13 @@ class Coordinator:
                 if time.monotonic() - last_publish > 1.0:
                     self._publish_control()
                     last_publish = time.monotonic()
-                stop.wait(POLL_S)
+                self.reports.wait(POLL_S)
             self.on_event("interrupted: stopping (peers keep their state; restart with --resume)")
             return 130
         finally:
             self.report.close()  # stops the live views (dashboard, metrics) too, before the DHT goes
+            if self.reader is not None:
+                self.reader.close()
             if self.states is not None:
                 self.states.close()
             self.dht.close()
@@ -150,7 +157,9 @@ class Coordinator:
         self._collect_checkpoints(self.checkpoints.collect())
         for name in self.evicted.released():
             self.on_event(f"{name}'s eviction back-off ended: it may rejoin")
-        records = self.gatekeeper.read(self.dht, fresh=self.plan.members() if self.plan is not None else ())
+        if self.reader is None or self.reader.records is None:  # the first read of the DHT is not done yet
+            return False
+        records = self.reports.merged(self.reader.records)
         if self.gatekeeper.secure:
             self.admission.update({name: admitted.key for name, admitted in self.gatekeeper.admitted.items()})
         if self.plan is None:
@@ -256,11 +265,9 @@ class Coordinator:
     def _commit(self, step: int, records: dict[str, PeerRecord]) -> bool:
         assert self.plan is not None
         committed_plan = self.plan
-        last_row = committed_plan.grid[-1]
-        losses = {n: loss for n in last_row if (loss := records[n].loss) is not None}
+        losses = {n: loss for n in committed_plan.grid[-1] if (loss := records[n].loss) is not None}
         now = time.monotonic()
-        seconds = now - self.step_clock
-        self.step_clock = now
+        seconds, self.step_clock = now - self.step_clock, now
         self.loss = sum(losses.values()) / len(losses) if losses else None
         self.tokens_per_s = self.tokens_per_step / max(seconds, 1e-9)
         self.committed_step, self.committed_version = step, committed_plan.version
@@ -341,8 +348,8 @@ class Coordinator:
                           addresses={n: records[n].address for n in [*members, *plan_donors(sources, resplit)]},
                           sources=sources, codecs=self.codecs,
                           training=msgspec.structs.replace(self.training, timeouts=self.timeouts),
-                          reason=placement.reason, standby=placement.standby,
-                          checkpoint_address=self.states.address, keys=self._keys([*members, *placement.standby]),
+                          reason=placement.reason, standby=placement.standby, checkpoint_address=self.states.address,
+                          keys=self.gatekeeper.plan_keys([*members, *placement.standby]),
                           checksums=holders.checksums if holders and origin is None and not resplit else [],
                           codec_state=codec_state, resplit=resplit)
         publish_coordinator(self.dht, PLAN_KEY, plan.to_wire())
@@ -366,15 +373,8 @@ class Coordinator:
                                 done=done, probe_address=self.states.address,
                                 curve_key=self.secrets.keys.public if self.secrets.keys else "",
                                 admitted=self.gatekeeper.admitted)
+        self.reports.push(control, self.plan)  # peers learn it in one hop; the DHT copy is for the rest
         publish_coordinator(self.dht, CONTROL_KEY, control.to_wire())
-
-    def _keys(self, names: list[str]) -> dict[str, str]:
-        """The curve keys a plan lists: of `names` and of the coordinator (none in an open swarm)."""
-        if self.secrets.keys is None:
-            return {}
-        admitted = self.gatekeeper.admitted
-        return {**{name: admitted[name].key for name in names if name in admitted},
-                COORDINATOR_NAME: self.secrets.keys.public}
 
     # ---- checkpoints -------------------------------------------------------------------------
 

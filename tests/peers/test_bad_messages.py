@@ -186,7 +186,7 @@ def test_the_daemon_fails_the_step_reports_and_counts_it_and_goes_on(error):
     events: list[str] = []
     daemon = PeerDaemon(PeerOptions(initial_peers=(), name="victim"), on_event=events.append)
     announced: list[PeerRecord] = []
-    daemon._announce = lambda: announced.append(PeerRecord.from_wire(daemon.record.to_wire()))
+    daemon._report = lambda: announced.append(PeerRecord.from_wire(daemon.record.to_wire()))
     with ZmqTransport("victim") as transport:
         daemon._transport = transport
         daemon._record = PeerRecord(name="victim", address=transport.address, device="cpu", tflops=1.0,

@@ -96,6 +96,7 @@ def observed_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
         swarm.start_peer("p1", ["--metrics-port", str(metrics_port), "--log-format", "json"])
         swarm.start_peer("p2")
         swarm.wait_for(lambda: swarm.committed_step() >= 3, 180, "step 3")
+        captured["peer_metrics_at_step"] = swarm.committed_step(), fetch(f"http://127.0.0.1:{metrics_port}/metrics")
         swarm.start_peer("p3")  # the grid is full: p3 becomes standby, plan version 2
         swarm.wait_for(lambda: len(swarm.report().get("plans", [])) >= 2, 120, "p3's standby plan")
         victim = next(p for p in json.loads(fetch(url + "api/status"))["peers"] if p["name"] == "p1")

@@ -40,7 +40,8 @@ def run(tmp_path_factory):
                                text=True)
         with SwarmDHT(swarm.initial_peers(), client_mode=True) as dht:
             swarm.wait_for(lambda: swarm.committed_step() >= 3, 180, "step 3")
-            status = collect(dht)
+            # the report is written first, the DHT's control record right after: look until it shows step 3
+            status = swarm.wait_for(lambda: (view := collect(dht))["step"] >= 3 and view, 30, "step 3 in the DHT")
             victim = next(p for p in status["peers"] if p["stage"] == 1)
             fire_garbage(victim["address"])
             fired_at = swarm.committed_step()

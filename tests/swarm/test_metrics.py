@@ -154,3 +154,18 @@ def test_peer_metrics_of_a_live_swarm(observed_run):
     assert value(parsed, "swarm_peer_state_transfer_bytes_total", source="checkpoint") > 100_000
     assert value(parsed, "swarm_peer_state_transfer_seconds_total", source="checkpoint") > 0
     assert value(parsed, "swarm_peer_state_transfer_bytes_total", source="peer") == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_training_thread_sends_no_dht_request_while_it_trains(observed_run):
+    """Steps commit, plans change (a standby joins, a peer leaves, a rollback) and the training thread
+    (MainThread) of p1 sends the DHT nothing: the step channel and the heartbeat thread carry it all."""
+    early_step, early_text = observed_run["peer_metrics_at_step"]
+    early, late = samples(early_text), samples(observed_run["peer_metrics"])
+    steps = value(late, "swarm_peer_steps_committed_total") - value(early, "swarm_peer_steps_committed_total")
+    assert early_step >= 3 and steps >= 8
+    assert value(late, "swarm_peer_replans_total", change="repaired") == 1  # plans changed in between
+    training = "swarm_peer_dht_requests_total"
+    assert value(late, training, thread="MainThread") == value(early, training, thread="MainThread")
+    assert value(late, training, thread="heartbeat") > value(early, training, thread="heartbeat") + steps / 10
