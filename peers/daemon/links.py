@@ -1,16 +1,28 @@
-"""Measuring the links from a joining peer to the peers already in the swarm (what the scheduler plans with)."""
+"""Measuring links: from a joining peer to the peers already in the swarm, then every link a plan gives it
+(what the scheduler plans with and the timeouts are sized from)."""
 from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
 
 from peers.dht import SwarmDHT
 from peers.probe import measure_bandwidth, probe
-from peers.protocol import ControlRecord, Link
+from peers.protocol import ControlRecord, Link, PlanRecord
+from peers.security import CurveKeys
 
 from .credentials import Credentials
 from .records import read_peers
 
-__all__ = ["measure_links", "MAX_PROBED"]
+__all__ = ["measure_links", "probe_link", "plan_neighbours", "PlanLinkProber", "MAX_PROBED"]
 
 MAX_PROBED = 8
+PING_TIMEOUT_S = 2.0
+PROBE_BYTES = 1 << 20
+BANDWIDTH_TIMEOUT_S = 5.0
+# A link whose probe failed carried less than PROBE_BYTES within BANDWIDTH_TIMEOUT_S (about 1.7 Mbit/s):
+# the slowest link a probe can tell apart, and what an unmeasurable link is priced at.
+SLOW_GBPS = PROBE_BYTES * 8 / BANDWIDTH_TIMEOUT_S / 1e9
 
 
 def measure_links(dht: SwarmDHT, control: ControlRecord, credentials: Credentials) -> dict[str, Link]:
@@ -19,12 +31,59 @@ def measure_links(dht: SwarmDHT, control: ControlRecord, credentials: Credential
     keys = credentials.keys
     others = [record for name, record in read_peers(dht, owners).items()
               if name != credentials.name and (keys is None or name in owners)][:MAX_PROBED]
-    links: dict[str, Link] = {}
-    for other in others:
-        server_key = credentials.server_key(control, other.name)
-        rtt = probe(other.address, timeout=2.0, keys=keys, server_key=server_key)
-        if rtt is None:
-            continue
-        bandwidth = measure_bandwidth(other.address, nbytes=1 << 20, timeout=5.0, keys=keys, server_key=server_key)
-        links[other.name] = Link(latency_ms=rtt * 1e3 / 2, bandwidth_gbps=(bandwidth or 1.25e8) * 8 / 1e9)
-    return links
+    return {other.name: probe_link(other.address, keys=keys, server_key=credentials.server_key(control, other.name))
+            for other in others}
+
+
+def probe_link(address: str, *, keys: CurveKeys | None = None, server_key: str | None = None) -> Link:
+    """The link to the peer at `address`. A probe that gets no answer within its timeout says only that
+    the link is slow: it is recorded as at most what could have crossed it meanwhile (`Link.at_most`)."""
+    rtt = probe(address, timeout=PING_TIMEOUT_S, keys=keys, server_key=server_key)
+    if rtt is None:  # not even a ping came back: a round trip of at least the timeout
+        return Link(bandwidth_gbps=SLOW_GBPS, latency_ms=PING_TIMEOUT_S * 1e3 / 2, at_most=True)
+    bandwidth = measure_bandwidth(address, nbytes=PROBE_BYTES, timeout=BANDWIDTH_TIMEOUT_S, keys=keys,
+                                  server_key=server_key)
+    if bandwidth is None:
+        return Link(bandwidth_gbps=SLOW_GBPS, latency_ms=rtt * 1e3 / 2, at_most=True)
+    return Link(bandwidth_gbps=bandwidth * 8 / 1e9, latency_ms=rtt * 1e3 / 2)
+
+
+def plan_neighbours(plan: PlanRecord, name: str) -> list[str]:
+    """The peers `plan` connects `name` to: its pipeline neighbours and its stage's other replicas."""
+    position = plan.position(name)
+    if position is None:
+        return []
+    stage, replica = position
+    pipeline = [plan.grid[s][replica] for s in (stage - 1, stage + 1) if 0 <= s < len(plan.grid)]
+    return pipeline + [other for other in plan.grid[stage] if other != name]
+
+
+class PlanLinkProber:
+    """Probes, on its own thread, each link a new plan gives this peer that it has not measured yet
+    (join probes at most MAX_PROBED peers), and hands the measured links to `on_measured`."""
+
+    def __init__(self, name: str, keys: CurveKeys | None, on_measured: Callable[[dict[str, Link]], None]) -> None:
+        self.name, self.keys, self.on_measured = name, keys, on_measured
+        self._plans: queue.SimpleQueue[PlanRecord] = queue.SimpleQueue()
+        self._measured: set[str] = set()  # the addresses measured already
+
+    def follow(self, plan: PlanRecord) -> None:
+        self._plans.put(plan)
+
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop`: measure the links of each plan followed."""
+        while not stop.is_set():
+            try:
+                plan = self._plans.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            links = self.measure(plan)
+            if links:
+                self.on_measured(links)
+
+    def measure(self, plan: PlanRecord) -> dict[str, Link]:
+        """The links `plan` gives this peer that were not measured at their address yet."""
+        links = {peer: probe_link(plan.addresses[peer], keys=self.keys, server_key=plan.keys.get(peer))
+                 for peer in plan_neighbours(plan, self.name) if plan.addresses.get(peer, "") not in self._measured}
+        self._measured.update(plan.addresses[peer] for peer in links)
+        return links

@@ -30,7 +30,7 @@ from peers.dht import SwarmDHT, dht_time
 from peers.metrics import MetricsServer, PeerMetrics, serve_metrics
 from peers.pipeline import NonFiniteStep
 from peers.profiling import measure_device
-from peers.protocol import JoinToken, PeerRecord, PlanRecord, RecordError
+from peers.protocol import JoinToken, Link, PeerRecord, PlanRecord, RecordError
 from peers.step_channel import read_control, report_payload
 from peers.torch_threads import torch_threads
 from peers.transport import BadMessage, Message, PeerTimeout, TransportClosed
@@ -40,7 +40,7 @@ from .control_feed import ControlFeed
 from .corpus import Datasets, default_cache_dir
 from .credentials import Credentials
 from .joining import UnreachableError, await_admission, await_coordinator, check_data_port, join_dht
-from .links import measure_links
+from .links import PlanLinkProber, measure_links
 from .records import COORDINATOR_NAME, CoordinatorPin, write_peer
 from .stage_runner import StageRunner
 from .stage_state import codec_slot
@@ -101,6 +101,7 @@ class PeerDaemon:
         self._announce_now = threading.Event()  # the main thread asks the heartbeat thread to announce
         self._channel = ""  # the coordinator address the step channel is connected to
         self._metrics_server: MetricsServer | None = None
+        self.prober = PlanLinkProber(options.name, self.credentials.keys, self._measured)
 
     @property
     def dht(self) -> SwarmDHT:
@@ -155,6 +156,7 @@ class PeerDaemon:
                 return 130
             check_data_port(control, self.transport.address, self.credentials, options.name, self.on_event)
             self._update(links=measure_links(self.dht, self.pin.control(self.dht) or control, self.credentials))
+            threading.Thread(target=self.prober.run, args=(stop,), name="link-prober", daemon=True).start()
             self.feed.offer(control)
             self._connect_channel(control.probe_address)
             self._update(state="ready")
@@ -172,12 +174,9 @@ class PeerDaemon:
                     self._announce()  # nobody waits for our heartbeat to expire
                 except Exception as error:  # the DHT may already be gone; leaving still must finish
                     log.debug("could not announce leaving: %s", error)
-            if self._transport is not None:
-                self._transport.close()
-            if self._dht is not None:
-                self._dht.close()
-            if self._metrics_server is not None:
-                self._metrics_server.close()
+            for opened in (self._transport, self._dht, self._metrics_server):
+                if opened is not None:
+                    opened.close()
 
     # ---- the main thread ---------------------------------------------------------------------
 
@@ -265,6 +264,7 @@ class PeerDaemon:
         self._current = (plan, abort)
         self.metrics.adopted(plan)
         self.credentials.adopt(plan)
+        self.prober.follow(plan)
         position = plan.position(self.options.name)
         if old is not None and prepared is None and old.continues(plan, self.options.name):
             old.adopt(plan, abort)
@@ -313,6 +313,12 @@ class PeerDaemon:
         with self._lock:
             for key, value in fields.items():
                 setattr(self.record, key, value)
+
+    def _measured(self, links: dict[str, Link]) -> None:
+        """Links the prober measured for a plan (on its thread): into the record, announced next."""
+        with self._lock:
+            self.record.links = {**self.record.links, **links}
+        self._announce_now.set()
 
     def _announce(self) -> None:
         with self._lock:

@@ -63,7 +63,7 @@ PEER_BUCKETS = 64
 # msgpack encoding exceeds PEER_RECORD_MAX_BYTES (multi-byte text). The DHT adds ~0.8 KB per record
 # (the signer's key in the subkey, the signature, the expiration).
 PEER_RECORD_MAX_BYTES = 8192
-MAX_LINKS = 32  # links it measured (peers.daemon.links probes 8 peers)
+MAX_LINKS = 32  # links it measured (8 probed at join, then those its plans give it)
 MAX_SUSPECTS = 16  # the peers it flagged most (a writer keeps the top counts)
 MAX_DHT_ADDRS = 8
 MAX_ERROR_CHARS = 256
@@ -132,10 +132,16 @@ class _Record(msgspec.Struct):
 
 
 class Link(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A measured link to another peer."""
+    """A measured link to another peer.
+
+    at_most: the probe failed or timed out, so the link is only known to be slow: `bandwidth_gbps`
+    is the most it can carry (what would have arrived within the probe's timeout) and `latency_ms`
+    the least it takes. The scheduler and the timeouts price it as that slow link, never as a fast one.
+    """
 
     bandwidth_gbps: PositiveFloat
     latency_ms: NonNegativeFloat
+    at_most: bool = False
 
 
 class PeerRecord(_Record):
@@ -334,9 +340,9 @@ def _trimmed(wire: dict[str, Any]) -> dict[str, Any]:
     suspects: dict[str, int] = wire["suspects"]
     if len(suspects) > MAX_SUSPECTS:
         suspects = dict(sorted(suspects.items(), key=lambda item: (-item[1], item[0]))[:MAX_SUSPECTS])
-    links: dict[str, dict[str, float]] = wire["links"]
+    links: dict[str, dict[str, Any]] = wire["links"]
     if len(links) > MAX_LINKS:
-        links = dict(sorted(links.items(), key=lambda item: (item[1]["latency_ms"], item[0]))[:MAX_LINKS])
+        links = dict(sorted(links.items(), key=lambda item: (*_link_rank(item[1]), item[0]))[:MAX_LINKS])
     addrs = [addr for addr in wire["dht_addrs"] if len(addr) <= _MULTIADDR_CHARS][:MAX_DHT_ADDRS]
     wire.update(suspects=suspects, links=links, dht_addrs=addrs)
     while encoded_size(wire) > PEER_RECORD_MAX_BYTES:
@@ -345,10 +351,16 @@ def _trimmed(wire: dict[str, Any]) -> dict[str, Any]:
         elif suspects:
             del suspects[min(suspects, key=suspects.__getitem__)]
         elif links:
-            del links[max(links, key=lambda name: links[name]["latency_ms"])]
+            del links[max(links, key=lambda name: _link_rank(links[name]))]
         else:
             break  # its name, address or device: `from_wire` says which bound they break
     return wire
+
+
+def _link_rank(link: dict[str, Any]) -> tuple[bool, float]:
+    """Which links a record keeps first: those known only to be slow (dropped, they would count as fast),
+    then the nearest."""
+    return not link.get("at_most", False), link["latency_ms"]
 
 
 def _cut(text: str, length: int) -> str:
