@@ -2,9 +2,10 @@
 (what the scheduler plans with and the timeouts are sized from)."""
 from __future__ import annotations
 
+import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from peers.dht import SwarmDHT
 from peers.probe import measure_bandwidth, probe
@@ -14,7 +15,9 @@ from peers.security import CurveKeys
 from .credentials import Credentials
 from .records import read_peers
 
-__all__ = ["measure_links", "probe_link", "plan_neighbours", "PlanLinkProber", "MAX_PROBED"]
+__all__ = ["measure_links", "probe_link", "plan_neighbours", "links_to", "PlanLinkProber", "MAX_PROBED"]
+
+log = logging.getLogger(__name__)
 
 MAX_PROBED = 8
 PING_TIMEOUT_S = 2.0
@@ -59,13 +62,18 @@ def plan_neighbours(plan: PlanRecord, name: str) -> list[str]:
 
 
 class PlanLinkProber:
-    """Probes, on its own thread, each link a new plan gives this peer that it has not measured yet
-    (join probes at most MAX_PROBED peers), and hands the measured links to `on_measured`."""
+    """Probes, on its own thread, each link a new plan gives this peer that neither end has measured
+    (join probes at most MAX_PROBED peers), and hands the measured links to `on_measured`.
 
-    def __init__(self, name: str, keys: CurveKeys | None, on_measured: Callable[[dict[str, Link]], None]) -> None:
-        self.name, self.keys, self.on_measured = name, keys, on_measured
+    measured(): the peers whose link to this one is measured already, from either end (the scheduler
+    takes either direction). Measuring them again while the grid trains would only add noise: on a
+    busy CPU a probe reads low, and the scheduler would move peers away from links that are fine.
+    """
+
+    def __init__(self, name: str, keys: CurveKeys | None, on_measured: Callable[[dict[str, Link]], None],
+                 measured: Callable[[], Collection[str]]) -> None:
+        self.name, self.keys, self.on_measured, self.measured = name, keys, on_measured, measured
         self._plans: queue.SimpleQueue[PlanRecord] = queue.SimpleQueue()
-        self._measured: set[str] = set()  # the addresses measured already
 
     def follow(self, plan: PlanRecord) -> None:
         self._plans.put(plan)
@@ -77,13 +85,21 @@ class PlanLinkProber:
                 plan = self._plans.get(timeout=0.5)
             except queue.Empty:
                 continue
-            links = self.measure(plan)
+            try:
+                links = self.measure(plan)
+            except Exception as error:  # e.g. the DHT read behind `measured`: the next plan tries again
+                log.warning("could not measure the links of plan %d: %s", plan.version, error)
+                continue
             if links:
                 self.on_measured(links)
 
     def measure(self, plan: PlanRecord) -> dict[str, Link]:
-        """The links `plan` gives this peer that were not measured at their address yet."""
-        links = {peer: probe_link(plan.addresses[peer], keys=self.keys, server_key=plan.keys.get(peer))
-                 for peer in plan_neighbours(plan, self.name) if plan.addresses.get(peer, "") not in self._measured}
-        self._measured.update(plan.addresses[peer] for peer in links)
-        return links
+        """The links `plan` gives this peer that nobody measured yet."""
+        known = set(self.measured())
+        return {peer: probe_link(plan.addresses[peer], keys=self.keys, server_key=plan.keys.get(peer))
+                for peer in plan_neighbours(plan, self.name) if peer not in known and peer in plan.addresses}
+
+
+def links_to(dht: SwarmDHT, name: str) -> set[str]:
+    """The peers whose records list a measured link to `name`."""
+    return {other for other, record in read_peers(dht).items() if name in record.links}

@@ -40,7 +40,7 @@ from .control_feed import ControlFeed
 from .corpus import Datasets, default_cache_dir
 from .credentials import Credentials
 from .joining import UnreachableError, await_admission, await_coordinator, check_data_port, join_dht
-from .links import PlanLinkProber, measure_links
+from .links import PlanLinkProber, links_to, measure_links
 from .records import COORDINATOR_NAME, CoordinatorPin, write_peer
 from .stage_runner import StageRunner
 from .stage_state import codec_slot
@@ -101,7 +101,8 @@ class PeerDaemon:
         self._announce_now = threading.Event()  # the main thread asks the heartbeat thread to announce
         self._channel = ""  # the coordinator address the step channel is connected to
         self._metrics_server: MetricsServer | None = None
-        self.prober = PlanLinkProber(options.name, self.credentials.keys, self._measured)
+        self.prober = PlanLinkProber(options.name, self.credentials.keys, self._measured,
+                                     lambda: set(self.record.links) | links_to(self.dht, options.name))
 
     @property
     def dht(self) -> SwarmDHT:
@@ -315,9 +316,8 @@ class PeerDaemon:
                 setattr(self.record, key, value)
 
     def _measured(self, links: dict[str, Link]) -> None:
-        """Links the prober measured for a plan (on its thread): into the record, announced next."""
-        with self._lock:
-            self.record.links = {**self.record.links, **links}
+        """Links the prober measured for a plan (on its thread, the only writer of links now): announced next."""
+        self._update(links={**self.record.links, **links})
         self._announce_now.set()
 
     def _announce(self) -> None:

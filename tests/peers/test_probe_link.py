@@ -41,7 +41,8 @@ def test_every_link_a_plan_gives_a_peer_is_probed_and_an_unreachable_one_is_slow
                       "d": replica.address})
         assert plan_neighbours(plan, "c") == ["a", "d"]  # its stage-0 neighbour, its stage's other replica
         measured: list[dict[str, Link]] = []
-        prober, stop = PlanLinkProber("c", None, measured.append), threading.Event()
+        prober = PlanLinkProber("c", None, measured.append, lambda: {peer for links in measured for peer in links})
+        stop = threading.Event()
         thread = threading.Thread(target=prober.run, args=(stop,))
         thread.start()
         prober.follow(plan)
@@ -49,7 +50,8 @@ def test_every_link_a_plan_gives_a_peer_is_probed_and_an_unreachable_one_is_slow
             stop.wait(0.1)
         stop.set()
         thread.join(timeout=10)
-        assert prober.measure(plan) == {}  # measured once per address
+        assert prober.measure(plan) == {}  # measured once
+        assert PlanLinkProber("c", None, measured.append, lambda: {"a"}).measure(plan).keys() == {"d"}
     links = measured[0]
     assert set(links) == {"a", "d"}
     assert links["a"].at_most and links["a"].bandwidth_gbps == SLOW_GBPS
