@@ -19,6 +19,11 @@ The client keeps a few chunk requests in flight (the donor's ROUTER never queues
 so a multi-GB state moves in bounded memory on the donor. Each publish gets a new serial; the
 donor keeps the previous blob too, so a transfer survives one update, and the client checks the
 sha256 of what it assembled.
+
+A transfer is resumable: what arrived is kept in a `PartialState`, and a donor that serves the same
+bytes (replicas of a stage at one step do: same sha256) is asked only for the chunks still missing,
+so a donor's death costs the chunks in flight, not the transfer. A donor counts as dead when nothing
+arrives for `stall_timeout`; the whole transfer may take longer, as long as it keeps moving.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zmq
 
@@ -36,8 +41,8 @@ from peers.security import CurveKeys
 from peers.transport import Message
 from peers.zmq_client import check_curve_pair, open_dealer, receive_reply, send_control
 
-__all__ = ["StateTransferError", "StateServer", "fetch_state", "fetch_state_any", "DEFAULT_CHUNK_BYTES",
-           "DEFAULT_MAX_STATE_BYTES"]
+__all__ = ["StateTransferError", "StateServer", "PartialState", "fetch_state", "fetch_state_any",
+           "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_STATE_BYTES"]
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_STATE_BYTES = 64 * 1024**3
@@ -53,6 +58,40 @@ class _Snapshot:
     serial: int
     blob: memoryview
     sha256: str
+
+
+@dataclass
+class PartialState:
+    """The chunks of one state received so far and the donor each came from, kept across donors."""
+
+    sha256: str = ""
+    nbytes: int = 0
+    chunk_bytes: int = 0
+    chunks: list[bytes | None] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list)  # the address of the donor of each chunk ("" missing)
+    received: int = 0  # bytes
+
+    def resume(self, meta: wire.StateMetaBody) -> None:
+        """Continue with the state `meta` announces: what arrived stays if it is the same bytes, else it restarts."""
+        if (meta.sha256, meta.bytes, meta.chunk_bytes) != (self.sha256, self.nbytes, self.chunk_bytes):
+            self.sha256, self.nbytes, self.chunk_bytes = meta.sha256, meta.bytes, meta.chunk_bytes
+            self.chunks, self.origins, self.received = [None] * meta.chunks, [""] * meta.chunks, 0
+
+    def missing(self) -> list[int]:
+        return [index for index, chunk in enumerate(self.chunks) if chunk is None]
+
+    def add(self, index: int, chunk: bytes, origin: str) -> None:
+        if self.chunks[index] is None:
+            self.chunks[index], self.origins[index] = chunk, origin
+            self.received += len(chunk)
+
+    def assembled(self) -> bytes | None:
+        """The whole state once it checks out against its sha256; None (and everything dropped) if it does not."""
+        blob = b"".join(chunk for chunk in self.chunks if chunk is not None)
+        if len(blob) == self.nbytes and hashlib.sha256(blob).hexdigest() == self.sha256:
+            return blob
+        self.sha256, self.chunks, self.origins, self.received = "", [], [], 0
+        return None
 
 
 class StateServer:
@@ -118,7 +157,8 @@ class StateServer:
 
 def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: int = DEFAULT_MAX_STATE_BYTES,
                 progress: Callable[[int, int], None] | None = None, keys: CurveKeys | None = None,
-                server_key: str | None = None) -> bytes:
+                server_key: str | None = None, stall_timeout: float | None = None,
+                partial: PartialState | None = None) -> bytes:
     """Download the state blob of `stage` from the donor at `address` (a peer's data address).
 
     Raises StateTransferError when the donor does not answer within `timeout` seconds, serves no
@@ -128,17 +168,21 @@ def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: 
     if given, is called with (bytes received, total bytes) after each chunk, e.g. to drive a bar.
     keys, server_key: this host's curve keys and the donor's public key in a curve swarm (both or
     neither); a donor that does not admit `keys.public` never answers (StateTransferError).
+    stall_timeout: give up on the donor when nothing arrives for this long (default: `timeout`).
+    partial: the chunks an earlier donor sent; the same state is continued, and `partial` updated.
     """
     check_curve_pair(keys, server_key)
-    deadline = time.monotonic() + timeout
+    deadline = _Deadline(time.monotonic() + timeout, timeout if stall_timeout is None else stall_timeout)
+    partial = PartialState() if partial is None else partial
     for _attempt in range(3):
         # zmq.MAXMSGSIZE is fixed when the socket connects, before the chunk size is known
         with open_dealer(address, max_message_bytes=wire.MAX_CHUNK_BYTES, keys=keys, server_key=server_key) as sock:
-            meta = _request_meta(sock, address, stage, deadline, timeout)
+            meta = _request_meta(sock, address, stage, deadline)
             if meta.bytes > max_bytes:
                 raise StateTransferError(f"state of stage {stage} at {address} is {meta.bytes} bytes, above "
                                          f"max_bytes={max_bytes}; pass a larger max_bytes if that is expected")
-            blob = _download(sock, address, stage, meta, deadline, timeout, progress)
+            partial.resume(meta)
+            blob = _download(sock, address, stage, meta, partial, deadline, progress)
         if blob is not None:
             return blob
     raise StateTransferError(f"state of stage {stage} at {address} kept changing during the transfer; "
@@ -146,13 +190,15 @@ def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: 
 
 
 def fetch_state_any(donors: Sequence[str | tuple[str, str | None]] | Mapping[str, str | None], stage: int, *,
-                    spread_key: str, timeout: float = 120.0, max_bytes: int = DEFAULT_MAX_STATE_BYTES,
-                    keys: CurveKeys | None = None) -> bytes:
-    """`fetch_state` from the first donor that answers, starting at one picked by `spread_key`.
+                    spread_key: str = "", timeout: float = 120.0, max_bytes: int = DEFAULT_MAX_STATE_BYTES,
+                    keys: CurveKeys | None = None, stall_timeout: float | None = None,
+                    partial: PartialState | None = None, progress: Callable[[int, int], None] | None = None) -> bytes:
+    """`fetch_state` from the first donor that answers, starting at one picked by `spread_key`
+    (none: in the order given), each donor continuing the chunks the previous ones sent.
 
     Newcomers pass their own name as `spread_key`, so several newcomers of one stage start at
     different replicas (load spread) and each falls back to the next replica if its pick fails.
-    `timeout` applies to each donor. Raises StateTransferError listing every failure.
+    `timeout` and `stall_timeout` apply to each donor. Raises StateTransferError listing every failure.
 
     donors: addresses (open swarm), or (address, server_key) pairs, or a mapping address ->
     server_key, for a curve swarm together with this host's `keys`. A donor without a key is
@@ -161,12 +207,13 @@ def fetch_state_any(donors: Sequence[str | tuple[str, str | None]] | Mapping[str
     pairs = _donor_pairs(donors)
     if not pairs:
         raise StateTransferError(f"no live replica of stage {stage} to fetch from; restore it from the checkpoint")
-    start = zlib.crc32(spread_key.encode()) % len(pairs)
-    failures = []
+    start = zlib.crc32(spread_key.encode()) % len(pairs) if spread_key else 0
+    failures, partial = [], PartialState() if partial is None else partial
     for address, server_key in [*pairs[start:], *pairs[:start]]:
         try:
             return fetch_state(address, stage, timeout, max_bytes=max_bytes, keys=keys if server_key else None,
-                               server_key=server_key if keys else None)
+                               server_key=server_key if keys else None, stall_timeout=stall_timeout,
+                               partial=partial, progress=progress)
         except StateTransferError as error:
             failures.append(str(error))
     raise StateTransferError(f"every replica of stage {stage} failed: " + " | ".join(failures))
@@ -180,14 +227,32 @@ def _donor_pairs(donors: Sequence[str | tuple[str, str | None]] | Mapping[str, s
     return [(donor, None) if isinstance(donor, str) else (donor[0], donor[1]) for donor in donors]
 
 
-def _request_meta(sock: zmq.Socket[bytes], address: str, stage: int, deadline: float,
-                  timeout: float) -> wire.StateMetaBody:
+@dataclass
+class _Deadline:
+    """The end of a fetch from one donor: its whole `timeout`, or `stall_s` after the last thing that arrived."""
+
+    end: float
+    stall_s: float
+    last: float = field(default_factory=time.monotonic)
+
+    def next(self) -> float:
+        return min(self.end, self.last + self.stall_s)
+
+    def moved(self) -> None:
+        self.last = time.monotonic()
+
+    def describe(self) -> str:
+        stalled = self.last + self.stall_s <= self.end
+        return f"nothing for {self.stall_s:.1f} s" if stalled else "its whole timeout passed"
+
+
+def _request_meta(sock: zmq.Socket[bytes], address: str, stage: int, deadline: _Deadline) -> wire.StateMetaBody:
     body = wire.pack_body(wire.StateRequestBody(stage=stage, chunk=-1))
     send_control(sock, wire.STATE_REQUEST, body, step=stage, index=-1)
     while True:
-        reply = receive_reply(sock, deadline, max_message_bytes=wire.MAX_HEADER_BYTES)
+        reply = receive_reply(sock, deadline.next(), max_message_bytes=wire.MAX_HEADER_BYTES)
         if reply is None:
-            raise StateTransferError(f"no answer from the donor at {address} within {timeout:.1f} s: is it alive "
+            raise StateTransferError(f"no answer from the donor at {address} ({deadline.describe()}): is it alive "
                                      f"and its data port reachable? Try another replica of stage {stage}")
         if reply.kind == wire.STATE_ERROR:
             raise StateTransferError(f"donor at {address} cannot serve stage {stage}: {_error_body(reply).error}")
@@ -202,38 +267,36 @@ def _request_meta(sock: zmq.Socket[bytes], address: str, stage: int, deadline: f
         return meta
 
 
-def _download(sock: zmq.Socket[bytes], address: str, stage: int, meta: wire.StateMetaBody, deadline: float,
-              timeout: float, progress: Callable[[int, int], None] | None) -> bytes | None:
-    """The assembled blob, or None when the donor's state changed under us (caller retries)."""
-    chunks: list[bytes | None] = [None] * meta.chunks
-    next_chunk, missing, received = 0, meta.chunks, 0
-    while next_chunk < min(_WINDOW, len(chunks)):
-        _request_chunk(sock, stage, next_chunk, meta.serial)
-        next_chunk += 1
-    while missing:
-        reply = receive_reply(sock, deadline, max_message_bytes=meta.chunk_bytes)
+def _download(sock: zmq.Socket[bytes], address: str, stage: int, meta: wire.StateMetaBody, partial: PartialState,
+              deadline: _Deadline, progress: Callable[[int, int], None] | None) -> bytes | None:
+    """The assembled blob, or None when the donor's state changed under us (caller retries). Asks only
+    for the chunks `partial` lacks, and fills them in as they arrive."""
+    wanted = partial.missing()[::-1]  # popped from the end: the first missing chunk first
+    in_flight = 0
+    deadline.moved()
+    while wanted or in_flight:
+        while wanted and in_flight < _WINDOW:
+            _request_chunk(sock, stage, wanted.pop(), meta.serial)
+            in_flight += 1
+        reply = receive_reply(sock, deadline.next(), max_message_bytes=meta.chunk_bytes)
         if reply is None:
             raise StateTransferError(f"donor at {address} stopped sending the state of stage {stage} "
-                                     f"(timeout {timeout:.1f} s); try another replica")
+                                     f"({deadline.describe()}, {len(partial.missing())} of {meta.chunks} chunks "
+                                     f"missing); try another replica: it continues from there")
         if reply.kind == wire.STATE_ERROR:
             error = _error_body(reply)
             if error.retry:
                 return None
             raise StateTransferError(f"donor at {address} failed serving stage {stage}: {error.error}")
-        if reply.kind != wire.STATE_CHUNK or reply.step != meta.serial or not 0 <= reply.index < len(chunks):
+        if reply.kind != wire.STATE_CHUNK or reply.step != meta.serial or not 0 <= reply.index < meta.chunks:
             continue
-        if chunks[reply.index] is None:
-            chunk = bytes(reply.payload)
-            chunks[reply.index] = chunk
-            missing -= 1
-            received += len(chunk)
-            if progress is not None:
-                progress(received, meta.bytes)
-        if next_chunk < len(chunks):
-            _request_chunk(sock, stage, next_chunk, meta.serial)
-            next_chunk += 1
-    blob = b"".join(chunk for chunk in chunks if chunk is not None)  # all arrived: `missing` is 0
-    if len(blob) != meta.bytes or hashlib.sha256(blob).hexdigest() != meta.sha256:
+        in_flight -= 1
+        deadline.moved()
+        partial.add(reply.index, bytes(reply.payload), address)
+        if progress is not None:
+            progress(partial.received, meta.bytes)
+    blob = partial.assembled()
+    if blob is None:
         raise StateTransferError(f"state of stage {stage} from {address} failed its size/sha256 check; "
                                  f"try another replica")
     return blob

@@ -24,7 +24,7 @@ from peers.attack import Attack
 from peers.pipeline import OptimizerSettings, StageExecutor, StepResult
 from peers.protocol import PlanChange, PlanRecord, SourceKind, StateSource, Timeouts
 from peers.security import CurveKeys
-from peers.state_transfer import StateTransferError, fetch_state
+from peers.state_transfer import PartialState, StateTransferError, fetch_state_any
 from peers.transport import Message, PeerTimeout, Transport, TransportClosed
 
 from .layer_state import old_stages_for, regroup
@@ -158,15 +158,16 @@ class StageRunner:
                                    "but this peer does not hold it")
             self.executor.load_state_dict(previous.executor.state_dict())
             return
-        donor = COORDINATOR_NAME if source.kind is SourceKind.CHECKPOINT else source.donor
-        address = self.plan.checkpoint_address if donor == COORDINATOR_NAME else self.plan.addresses[donor]
+        if source.kind is SourceKind.CHECKPOINT:
+            donors = {self.plan.checkpoint_address: self.plan.keys.get(COORDINATOR_NAME)}
+        else:  # the named donor first, then the stage's other holders, should it die mid-transfer
+            names = dict.fromkeys([source.donor or "", *self.plan.donors_of(self.stage)])
+            donors = {self.plan.addresses[name]: self.plan.keys.get(name) for name in names}
         started = time.monotonic()
-        server_key = self.plan.keys.get(donor or "")
-        self.executor.load_state_dict(self._fetch(address, source, server_key, self.stage).state)
+        self.executor.load_state_dict(self._fetch(donors, source, self.stage).state)
         if source.kind is SourceKind.CHECKPOINT and self.plan.codec_state:  # every cell resumes its own
             try:
-                self.executor.load_codec_state(self._fetch(address, source, server_key,
-                                                           codec_slot(self.stage, self.replica)).state)
+                self.executor.load_codec_state(self._fetch(donors, source, codec_slot(self.stage, self.replica)).state)
             except ValueError as error:
                 raise RuntimeError(f"the checkpoint's codec state of this cell does not fit: {error}") from None
         self.load_seconds = time.monotonic() - started
@@ -190,9 +191,10 @@ class StageRunner:
                 states[old] = StageState(old, list(resplit.layers), self._applied, previous.executor.state_dict())
                 continue
             holders = resplit.holders[old]
-            donor = holders[zlib.crc32(self.name.encode()) % len(holders)]
-            states[old] = self._fetch(self.plan.addresses[donor], StateSource(SourceKind.PEER, donor),
-                                      self.plan.keys.get(donor), old, layers=resplit.layers)
+            donor = holders[zlib.crc32(self.name.encode()) % len(holders)]  # where fetch_state_any starts
+            states[old] = self._fetch({self.plan.addresses[name]: self.plan.keys.get(name) for name in holders},
+                                      StateSource(SourceKind.PEER, donor), old, layers=resplit.layers,
+                                      spread_key=self.name)
             expected = resplit.checksums[old] if resplit.checksums else ""
             module = build_stage(config, resplit.layers, old, seed=self.training.seed, device="cpu")
             module.load_state_dict(states[old].state["model"])
@@ -202,19 +204,23 @@ class StageRunner:
         self.executor.load_state_dict(regroup(config, states, self.plan.layers, self.stage))
         self.load_seconds = time.monotonic() - started
 
-    def _fetch(self, address: str, source: StateSource, server_key: str | None, slot: int,
-               layers: list[int] | None = None) -> StageState:
-        """The donor's blob at `slot` (a stage, or this cell's codec state) of start_step - 1, taken under
-        the split `layers` (default: this plan's); the donor may publish it a moment later."""
+    def _fetch(self, donors: dict[str, str | None], source: StateSource, slot: int,
+               layers: list[int] | None = None, spread_key: str = "") -> StageState:
+        """The blob at `slot` (a stage, or this cell's codec state) of start_step - 1 under the split `layers`
+        (default: this plan's) from the first of `donors` that serves it (address -> curve key; in order, or
+        from one `spread_key` picks); a donor may publish it a moment later. A donor that stalls is left for
+        the next, which continues its chunks; the whole transfer gets `Timeouts.state_s` per donor."""
         layers = list(self.plan.layers) if layers is None else list(layers)
-        deadline = time.monotonic() + self.timeouts.message_s * 3
-        last = "no answer"
+        timeouts = self.timeouts
+        deadline = time.monotonic() + timeouts.state_s + timeouts.message_s * 3
+        partial, last = PartialState(), "no answer"
         while time.monotonic() < deadline:
             if self.link.aborted():
                 raise PlanAborted("plan changed while fetching state")
             try:
-                blob = fetch_state(address, slot, timeout=self.timeouts.message_s,
-                                   keys=self.keys if server_key else None, server_key=server_key)
+                blob = fetch_state_any(donors, slot, spread_key=spread_key,
+                                       timeout=timeouts.state_s, stall_timeout=timeouts.message_s, keys=self.keys,
+                                       partial=partial)
                 state = unpack_state(blob)
                 if state.step == self._applied and state.layers == layers:
                     self.loaded_bytes += len(blob)

@@ -19,6 +19,10 @@ obey the same numbers and no knob is tuned on its own.
                                                    than any chain of message waits inside it; a
                                                    peer that heartbeats but never prepares is
                                                    evicted after it
+    state_s     = message_s + 2 * (latency +       one donor's whole transfer of the largest stage's
+                  state bytes / bandwidth)         state (weights + optimizer) on the slowest link;
+                                                   a donor that sends nothing for message_s is dead
+                                                   sooner, and the next one continues its chunks
 
 Inside a step the waits nest too (`WAIT_NESTING`, multiples of message_s): a forward activation
 waits 1, a backward gradient 2 (it needs the downstream's forward first), an all-reduce share 3 and
@@ -48,11 +52,13 @@ FIRST_STEP_PATIENCE = 3
 
 
 def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: float,
-                    step_flops: float, tflops: float, stages: int, micro_batches: int) -> Timeouts:
+                    step_flops: float, tflops: float, stages: int, micro_batches: int,
+                    state_bytes: float = 0.0) -> Timeouts:
     """The hierarchy for a plan whose slowest link and slowest device are the ones given.
 
     message_bytes: the largest single message (an activation micro-batch or an all-reduce chunk)
     step_flops: one stage's forward + backward work for a whole step; tflops: the slowest device.
+    state_bytes: the largest stage's state as a donor serves it.
     """
     if bandwidth_gbps <= 0 or tflops <= 0:
         raise ValueError("bandwidth and TFLOPS must be positive to derive timeouts")
@@ -61,5 +67,6 @@ def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: 
     step_s = compute_s + 2 * micro_batches * stages * transfer_s
     message_s = max(MIN_MESSAGE_S, 3 * step_s)
     commit_s = message_s * (2 * stages + 4)  # a plan's first step gets FIRST_STEP_PATIENCE times this too
+    state_s = message_s + 2 * (latency_ms / 1e3 + state_bytes * 8 / (bandwidth_gbps * 1e9))
     return Timeouts(transfer_s=transfer_s, step_s=step_s, message_s=message_s, heartbeat_s=HEARTBEAT_S,
-                    peer_ttl_s=PEER_TTL_S, commit_s=commit_s)
+                    peer_ttl_s=PEER_TTL_S, commit_s=commit_s, state_s=state_s)

@@ -131,7 +131,7 @@ class _Record(msgspec.Struct):
         return from_builtins(value, cls, cls.what)
 
 
-class Link(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Link(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """A measured link to another peer.
 
     at_most: the probe failed or timed out, so the link is only known to be slow: `bandwidth_gbps`
@@ -293,10 +293,18 @@ class PlanRecord(_Record, forbid_unknown_fields=True):
         return [name for row in self.grid for name in row]
 
     def donates(self, name: str) -> bool:
-        """Whether `name` must serve its stage as it was before this plan: a cell's donor, or a holder
-        of an old stage that re-split cells fetch layers from."""
-        return (StateSource(SourceKind.PEER, name) in self.sources.values()
+        """Whether `name` must serve its stage as it was before this plan: a cell's donor (or a fallback
+        one, see `donors_of`), or a holder of an old stage that re-split cells fetch layers from."""
+        return (any(name in self.donors_of(stage) for stage in range(len(self.grid)))
                 or (self.resplit is not None and any(name in holders for holders in self.resplit.holders)))
+
+    def donors_of(self, stage: int) -> list[str]:
+        """Who serves `stage` as it was before this plan when a cell of it loads from a peer: the donors
+        the cells name, then the cells that keep the stage (the fallback when a donor dies mid-transfer)."""
+        named = [source.donor for name in self.grid[stage]
+                 if (source := self.sources[name]).kind is SourceKind.PEER and source.donor]
+        keepers = [name for name in self.grid[stage] if self.sources[name].kind is SourceKind.KEEP]
+        return list(dict.fromkeys(named + keepers)) if named else []
 
 
 class ControlRecord(_Record, forbid_unknown_fields=True):

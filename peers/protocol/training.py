@@ -73,6 +73,7 @@ class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     heartbeat_s: PositiveFloat
     peer_ttl_s: PositiveFloat
     commit_s: PositiveFloat
+    state_s: PositiveFloat = 120.0  # one donor's whole transfer of a stage's state (see derive_timeouts)
 
 
 class TrainingSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

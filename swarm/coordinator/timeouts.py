@@ -15,7 +15,9 @@ from peers.protocol import Codecs, PeerRecord, Timeouts, TrainingSpec
 
 from .planning import Placement
 
-__all__ = ["plan_timeouts"]
+__all__ = ["plan_timeouts", "STATE_BYTES_PER_PARAMETER"]
+
+STATE_BYTES_PER_PARAMETER = 12  # what a donor serves: fp32 weights and AdamW's two fp32 moments
 
 
 def plan_timeouts(placement: Placement, records: dict[str, PeerRecord], training: TrainingSpec,
@@ -38,4 +40,5 @@ def plan_timeouts(placement: Placement, records: dict[str, PeerRecord], training
     return derive_timeouts(message_bytes=max(activation, gradient_share), bandwidth_gbps=bandwidth,
                            latency_ms=latency, step_flops=step_flops,
                            tflops=min(records[n].tflops for n in members), stages=stages,
-                           micro_batches=training.micro_batches)
+                           micro_batches=training.micro_batches,
+                           state_bytes=STATE_BYTES_PER_PARAMETER * parameters)

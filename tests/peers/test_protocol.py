@@ -139,6 +139,27 @@ def test_timeouts_form_a_hierarchy_from_link_speed():
                         micro_batches=1)
 
 
+def test_a_state_transfer_gets_the_time_its_bytes_take_on_the_slowest_link():
+    """A `small` stage's ~1.2 GB of state at 10 Mbit/s takes about 1,000 s: it gets that, not one message's time."""
+    state_bytes = 12 * 100e6
+    slow = derive_timeouts(message_bytes=1e6, bandwidth_gbps=0.01, latency_ms=50.0, step_flops=1e9, tflops=1.0,
+                           stages=2, micro_batches=2, state_bytes=state_bytes)
+    assert slow.state_s == pytest.approx(slow.message_s + 2 * (0.05 + state_bytes * 8 / 1e7))
+    assert slow.state_s > 1900 > slow.message_s
+
+
+def test_a_stage_loading_from_a_peer_has_its_keepers_as_fallback_donors():
+    plan = PlanRecord.from_wire(_plan(grid=[["a", "b", "e"], ["c", "d", "f"]], layers=[2, 2],
+                                      addresses={n: f"tcp://127.0.0.1:{7000 + i}" for i, n in enumerate("abcdef")},
+                                      sources={**dict.fromkeys("acdef", {"kind": "keep"}),
+                                               "b": {"kind": "peer", "donor": "e"}}, standby=[],
+                                      training={"model": "tiny", "batch": 6, "micro_batches": 2,
+                                                "timeouts": TIMEOUTS}))
+    assert plan.donors_of(0) == ["e", "a"]  # the named donor first
+    assert plan.donors_of(1) == []  # nobody in stage 1 loads from a peer
+    assert plan.donates("a") and plan.donates("e") and not plan.donates("c")
+
+
 def test_stage_state_blob_round_trip_and_garbage():
     state = {"model": {"w": torch.arange(4.0)}, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}}
     loaded = unpack_state(pack_state(1, [2, 2], 9, state))

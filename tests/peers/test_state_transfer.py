@@ -4,7 +4,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
+import signal
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -12,7 +16,7 @@ import torch
 import zmq
 
 from peers import wire
-from peers.state_transfer import StateServer, StateTransferError, fetch_state, fetch_state_any
+from peers.state_transfer import PartialState, StateServer, StateTransferError, fetch_state, fetch_state_any
 from peers.transport import Message
 from peers.zmq_transport import ZmqTransport
 
@@ -162,3 +166,41 @@ def test_client_restarts_when_the_state_changes_and_checks_the_sha256():
             fetch_state(donor.address, 0, timeout=10)
     finally:
         donor.close()
+
+
+_DONOR_PROCESS = """
+import random, sys, time
+from peers.zmq_transport import ZmqTransport
+with ZmqTransport("dying-donor") as donor:
+    donor.serve_state(0, random.Random(7).randbytes(int(sys.argv[1])))
+    print(donor.address, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_donor_killed_mid_transfer_costs_its_chunks_in_flight_not_the_transfer(donor):
+    size = 12 * 4 * 1024 * 1024 + 5  # 13 chunks of 4 MiB
+    blob = random.Random(7).randbytes(size)
+    donor.serve_state(0, blob)  # the stage's other replica, holding the same bytes
+    dying = subprocess.Popen([sys.executable, "-c", _DONOR_PROCESS, str(size)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert dying.stdout is not None
+        first = dying.stdout.readline().strip()
+        partial = PartialState()
+
+        def kill_after_three_chunks(received: int, total: int) -> None:
+            if received >= 3 * 4 * 1024 * 1024 and dying.poll() is None:
+                dying.send_signal(signal.SIGKILL)
+                dying.wait(timeout=10)
+
+        fetched = fetch_state_any([first, donor.address], 0, timeout=60, stall_timeout=2.0, partial=partial,
+                                  progress=kill_after_three_chunks)
+    finally:
+        dying.kill()
+        dying.wait()
+    assert dying.returncode == -signal.SIGKILL
+    assert fetched == blob
+    from_first, from_second = partial.origins.count(first), partial.origins.count(donor.address)
+    assert from_first >= 3 and from_first + from_second == 13 and from_second >= 13 - 3 - 4  # window of 4
+    assert donor.stats()["sent"]["state_chunk"] == from_second  # nothing the dead donor sent was asked again
+    assert partial.origins == [first] * from_first + [donor.address] * from_second  # resumed where it stopped
