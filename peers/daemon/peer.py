@@ -1,13 +1,12 @@
 """The volunteer daemon behind `swarm-peer join`: announce, follow plans, train, leave cleanly.
 
-Two threads. The main (training) thread follows the control record: apply a committed step, switch
-to a newer plan (discarding a step that was aborted), prepare the next step. It never calls the DHT
-once it trains: it reports each step to the coordinator over the step channel
-(`peers.step_channel`) and waits on the `ControlFeed`, which the coordinator's pushes and the
-heartbeat thread's DHT reads keep current. The heartbeat thread announces the peer record (every
-heartbeat, and at once when the main thread asks), reads the control record and plan from the DHT,
-and, when the plan changes or the peer is told to stop while a step waits on the network, aborts
-that wait at once (`StageRunner`'s link).
+The main (training) thread follows the control record: apply a committed step, switch to a newer plan
+(discarding a step that was aborted), prepare the next step. It never calls the DHT once it trains: it reports
+each step to the coordinator over the step channel (`peers.step_channel`) and waits on the `ControlFeed`, which
+the coordinator's pushes and the heartbeat thread's DHT reads keep current. The heartbeat thread announces the
+peer record (every heartbeat, and at once when the main thread asks), reads the control record and plan from the
+DHT, and, when the plan changes or the peer is told to stop while a step waits on the network, aborts that wait
+at once (`StageRunner`'s link). A third thread probes the links new plans give it (`links.PlanLinkProber`).
 
 Start-up order matters for the operator: measure the device, open the data port, ask the
 coordinator to dial it back (a NAT'd or firewalled peer is told what to open, instead of silently
@@ -194,7 +193,8 @@ class PeerDaemon:
                 runner.apply(prepared[0])
                 self.metrics.committed()
                 prepared = None
-                self._update(step=runner.applied_step, param_checksum=runner.checksum(), prepared_step=0)
+                self._update(step=runner.applied_step, param_checksum=runner.checksum(), prepared_step=0,
+                             breakdown=runner.breakdown)
                 if control.checkpoint_step == runner.applied_step:
                     self.transport.serve_state(runner.stage, runner.blob())
                     self.transport.serve_state(codec_slot(runner.stage, runner.replica), runner.codec_blob())

@@ -22,7 +22,7 @@ import msgspec
 from models import SequenceDataset, build_stage, get_config, param_checksum
 from peers.attack import Attack
 from peers.pipeline import OptimizerSettings, StageExecutor, StepResult
-from peers.protocol import PlanChange, PlanRecord, SourceKind, StateSource, Timeouts
+from peers.protocol import PlanChange, PlanRecord, SourceKind, StateSource, StepBreakdown, Timeouts
 from peers.security import CurveKeys
 from peers.state_transfer import PartialState, StateTransferError, fetch_state_any
 from peers.transport import Message, PeerTimeout, Transport, TransportClosed
@@ -77,6 +77,8 @@ class StageRunner:
             delta_capacity=min(dataset.train_ids.numel(), self.training.batch * self.training.steps),
             compute_dtype=self.training.dtype, aggregate=self.training.aggregate,
             attack=Attack.parse(attack) if attack else None)
+        self._prepared: tuple[StepResult, float] | None = None  # the prepared step and when it was ready
+        self.breakdown: StepBreakdown | None = None  # of the last step applied
         self._load(plan.sources[name], previous)
 
     def continues(self, plan: PlanRecord, name: str) -> bool:
@@ -120,6 +122,7 @@ class StageRunner:
             batch = batch.chunk(self.plan.replicas)[self.replica]
         result = self.executor.run_step(step, batch, self.plan.version, apply=False)
         self.link.warm = True
+        self._prepared = (result, time.monotonic())
         return result
 
     def apply(self, step: int) -> None:
@@ -128,6 +131,11 @@ class StageRunner:
             raise RuntimeError(f"told to apply step {step}, but the prepared step is {self.executor.pending_step}")
         self.executor.apply_update()
         self._applied = step
+        if self._prepared is not None:
+            (result, prepared_at), times = self._prepared, self._prepared[0].times
+            self.breakdown = StepBreakdown(step, round(times.compute_s(result.seconds), 4),
+                                           round(times.wait_forward_s, 4), round(times.wait_backward_s, 4),
+                                           round(times.allreduce_s, 4), round(time.monotonic() - prepared_at, 4))
 
     def discard(self) -> None:
         """Drop a prepared step: the coordinator aborted it (or the plan moved on)."""

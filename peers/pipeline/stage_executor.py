@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,18 +35,14 @@ from ..protocol import Codecs, ComputeDtype
 from ..transport import BadMessage, Message, Transport
 from ..wire import ACT_KIND, GRAD_KIND
 from .channels import ActivationChannel, ChannelStats
+from .checks import NonFiniteStep, received, sendable
 from .schedule import get_schedule
+from .timing import StepTimes
 
 __all__ = ["StageExecutor", "StepResult", "OptimizerSettings", "NonFiniteStep"]
 
 # Frozen, so one instance can be every executor's default.
 _AC_SGD_CODECS = Codecs()
-
-
-class NonFiniteStep(RuntimeError):
-    """This worker's step diverged: its loss, or activations or gradients it was about to send,
-    hold NaN or inf. Raised before any of them is sent and before the optimizer runs; the step
-    fails like a timeout (the live peer reports it, the coordinator re-plans, every peer discards)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +74,7 @@ class StepResult:
     stats: ChannelStats
     tokens: int
     seconds: float
+    times: StepTimes = field(default_factory=StepTimes)  # where `seconds` went
 
 
 class StageExecutor:
@@ -177,7 +174,7 @@ class StageExecutor:
         if apply:
             self.apply_update()
         loss = sum(work.losses) / len(work.losses) if work.losses else None
-        return StepResult(step, loss, work.stats, work.tokens, time.perf_counter() - started)
+        return StepResult(step, loss, work.stats, work.tokens, time.perf_counter() - started, work.times)
 
     def apply_update(self) -> None:
         """Apply AdamW to the prepared step's averaged gradients, at that step's learning rate."""
@@ -259,7 +256,8 @@ class StageExecutor:
                                 "none sent to the all-reduce, the step is aborted")
         before = self.averager.bytes_sent, self.averager.values_sent
         self.averager.plan_version = work.plan_version  # one step's messages all carry its plan version
-        self.averager.average(work.step, grads)
+        with work.times.timing("allreduce_s"):
+            self.averager.average(work.step, grads)
         work.stats.add("gradient", self.averager.bytes_sent - before[0], self.averager.values_sent - before[1])
 
     def _forward(self, work: "_Step", m: int) -> None:
@@ -267,15 +265,16 @@ class StageExecutor:
             sample_ids = work.micro[m].sample_ids
             x = work.micro[m].inputs.to(self._device)
         else:
-            message = self.transport.recv(self.prev, ACT_KIND, work.step, m, timeout=self.timeout)
-            sample_ids = _received(self.prev, f"activations of step {work.step} micro-batch {m}",
+            with work.times.timing("wait_forward_s"):
+                message = self.transport.recv(self.prev, ACT_KIND, work.step, m, timeout=self.timeout)
+            sample_ids = received(self.prev, f"activations of step {work.step} micro-batch {m}",
                                    lambda: torch.tensor(message.sample_ids, dtype=torch.long), check=False)
 
             def decode() -> torch.Tensor:
                 shape = self._activation_shape(work, m, len(message.sample_ids), message.payload)
                 return self._incoming.decode(sample_ids, message.payload, self._device, shape=shape)
 
-            x = _received(self.prev, f"activations of step {work.step} micro-batch {m}", decode)
+            x = received(self.prev, f"activations of step {work.step} micro-batch {m}", decode)
             x = x.to(self._dtype).requires_grad_(True)
         work.tokens += int(x.shape[0] * x.shape[1])
         with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self._autocast):
@@ -297,7 +296,7 @@ class StageExecutor:
         else:
             work.sent.extend(sample_ids.tolist())
             sent = out.detach().to(torch.bfloat16) if self._autocast else out.detach()
-            payload = _sendable(lambda: self._outgoing.encode(sample_ids, sent, seed=self._seed(work.step, m, 0)),
+            payload = sendable(lambda: self._outgoing.encode(sample_ids, sent, seed=self._seed(work.step, m, 0)),
                                 sent, f"step {work.step} micro-batch {m}: the activations")
             self.transport.send(self.next, Message(kind=ACT_KIND, step=work.step, index=m, payload=payload,
                                                    plan_version=work.plan_version,
@@ -310,9 +309,10 @@ class StageExecutor:
         if self.next is None:
             torch.autograd.backward(out / self.micro_batches)  # out is this micro-batch's mean loss
         else:
-            message = self.transport.recv(self.next, GRAD_KIND, work.step, m, timeout=self.timeout)
+            with work.times.timing("wait_backward_s"):
+                message = self.transport.recv(self.next, GRAD_KIND, work.step, m, timeout=self.timeout)
             # The plan's codec and the activations' shape, checked from the header before decoding.
-            grad = _received(self.next, f"gradients of step {work.step} micro-batch {m}",
+            grad = received(self.next, f"gradients of step {work.step} micro-batch {m}",
                              lambda: compression.decode(message.payload, device=self._device,
                                                         codec=self.codecs.backward, shape=tuple(out.shape)))
             grad = grad.to(out.dtype)
@@ -321,7 +321,7 @@ class StageExecutor:
             if inputs.grad is None:
                 raise RuntimeError(f"stage {self.stage_index}'s output does not depend on its input activations")
             returned = inputs.grad.to(torch.bfloat16) if self._autocast else inputs.grad
-            payload = _sendable(lambda: compression.encode(returned, self.codecs.backward,
+            payload = sendable(lambda: compression.encode(returned, self.codecs.backward,
                                                            seed=self._seed(work.step, m, 1)),
                                 returned, f"step {work.step} micro-batch {m}: the input gradients")
             self.transport.send(self.prev, Message(kind=GRAD_KIND, step=work.step, index=m, payload=payload,
@@ -358,33 +358,12 @@ class _Step:
     plan_version: int
     micro: list[Batch]  # this replica's micro-batches on the first and last stage, else empty
     stats: ChannelStats = field(default_factory=ChannelStats)
+    times: StepTimes = field(default_factory=StepTimes)
     # micro-batch -> (inputs, outputs) until its backward pass
     stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
     sent: list[int] = field(default_factory=list)  # sample ids whose activations went downstream
     tokens: int = 0
-
-
-def _received(sender: str, what: str, decode: Callable[[], torch.Tensor], *, check: bool = True) -> torch.Tensor:
-    """`decode()` of a neighbour's message, or BadMessage blaming `sender`: "malformed" when it
-    fails (CodecError is a ValueError; torch raises RuntimeError), "nonfinite" for NaN/inf values."""
-    try:
-        tensor = decode()
-    except (ValueError, RuntimeError, OverflowError) as error:
-        raise BadMessage(sender, "malformed", f"{what}: {error}") from error
-    if check and not bool(torch.isfinite(tensor).all()):
-        raise BadMessage(sender, "nonfinite", f"{what} hold NaN or inf")
-    return tensor
-
-
-def _sendable(encode: Callable[[], bytes], tensor: torch.Tensor, what: str) -> bytes:
-    """`encode()` of what this worker sends; NonFiniteStep (nothing sent) when NaN/inf made it fail."""
-    try:
-        return encode()
-    except compression.CodecError as error:
-        if not bool(torch.isfinite(tensor).all()):
-            raise NonFiniteStep(f"{what} hold NaN or inf; not sent, the step is aborted") from error
-        raise
 
 
 def _adamw(stage: nn.Module, settings: OptimizerSettings) -> torch.optim.AdamW:

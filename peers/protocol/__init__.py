@@ -16,6 +16,7 @@ from .records import (
     PeerRecord,
     PeerState,
     PlanRecord,
+    StepBreakdown,
     peer_subkey,
     subkey_name,
     subkey_owner,
@@ -26,7 +27,8 @@ from .validation import RecordError, from_builtins, to_builtins, validated
 __all__ = [
     "PEERS_KEY", "PLAN_KEY", "CONTROL_KEY", "PEER_STATES", "PeerState", "CHANNELS", "CODEC_FLAGS", "DTYPES",
     "ComputeDtype",
-    "RecordError", "PeerRecord", "PlanRecord", "ControlRecord", "Link", "Codecs", "Timeouts", "TrainingSpec",
+    "RecordError", "PeerRecord", "PlanRecord", "ControlRecord", "Link", "StepBreakdown", "Codecs", "Timeouts",
+    "TrainingSpec",
     "SourceKind", "StateSource", "Departure", "PlanChange", "PlanReason", "Resplit",
     "Admitted", "JoinToken", "admission_proof", "check_proof", "owner_fingerprint", "read_allowed_keys",
     "peer_subkey", "subkey_name", "subkey_owner", "from_builtins", "to_builtins", "validated",

@@ -43,7 +43,8 @@ from .validation import (
 )
 
 __all__ = [
-    "PEERS_KEY", "PLAN_KEY", "CONTROL_KEY", "PEER_STATES", "PeerState", "Link", "PeerRecord", "PlanRecord",
+    "PEERS_KEY", "PLAN_KEY", "CONTROL_KEY", "PEER_STATES", "PeerState", "Link", "StepBreakdown", "PeerRecord",
+    "PlanRecord",
     "ControlRecord", "peer_subkey", "subkey_name", "subkey_owner", "PEER_BUCKETS", "peer_bucket", "bucket_key",
     "BUCKET_KEYS", "PEER_RECORD_MAX_BYTES", "MAX_LINKS", "MAX_SUSPECTS", "MAX_DHT_ADDRS", "MAX_ERROR_CHARS",
 ]
@@ -144,6 +145,19 @@ class Link(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_default
     at_most: bool = False
 
 
+class StepBreakdown(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where one committed step's seconds went on a peer: compute (codecs included), waiting for the
+    previous stage's activations and the next stage's gradients, the all-reduce, and the wait from
+    prepared to the coordinator's commit (`swarm status --json` shows it as "breakdown")."""
+
+    step: NonNegativeInt
+    compute_s: NonNegativeFloat
+    wait_forward_s: NonNegativeFloat
+    wait_backward_s: NonNegativeFloat
+    allreduce_s: NonNegativeFloat
+    commit_s: NonNegativeFloat
+
+
 class PeerRecord(_Record):
     """What a peer announces every heartbeat (and right after each step it prepares).
 
@@ -194,6 +208,7 @@ class PeerRecord(_Record):
     blamed: _Blamed = ""
     curve_key: _Short = ""
     admission: _Short = ""
+    breakdown: StepBreakdown | None = None  # of the last step this peer applied
 
     def __post_init__(self) -> None:
         for table in (self.bytes_sent, self.values_sent):

@@ -77,7 +77,8 @@ def collect(dht: Any, pin: Any = None) -> dict[str, Any]:
                       "links": to_builtins(record)["links"], "bytes_sent": record.bytes_sent,
                       "dropped_stale": record.dropped_stale,
                       "rejected": {reason: record.rejected.get(reason, 0) for reason in REJECTIONS},
-                      "suspects": record.suspects, "error": record.error})
+                      "suspects": record.suspects, "error": record.error,
+                      "breakdown": to_builtins(record)["breakdown"]})
     flagged: Counter[str] = Counter()  # how often the other replicas' all-reduce flagged each peer's gradients
     for peer in peers:
         flagged.update(peer["suspects"])

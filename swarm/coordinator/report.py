@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from peers.protocol import PeerRecord, PlanRecord
+from peers.protocol import PeerRecord, PlanRecord, to_builtins
 
 if TYPE_CHECKING:
     from .daemon import Coordinator
@@ -213,6 +213,9 @@ class RunReport:
         self.bytes, self.values = _sum_sent(self.sent_per_peer)  # new dicts, swapped in whole: the dashboard reads
         if self.steps:  # observed right after the commit it follows: the traffic up to that step
             self.steps[-1]["bytes"] = dict(self.bytes)
+            # each member's latest StepBreakdown: its "step" says which (a commit's own wait is known after it)
+            self.steps[-1]["breakdown"] = {name: to_builtins(record.breakdown) for name in plan.members()
+                                           if (record := records.get(name)) is not None and record.breakdown}
         observed = {"checksums": fresh, "mismatches": found, "bytes": self.bytes, "values": self.values}
         if self._pending is None:
             self._append({"kind": "observe", "observed": observed})

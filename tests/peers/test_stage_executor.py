@@ -2,6 +2,7 @@
 half-apply a step."""
 import copy
 import threading
+import time
 
 import pytest
 import torch
@@ -82,6 +83,36 @@ def test_every_message_of_a_step_carries_its_plan_version(data):
     _, workers = _grid(Codecs("none", "none", "q4"), wrap=Stamped)
     _step(workers, data, 1, plan_version=7)
     assert stamps == {("act", 7), ("grad", 7), ("ar-reduce", 7), ("ar-gather", 7)}
+
+
+def test_a_step_says_where_its_time_went_waiting_on_a_slow_neighbour(data):
+    delay_s = 0.4
+
+    class SlowActivations:
+        """Replica 0's stage 0 endpoint: each activation leaves `delay_s` late."""
+
+        def __init__(self, inner):
+            self.inner, self.name = inner, inner.name
+
+        def send(self, to, message):
+            if self.name == "s0r0" and message.kind == "act":
+                time.sleep(delay_s)
+            self.inner.send(to, message)
+
+        def recv(self, *args, **kwargs):
+            return self.inner.recv(*args, **kwargs)
+
+    _, workers = _grid(Codecs("none", "none", "q4"), wrap=SlowActivations)
+    results = _step(workers, data, 1)
+    late, on_time = results[1, 0].times, results[1, 1].times
+    assert late.wait_forward_s >= 2 * delay_s * 0.9  # both micro-batches came late
+    assert late.wait_forward_s > on_time.wait_forward_s + delay_s
+    assert results[0, 0].times.wait_forward_s == 0 and results[1, 0].times.wait_backward_s == 0  # no such waits
+    assert results[0, 1].times.wait_backward_s > 0 and on_time.allreduce_s > delay_s  # its replica is late
+    for result in results.values():
+        times = result.times
+        assert 0 < times.compute_s(result.seconds) <= result.seconds
+        assert times.wait_forward_s + times.wait_backward_s + times.allreduce_s <= result.seconds
 
 
 def test_state_dict_carries_parameters_and_optimizer_state(data):

@@ -30,7 +30,7 @@ from .conftest import GARBAGE, STEPS
 STATUS_KEYS = {"plan_version", "step", "total_steps", "loss", "tokens_per_s", "done", "plan", "peers", "suspects"}
 PEER_KEYS = {"name", "state", "stage", "replica", "device", "tflops", "memory_gb", "heartbeat_age_s",
              "param_checksum", "step", "address", "links", "bytes_sent", "dropped_stale", "rejected", "suspects",
-             "error"}
+             "error", "breakdown"}
 # An asset fetching anything from another host: src/href to a scheme, CSS imports or url() of one.
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//|@import|url\(\s*["']?(?:https?:)?//""", re.I)
 

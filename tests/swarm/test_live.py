@@ -114,6 +114,19 @@ def test_status_json_contract(run):
         assert peer["state"] == "training" and peer["device"] == "cpu" and peer["tflops"] > 0
         assert peer["stage"] in (0, 1) and peer["replica"] in (0, 1)
         assert 0 <= peer["heartbeat_age_s"] < 15 and len(peer["param_checksum"]) == 64
+        breakdown = peer["breakdown"]  # of the last step it applied
+        assert set(breakdown) == {"step", "compute_s", "wait_forward_s", "wait_backward_s", "allreduce_s", "commit_s"}
+        assert 1 <= breakdown["step"] == peer["step"] and breakdown["compute_s"] > 0
+        assert (breakdown["wait_forward_s"] == 0) == (peer["stage"] == 0)  # stage 0 waits for no activations
+
+
+def test_each_step_of_the_report_says_where_the_members_time_went(run):
+    steps = run["report"]["steps"]
+    for entry in steps[2:]:  # from step 3, every member has applied a step before the commit
+        assert set(entry["breakdown"]) == {"p1", "p2", "p3", "p4"}, entry
+        assert all(b["step"] < entry["step"] and b["commit_s"] >= 0 for b in entry["breakdown"].values())
+    # 2 replicas per stage: every step all-reduces
+    assert all(b["allreduce_s"] > 0 for entry in steps[2:] for b in entry["breakdown"].values())
 
 
 def test_status_cli_prints_the_json_contract(run):
