@@ -23,7 +23,6 @@ from peers.daemon.records import CoordinatorPin, publish_coordinator
 from peers.daemon.stage_state import codec_slot
 from peers.daemon.timeouts import FIRST_STEP_PATIENCE, PEER_TTL_S
 from peers.protocol import (
-    CONTROL_KEY,
     PLAN_KEY,
     ControlRecord,
     Departure,
@@ -61,7 +60,7 @@ from .planning import (
 from .report import REPORT_LOG, RunReport
 from .resume import resume_start
 from .startup import PEERS_FILE, announce_corpus, load_secrets, start_dht
-from .step_channel import RecordReader, StepReports
+from .step_channel import ControlWriter, RecordReader, StepReports
 from .suspects import SuspectTracker
 from .timeouts import plan_timeouts
 
@@ -109,6 +108,7 @@ class Coordinator:
         self.dht = start_dht(self.config, self.on_event)
         self.states: ZmqTransport | None = None
         self.reader: RecordReader | None = None
+        self.writer: ControlWriter | None = None
         try:
             self.secrets = load_secrets(self.config, self.dht, self.on_event)
             self.gatekeeper = Gatekeeper(self.dir, self.secrets.keys, self.secrets.token, self.config.allowed_keys,
@@ -120,6 +120,7 @@ class Coordinator:
             self.reports = StepReports(self.states, self.gatekeeper)  # woken by each peer's step report
             self.reader = RecordReader(self.gatekeeper, self.dht, lambda: self.plan.members() if self.plan else (),
                                        self.reports.wake, POLL_S)  # the DHT's view, read off this loop
+            self.writer = ControlWriter(self.dht)  # and the control record stored off it
             addrs = self.dht.multiaddrs()
             if not self.config.host.startswith("127."):  # volunteers elsewhere need a routable address first
                 addrs.sort(key=lambda addr: addr.startswith("/ip4/127."))
@@ -145,10 +146,9 @@ class Coordinator:
             return 130
         finally:
             self.report.close()  # stops the live views (dashboard, metrics) too, before the DHT goes
-            if self.reader is not None:
-                self.reader.close()
-            if self.states is not None:
-                self.states.close()
+            for opened in (self.reader, self.writer, self.states):
+                if opened is not None:
+                    opened.close()
             self.dht.close()
 
     # ---- one decision ------------------------------------------------------------------------
@@ -366,7 +366,7 @@ class Coordinator:
                       + f" -- {describe_reason(plan.reason)}")
 
     def _publish_control(self, done: bool = False) -> None:
-        assert self.states is not None
+        assert self.states is not None and self.writer is not None
         control = ControlRecord(plan_version=self.plan.version if self.plan else 0, committed_step=self.committed_step,
                                 committed_version=self.committed_version, total_steps=self.training.steps,
                                 loss=self.loss, tokens_per_s=self.tokens_per_s, checkpoint_step=self.checkpoint_step,
@@ -374,7 +374,7 @@ class Coordinator:
                                 curve_key=self.secrets.keys.public if self.secrets.keys else "",
                                 admitted=self.gatekeeper.admitted)
         self.reports.push(control, self.plan)  # peers learn it in one hop; the DHT copy is for the rest
-        publish_coordinator(self.dht, CONTROL_KEY, control.to_wire())
+        self.writer.offer(control, wait_s=10.0 if done else 0.0)  # `done` is in the DHT before this node goes
 
     # ---- checkpoints -------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The coordinator's half of the step channel (`peers.step_channel`), and its DHT reads off the loop.
+"""The coordinator's half of the step channel (`peers.step_channel`), and its DHT calls off the loop.
 
 The loop decides from records; a step's records must reach it in one zmq hop, not a DHT round trip
 plus a poll. So:
@@ -6,24 +6,28 @@ plus a poll. So:
   that shows who joined, left or expired;
 - `StepReports` takes each peer's signed step report from the coordinator's data port the moment it
   arrives and wakes the loop; `merged` lays the reports over the DHT view (the newer stamp wins);
-- `push` sends each decision (control record, new plan) back to every peer that reported.
+- `push` sends each decision (control record, new plan) back to every peer that reported;
+- `ControlWriter` (a thread) stores the latest control record in the DHT for everyone else: a store
+  takes 0.1-0.2 s on a busy host, and the loop, waiting on it, would hold up the next commit.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable, Collection
+from typing import Any
 
 from peers import wire
+from peers.daemon.records import publish_coordinator
 from peers.dht import SwarmDHT
-from peers.protocol import ControlRecord, PeerRecord, PlanRecord
+from peers.protocol import CONTROL_KEY, ControlRecord, PeerRecord, PlanRecord
 from peers.step_channel import control_payload, verify_report
 from peers.transport import BadMessage, Message
 from peers.zmq_transport import ZmqTransport
 
 from .admission import Gatekeeper
 
-__all__ = ["StepReports", "RecordReader"]
+__all__ = ["StepReports", "RecordReader", "ControlWriter"]
 
 log = logging.getLogger(__name__)
 
@@ -111,4 +115,47 @@ class RecordReader:
 
     def close(self) -> None:
         self._stop.set()
+        self._thread.join(timeout=10.0)
+
+
+class ControlWriter:
+    """A thread storing the newest control record `offer`ed in the DHT; an older one not stored yet
+    is skipped (the newest says everything it did)."""
+
+    def __init__(self, dht: SwarmDHT) -> None:
+        self._dht = dht
+        self._cond = threading.Condition()
+        self._newest: dict[str, Any] | None = None
+        self._storing = self._closed = False
+        self._thread = threading.Thread(target=self._run, name="control-writer", daemon=True)
+        self._thread.start()
+
+    def offer(self, control: ControlRecord, wait_s: float = 0.0) -> None:
+        """Store `control` soon; with `wait_s`, wait until it is stored (at most that long)."""
+        with self._cond:
+            self._newest = control.to_wire()
+            self._cond.notify_all()
+            if wait_s > 0:
+                self._cond.wait_for(lambda: self._newest is None and not self._storing, wait_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._newest is not None or self._closed)
+                if self._newest is None:  # closed, everything stored
+                    return
+                control, self._newest, self._storing = self._newest, None, True
+            try:
+                publish_coordinator(self._dht, CONTROL_KEY, control)
+            except Exception:  # the next offer (at least once a second) stores it again
+                log.exception("storing the control record in the DHT failed")
+            with self._cond:
+                self._storing = False
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Store what is pending, then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
         self._thread.join(timeout=10.0)
