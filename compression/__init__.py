@@ -10,7 +10,8 @@ Stateless codecs are named by spec strings (`available()` lists the names): `non
 sparsifier). Stateful compression lives in small objects owned by the link that uses them:
 `ErrorFeedback` (any codec, one residual per key; `ErrorFeedback("cocktail")` is CocktailSGD)
 and `ActivationDelta` (AQ-SGD, m per sample id). Large tensors (>= 65536 values) run compiled
-kernels after a one-time compilation; `set_fused(False)` keeps a process on the eager path.
+kernels after a one-time compilation (`warm_up(codecs)` does it ahead); `set_fused(False)` keeps a
+process on the eager path.
 A new codec is one module calling `register(name, factory)`. `resolve(spec)` is the one place a
 codec name is validated (CodecError names what is wrong); `frame_size` and `bits_per_value` give
 exact wire sizes without encoding anything, for cost models and timeouts.
@@ -24,6 +25,8 @@ from compression.feedback import ErrorFeedback
 from compression.frame import FrameInfo, bits_per_value, decode, describe, encode, frame_size
 from compression.fused import set_fused
 from compression.registry import Codec, available, register, resolve
+from compression.warmup import warm_up
 
 __all__ = ["encode", "decode", "describe", "frame_size", "bits_per_value", "available", "resolve", "CodecError",
-           "ErrorFeedback", "ActivationDelta", "register", "Codec", "FrameInfo", "set_fused"]
+           "ErrorFeedback", "ActivationDelta", "register", "Codec", "FrameInfo", "set_fused",
+           "warm_up"]

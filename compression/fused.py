@@ -20,7 +20,7 @@ import torch
 
 from compression import blockquant
 
-__all__ = ["set_fused", "quantize", "pack", "spread", "dequantize"]
+__all__ = ["set_fused", "compiled_min_numel", "quantize", "pack", "spread", "dequantize"]
 
 # Below this many values the eager path wins: a compiled call's fixed cost (guards, launch) is
 # tens of microseconds, and small messages should never wait for a compilation.
@@ -53,6 +53,11 @@ def set_fused(enabled: bool, min_numel: int | None = None) -> None:
         if min_numel < 0:
             raise ValueError("min_numel must be >= 0")
         _settings["min_numel"] = int(min_numel)
+
+
+def compiled_min_numel() -> int | None:
+    """The fewest values a tensor needs to take the compiled path (None: the path is off)."""
+    return int(_settings["min_numel"]) if _settings["enabled"] else None
 
 
 def quantize(blocks: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None, bits: int,

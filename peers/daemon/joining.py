@@ -10,15 +10,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import compression
 from peers.dht import SwarmDHT
 from peers.probe import check_reachable, unreachable_hint
-from peers.protocol import ControlRecord
+from peers.protocol import CHANNELS, Codecs, ControlRecord, PlanRecord
 from peers.transport import PeerTimeout
 
 from .credentials import Credentials
 from .records import CoordinatorPin
 
-__all__ = ["UnreachableError", "join_dht", "await_coordinator", "await_admission", "check_data_port"]
+__all__ = ["UnreachableError", "join_dht", "await_coordinator", "await_admission", "check_data_port", "warm_codecs"]
 
 _SAY_AFTER_S = 15.0
 
@@ -84,3 +85,14 @@ def check_data_port(control: ControlRecord, address: str, credentials: Credentia
         return
     if rtt is None:
         raise UnreachableError(unreachable_hint(address, control.probe_address))
+
+
+def warm_codecs(plan: PlanRecord | None, device: str, on_event: Callable[[str], None], name: str) -> None:
+    """Compile the codec kernels of the swarm's plan (the default codecs before there is one) before this
+    peer says ready, so the compilation is on no step's clock (`compression.warm_up`)."""
+    codecs = plan.codecs if plan is not None else Codecs()
+    started = time.monotonic()
+    compression.warm_up([codecs.of(channel) for channel in CHANNELS], device)
+    seconds = time.monotonic() - started
+    if seconds >= 0.5:
+        on_event(f"{name}: codec kernels ready in {seconds:.1f} s")

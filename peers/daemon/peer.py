@@ -38,7 +38,7 @@ from peers.zmq_transport import ZmqTransport
 from .control_feed import ControlFeed
 from .corpus import Datasets, default_cache_dir
 from .credentials import Credentials
-from .joining import UnreachableError, await_admission, await_coordinator, check_data_port, join_dht
+from .joining import UnreachableError, await_admission, await_coordinator, check_data_port, join_dht, warm_codecs
 from .links import PlanLinkProber, links_to, measure_links
 from .records import COORDINATOR_NAME, CoordinatorPin, write_peer
 from .stage_runner import StageRunner
@@ -156,6 +156,7 @@ class PeerDaemon:
                 return 130
             check_data_port(control, self.transport.address, self.credentials, options.name, self.on_event)
             self._update(links=measure_links(self.dht, self.pin.control(self.dht) or control, self.credentials))
+            warm_codecs(self.pin.plan(self.dht), options.device, self.on_event, options.name)
             threading.Thread(target=self.prober.run, args=(stop,), name="link-prober", daemon=True).start()
             self.feed.offer(control)
             self._connect_channel(control.probe_address)
@@ -229,8 +230,7 @@ class PeerDaemon:
             if isinstance(error, BadMessage):
                 self.transport.count_rejection(error.reason, str(error))
                 self._update(rejected=self.transport.stats()["rejected"])
-                log.warning("step %d: refused a %s message from %s: %s", step, error.reason, error.sender,
-                            error.detail)
+                log.warning("step %d: refused a %s message from %s: %s", step, error.reason, error.sender, error.detail)
             elif isinstance(error, NonFiniteStep):
                 log.warning("step %d aborted: %s", step, error)
             if not self._current[1].is_set():
