@@ -64,7 +64,7 @@ PEER_BUCKETS = 64
 # msgpack encoding exceeds PEER_RECORD_MAX_BYTES (multi-byte text). The DHT adds ~0.8 KB per record
 # (the signer's key in the subkey, the signature, the expiration).
 PEER_RECORD_MAX_BYTES = 8192
-MAX_LINKS = 32  # links it measured (8 probed at join, then those its plans give it)
+MAX_LINKS = 28  # links it measured (8 probed at join, then those its plans give it)
 MAX_SUSPECTS = 16  # the peers it flagged most (a writer keeps the top counts)
 MAX_DHT_ADDRS = 8
 MAX_ERROR_CHARS = 256
