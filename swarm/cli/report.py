@@ -157,19 +157,41 @@ def _markdown(report: dict[str, Any], title: str) -> str:
         ratio = f"{_FP32_BITS / per_value:.1f}x smaller" if per_value else "-"
         lines.append(f"| {channel} | {nbytes:,} | {per_value:.2f} | {ratio} |" if per_value
                      else f"| {channel} | {nbytes:,} | - | {ratio} |")
-    lines += ["", "## Plans", "", "| version | from step | change | why | lost | predicted s/step |",
-              "|---|---:|---|---|---|---:|"]
+    lines += ["", "## Plans", "", "| version | from step | change | why | lost | predicted s/step | measured s/step |",
+              "|---|---:|---|---|---|---:|---:|"]
     for plan in plans:
         reason = plan["reason"]
         lost = ", ".join(f"{name}: {why}" for name, why in reason.get("lost", {}).items()) or "-"
         predicted = reason.get("predicted_step_s")
+        seconds = [e["seconds"] for e in steps if e.get("plan_version") == plan["version"] and e["seconds"] > 0]
         lines.append(f"| v{plan['version']} | {plan['start_step']} | {reason['change']} | "
                      f"{reason['text'].replace('|', '/')} | {lost} | "
-                     f"{'-' if predicted is None else f'{predicted:.3g}'} |")
+                     f"{'-' if predicted is None else f'{predicted:.3g}'} | "
+                     f"{f'{statistics.median(seconds):.3g} (median)' if seconds else '-'} |")
+    lines += _breakdown_table(steps)
     lines += ["", "## Figures", "", "Dashed vertical lines mark plan changes.", "",
               "![Loss per step](loss.png)", "", "![Tokens per second](tokens_per_s.png)", "",
               "![Bytes per channel](bytes.png)", ""]
     return "\n".join(lines)
+
+
+_TIMES = ("compute_s", "wait_forward_s", "wait_backward_s", "allreduce_s", "commit_s")
+
+
+def _breakdown_table(steps: list[dict[str, Any]]) -> list[str]:
+    """Each member's median step breakdown over the run (the peers' `StepBreakdown`s, once per step)."""
+    seen: dict[str, dict[int, dict[str, float]]] = {}
+    for entry in steps:
+        for name, times in entry.get("breakdown", {}).items():
+            seen.setdefault(name, {})[times["step"]] = times
+    if not seen:
+        return []
+    lines = ["", "## Where the time went (median seconds per step)", "",
+             "| peer | steps | " + " | ".join(_TIMES) + " |", "|---|---:|" + "---:|" * len(_TIMES)]
+    for name, by_step in sorted(seen.items()):
+        medians = [statistics.median(times[key] for times in by_step.values()) for key in _TIMES]
+        lines.append(f"| {name} | {len(by_step)} | " + " | ".join(f"{m:.3g}" for m in medians) + " |")
+    return lines
 
 
 def _mean(values: list[float]) -> str:

@@ -35,6 +35,8 @@ def _synthetic(steps=40, with_bytes=True):
                  "tokens_per_s": 1000.0 + 50 * (step % 7), "seconds": 0.5, "time": 1000.0 + step / 2}
         if with_bytes:
             entry["bytes"] = {"forward": 1000 * step, "backward": 2000 * step, "gradient": 3000 * step}
+            entry["breakdown"] = {"a": {"step": step - 1, "compute_s": 0.25, "wait_forward_s": 0.0,
+                                        "wait_backward_s": 0.1, "allreduce_s": 0.1, "commit_s": 0.05}}
         entries.append(entry)
     reason = {"change": "first", "text": "first plan", "lost": {}, "joined": ["a", "b"], "predicted_step_s": 0.4}
     repaired = {"change": "repaired", "text": "step 20 aborted: b left", "lost": {"b": "left"}, "joined": [],
@@ -51,7 +53,8 @@ def test_write_report_from_a_synthetic_report(tmp_path):
     for name in FIGURES:
         _check_png(tmp_path / "out" / name)
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "| v2 | 20 | repaired | step 20 aborted: b left | b: left |" in text
+    assert "| v2 | 20 | repaired | step 20 aborted: b left | b: left | 0.5 | 0.5 (median) |" in text
+    assert "| a | 40 | 0.25 | 0 | 0.1 | 0.1 | 0.05 |" in text  # each peer's median breakdown
     assert all(f"]({name})" in text for name in FIGURES) and "10.2x smaller" in text
 
 
@@ -85,5 +88,6 @@ def test_swarm_report_on_a_live_run_directory(observed_run, observed_run_dir, tm
     assert f"| steps committed | {STEPS} (1 to {STEPS}) |" in text
     assert "| v1 | 1 | first |" in text and "| v2 |" in text and "joined" in text
     assert "| v3 |" in text and "| repaired |" in text and "| p2: left |" in text
+    assert "(median) |" in text and "## Where the time went" in text
     assert all(f"]({name})" in text for name in FIGURES)
     print(f"swarm report figures: {out}")
