@@ -45,6 +45,12 @@ class Checkpoint:
     stages: dict[int, bytes]
     codec: dict[tuple[int, int], bytes] = field(default_factory=dict)
 
+    def layers_for(self, layers: list[int]) -> list[int]:
+        """The split a restore of a plan with `layers` must use: the one this checkpoint's stages were saved
+        under (a re-split after it cannot be loaded from it), when the stage count is the same."""
+        saved = [int(n) for n in self.plan["layers"]]
+        return saved if len(saved) == len(layers) else layers
+
     def codec_for(self, grid: Sequence[Sequence[str]]) -> bool:
         """Whether a plan with `grid` can resume every cell's codec state: the same grid, every cell held."""
         same = [list(row) for row in grid] == [list(row) for row in self.plan["grid"]]

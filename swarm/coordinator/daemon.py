@@ -329,9 +329,9 @@ class Coordinator:
             self.report.event("stages_restarted", stages=lost, step=start_step)
         elif lost_state and self.checkpoint is not None:
             start_step = self.checkpoint.step + 1
-            sources = dict.fromkeys(members, StateSource(SourceKind.CHECKPOINT))
-            placement.reason.text += ("; a stage lost every replica: rolled back to checkpoint step "
-                                      f"{self.checkpoint.step}")
+            sources, resplit = dict.fromkeys(members, StateSource(SourceKind.CHECKPOINT)), None
+            placement.layers = self.checkpoint.layers_for(placement.layers)  # the split its stages were saved under
+            placement.reason.text += f"; a stage lost every replica: rolled back to checkpoint step {start_step - 1}"
             placement.reason.rolled_back_to = self.checkpoint.step
             self.committed_step = self.checkpoint.step
             self.report.rollback(self.checkpoint.step)

@@ -294,6 +294,14 @@ def _checkpoint(step, plan):
     return Checkpoint(step=step, path=Path("step"), plan=plan.to_wire(), stages={})
 
 
+def test_a_rollback_after_a_re_split_restores_the_split_the_checkpoint_was_saved_under():
+    """CI's churn run: layers re-split [2, 2] -> [1, 3] after checkpoint 40, then a stage lost every replica;
+    the rollback plan kept [1, 3] and no peer could load the [2, 2] checkpoint, forever."""
+    checkpoint = _checkpoint(40, _plan([["a"], ["c"]]))
+    assert checkpoint.layers_for([1, 3]) == [2, 2]
+    assert checkpoint.layers_for([1, 1, 2]) == [1, 1, 2]  # another stage count: not its split to give
+
+
 def test_a_resumed_coordinator_continues_from_the_live_peers_step_when_every_stage_has_a_holder():
     from swarm.coordinator.resume import resume_start
 

@@ -41,7 +41,10 @@ def run(tmp_path_factory):
         with SwarmDHT(swarm.initial_peers(), client_mode=True) as dht:
             swarm.wait_for(lambda: swarm.committed_step() >= 3, 180, "step 3")
             # the report is written first, the DHT's control record right after: look until it shows step 3
-            status = swarm.wait_for(lambda: (view := collect(dht))["step"] >= 3 and view, 30, "step 3 in the DHT")
+            # and every peer's record training: a status read under load can miss a record or find an older one
+            status = swarm.wait_for(lambda: (view := collect(dht))["step"] >= 3 and len(view["peers"]) == 4
+                                    and all(p["state"] == "training" for p in view["peers"]) and view,
+                                    30, "step 3 and every peer training in the DHT")
             victim = next(p for p in status["peers"] if p["stage"] == 1)
             fire_garbage(victim["address"])
             fired_at = swarm.committed_step()
