@@ -20,11 +20,12 @@ import pytest
 
 from peers.dht import SwarmDHT
 from swarm.cli.status import collect
+from swarm.coordinator.planning import MIN_STEPS_BETWEEN_CHANGES
 from swarm.launcher import LocalSwarm
 
 pytestmark = pytest.mark.slow
 
-STEPS = 60
+STEPS = 150  # steps take 0.1-0.5 s: the run must outlast the join, the kill, the repair and the leave
 KILL_AT = 12
 
 
@@ -47,7 +48,10 @@ def run(tmp_path_factory):
         killed_at = time.time()
         swarm.wait_for(lambda: _plan_after(swarm, killed_at), 60, "the repaired plan")
         repaired_at = swarm.committed_step()
-        swarm.wait_for(lambda: swarm.committed_step() >= repaired_at + 3, 120, "three steps after the repair")
+        # three steps after the repair and after any plan change that follows it (a re-split may, 3 steps on):
+        # a peer leaving while the cells of a new plan still fetch their state would cost a rollback
+        swarm.wait_for(lambda: swarm.committed_step() >= max(repaired_at + 2 * MIN_STEPS_BETWEEN_CHANGES,
+                                                             _latest_start(swarm) + 3), 120, "steps after the repair")
         leaver = next(n for n in ("p1", "p2", "p3", "p4") if n != victim)
         swarm.kill(leaver, signal.SIGTERM)
         left_at = time.time()
@@ -103,6 +107,10 @@ def test_replicas_agree_after_the_repair(run):
             for stage in per_step.values()]
     assert any("p5" in stage and len(stage) == 2 for stage in late)
     assert all(len(set(stage.values())) == 1 for stage in late)
+
+
+def _latest_start(swarm: LocalSwarm) -> int:
+    return max((plan["start_step"] for plan in swarm.report().get("plans", [])), default=0)
 
 
 def _plan_after(swarm: LocalSwarm, moment: float) -> bool:
