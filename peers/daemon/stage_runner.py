@@ -132,7 +132,8 @@ class StageRunner:
         self.executor.apply_update()
         self._applied = step
         if self._prepared is not None:
-            (result, prepared_at), times = self._prepared, self._prepared[0].times
+            result, prepared_at = self._prepared
+            times = result.times
             self.breakdown = StepBreakdown(step, round(times.compute_s(result.seconds), 4),
                                            round(times.wait_forward_s, 4), round(times.wait_backward_s, 4),
                                            round(times.allreduce_s, 4), round(time.monotonic() - prepared_at, 4))
