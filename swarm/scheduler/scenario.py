@@ -11,6 +11,7 @@ O(sites^2) even for 10,000 devices.
 """
 from __future__ import annotations
 
+import statistics
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -132,15 +133,21 @@ class Scenario(Record, frozen=True, kw_only=True, omit_defaults=True, dict=True)
         """A scenario with one site per device, from measured (bandwidth_gbps, latency_ms) pairs.
 
         This is what the coordinator builds from live peer records: `devices` are dicts with id,
-        tflops, memory_gb and optionally uplink_gbps (their `site` is ignored); pairs not
-        measured get `fallback`, a pessimistic guess so the planner avoids unknown links.
+        tflops, memory_gb and optionally uplink_gbps (their `site` is ignored). A pair nobody
+        measured gets the worse of its two ends' typical (median) measured links, or `fallback`
+        when an end measured none: a guess no better than what the peers are known to get, so
+        that moving a peer onto an unmeasured link never looks like a gain in itself.
         """
         ids = [str(d["id"]) for d in devices]
         sites = {i: {"bandwidth_gbps": 1000.0, "latency_ms": 0.0} for i in ids}
+        typical = _typical_links(ids, measured)
         links = []
         for a_index, a in enumerate(ids):
             for b in ids[a_index + 1:]:
-                bandwidth, latency = measured.get((a, b)) or measured.get((b, a)) or fallback
+                guess = fallback
+                if a in typical and b in typical:
+                    guess = (min(typical[a][0], typical[b][0]), max(typical[a][1], typical[b][1]))
+                bandwidth, latency = measured.get((a, b)) or measured.get((b, a)) or guess
                 links.append({"between": [a, b], "bandwidth_gbps": bandwidth, "latency_ms": latency})
         data: dict[str, Any] = {
             "name": name, "sites": sites, "links": links, "model": model, "batch": batch,
@@ -199,6 +206,19 @@ class Scenario(Record, frozen=True, kw_only=True, omit_defaults=True, dict=True)
     def index(self) -> dict[str, int]:
         """Device id -> position in `devices` (the numbering the cost models use)."""
         return {d.id: i for i, d in enumerate(self.devices)}
+
+
+def _typical_links(ids: list[str], measured: Mapping[tuple[str, str], tuple[float, float]]
+                   ) -> dict[str, tuple[float, float]]:
+    """Each device's median measured (bandwidth_gbps, latency_ms) over the pairs it is in."""
+    known = set(ids)
+    seen: dict[str, list[tuple[float, float]]] = {}
+    for (a, b), link in measured.items():
+        if a in known and b in known and a != b:
+            seen.setdefault(a, []).append(link)
+            seen.setdefault(b, []).append(link)
+    return {name: (statistics.median(bw for bw, _ in links), statistics.median(lat for _, lat in links))
+            for name, links in seen.items()}
 
 
 def preset_names() -> list[str]:

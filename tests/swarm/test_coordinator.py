@@ -377,3 +377,18 @@ def test_a_re_split_is_proposed_only_for_a_clearly_shorter_predicted_step():
     assert placement.layers == [2, 2] and sorted(n for row in placement.grid for n in row) == ["f0", "f1"]
     assert resplit(PlanRecord.from_wire({**previous.to_wire(), "layers": [2, 2]}), _records(["s0", "f0"]),
                    TRAINING, CODECS) is None  # already balanced: nothing to gain
+
+
+def test_peers_are_not_moved_onto_links_only_because_nobody_measured_them():
+    from swarm.coordinator.planning import resplit
+
+    # a 2 x 2 grid on one LAN whose peers measured only the links the plan gave them, on a busy machine
+    # (0.05 Gbit/s); the other pairs were never probed, and are no faster for that
+    plan = _plan([["a", "b"], ["c", "d"]])
+    neighbours = {"a": "bc", "b": "ad", "c": "ad", "d": "bc"}
+    records = {n: PeerRecord(name=n, address="tcp://127.0.0.1:1", device="cpu", tflops=0.1, memory_gb=4.0,
+                             links={m: Link(bandwidth_gbps=0.05, latency_ms=2.0) for m in neighbours[n]})
+               for n in "abcd"}
+    network = scenario_from_records(records, TRAINING, CODECS, 2, 2)
+    assert network.network.bandwidth(network.index["a"], network.index["d"]) == pytest.approx(0.05e9 / 8)
+    assert resplit(plan, records, TRAINING, CODECS) is None

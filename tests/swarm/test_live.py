@@ -120,7 +120,9 @@ def test_status_json_contract(run):
         breakdown = peer["breakdown"]  # of the last step it applied
         assert set(breakdown) == {"step", "compute_s", "wait_forward_s", "wait_backward_s", "allreduce_s", "commit_s"}
         assert 1 <= breakdown["step"] == peer["step"] and breakdown["compute_s"] > 0
-        assert (breakdown["wait_forward_s"] == 0) == (peer["stage"] == 0)  # stage 0 waits for no activations
+        # the first stage waits for no activations and the last for no gradients (the other waits may round
+        # to 0 when the message was there before the stage asked for it)
+        assert breakdown["wait_forward_s" if peer["stage"] == 0 else "wait_backward_s"] == 0
 
 
 def test_each_step_of_the_report_says_where_the_members_time_went(run):

@@ -97,14 +97,19 @@ def test_presets_are_packaged_and_follow_dtfm():
 
 
 def test_measured_links_put_each_peer_in_its_own_site():
-    devices = [{"id": f"p{i}", "tflops": 10.0, "memory_gb": 24.0} for i in range(3)]
+    devices = [{"id": f"p{i}", "tflops": 10.0, "memory_gb": 24.0} for i in range(4)]
     scenario = Scenario.from_measurements(
         "live", devices, {("p0", "p1"): (1.0, 20.0), ("p2", "p1"): (0.1, 50.0)},
         TINY["model"], TINY["batch"], fallback=(0.05, 200.0))
     net, index = scenario.network, scenario.index
     assert net.bandwidth(index["p1"], index["p0"]) == pytest.approx(1.0e9 / 8)
     assert net.latency(index["p1"], index["p2"]) == pytest.approx(0.050)
-    assert net.bandwidth(index["p0"], index["p2"]) == pytest.approx(0.05e9 / 8)   # not measured
+    # not measured: the worse of its ends' typical links (p0's 1 Gbit/s and 20 ms, p2's 0.1 and 50)
+    assert net.bandwidth(index["p0"], index["p2"]) == pytest.approx(0.1e9 / 8)
+    assert net.latency(index["p0"], index["p2"]) == pytest.approx(0.050)
+    # p3 measured nothing: the fallback
+    assert net.bandwidth(index["p3"], index["p1"]) == pytest.approx(0.05e9 / 8)
+    assert net.latency(index["p3"], index["p0"]) == pytest.approx(0.200)
 
 
 def test_with_devices_keeps_stages_and_drops_replicas():
