@@ -42,8 +42,9 @@ def run(tmp_path_factory):
         swarm.wait_for(lambda: _plan_naming(swarm, "p5"), 120, "a plan naming p5")
         named_at = swarm.committed_step()
         swarm.wait_for(lambda: swarm.committed_step() >= max(KILL_AT, named_at + 2), 120, "the step to kill at")
-        with SwarmDHT(swarm.initial_peers(), client_mode=True) as dht:
-            victim = next(p["name"] for p in collect(dht)["peers"] if p["state"] == "training")
+        with SwarmDHT(swarm.initial_peers(), client_mode=True) as dht:  # a read under load may come back empty
+            victim = swarm.wait_for(lambda: next((p["name"] for p in collect(dht)["peers"] if p["state"] == "training"),
+                                                 None), 30, "a training peer in the DHT")
         swarm.kill(victim, signal.SIGKILL)
         killed_at = time.time()
         swarm.wait_for(lambda: _plan_after(swarm, killed_at), 60, "the repaired plan")

@@ -2,14 +2,17 @@
 
 Real processes on loopback, `tiny`, 1 stage x 3 replicas, 50 steps, the same seed and data in every
 run. Every peer gets `--attack scale:1000@1`, so whichever peer holds replica 1 attacks (the others
-ignore it). With `--aggregate centered-clip` the loss stays within 10% of the honest run and the
+ignore it). With `--aggregate centered-clip` the loss stays within 10% of the honest run (trained in
+one process, which test_live shows to train exactly as the live swarm does) and the
 attacker is named; with `mean` it does not, and `--evict-suspects` takes the attacker out of the grid.
 """
 from __future__ import annotations
 
 import pytest
 
+from peers.protocol import TrainingSpec
 from swarm.launcher import LocalSwarm
+from swarm.local import LocalConfig, run_local
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +37,19 @@ def _run(root, aggregate: str, attack: str | None, extra: tuple[str, ...] = ()) 
                 "attacker": attacker}
 
 
+def _honest() -> dict:
+    """The run with no attacker, in one process: the live swarm trains exactly what `swarm-sim local`
+    does (test_live checks it loss for loss), so the baseline needs no processes of its own."""
+    config = LocalConfig(TrainingSpec(batch=6, micro_batches=2, steps=STEPS), stages=1, replicas=3)
+    tail = [entry["loss"] for entry in run_local(config)["steps"][-TAIL:]]
+    return {"loss": sum(tail) / len(tail)}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust")
     return {
-        "honest": _run(root / "honest", "mean", None),
+        "honest": _honest(),
         "centered-clip": _run(root / "clip", "centered-clip", "scale:1000@1"),
         "mean": _run(root / "mean", "mean", "scale:1000@1"),
         "evict": _run(root / "evict", "mean", "scale:1000@1", ("--evict-suspects", "3")),
