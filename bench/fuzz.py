@@ -3,7 +3,7 @@
 Targets: `compression.decode` (random bytes, random bytes behind a plausible header, mutated valid
 frames of every codec, forged frames whose header is valid but whose payload is random, and frames
 decoded with the receiver's `codec=`/`shape=`/`out=`), `ActivationDelta.decode` on mutated AQ-SGD
-frames, `peers.wire.unpack` (random, mutated and re-typed headers) and `peers.wire.unpack_body`
+frames, `peers.dataplane.wire.unpack` (random, mutated and re-typed headers) and `peers.dataplane.wire.unpack_body`
 with every body type (random, mutated, and the body's fields holding random values, some deeply
 nested). Decoders may raise only CodecError (compression) or WireError (wire); what decodes must
 match its header and stay within its codec's ratio cap. Prints one JSON object: cases and outcomes
@@ -29,8 +29,8 @@ import torch
 
 import compression
 from compression import ActivationDelta, CodecError, decode, describe, encode, resolve
-from peers import wire
-from peers.transport import Message
+from peers.dataplane import wire
+from peers.dataplane.transport import Message
 
 CODECS = ["none", "fp16", "bf16", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "q1@8", "q4@128", "q3~",
           "q8~@64", "q2@65536", "cocktail", "cocktail@3,0.5", "cocktail@1,1", "cocktail@8,0.00001", "cocktail@42,1"]

@@ -16,8 +16,8 @@ import time
 
 import zmq
 
-from peers.transport import Message
-from peers.zmq_transport import ZmqTransport
+from peers.dataplane.transport import Message
+from peers.dataplane.zmq_transport import ZmqTransport
 
 
 def transport_rate(size: int, messages: int) -> float:

@@ -5,9 +5,9 @@
     worker = peers.StageExecutor(stage_module, stage_index=s, num_stages=S, transport=transport,
                                prev=..., next=..., group=[...], codecs=peers.Codecs("q3", "q6", "q4"),
                                schedule="1f1b", micro_batches=M)
-    result = worker.run_step(step, batch_or_none, plan_version)   # -> peers.StepResult
-    worker.run_step(step, batch, plan_version, apply=False)       # live swarm: prepare, then
-    worker.apply_update() or worker.discard_update()              # settle on commit / abort
+    result = worker.run_step(step, batch_or_none)     # -> peers.StepResult
+    worker.run_step(step, batch, apply=False)         # live swarm: prepare, then
+    worker.apply_update() or worker.discard_update()  # settle on commit / abort
 
 Every name loads on first use: the engine pulls in torch, the data plane zmq, the daemon
 hivemind (whose import installs a log handler), and `peers.protocol` must stay importable without
@@ -19,23 +19,23 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the lazy names, for type checkers
     from .allreduce import GradientAverager
     from .daemon import PeerDaemon, PeerOptions, UnreachableError
+    from .dataplane.probe import check_reachable, measure_bandwidth, probe, unreachable_hint
+    from .dataplane.transport import BadMessage, InProcessHub, Mailbox, Message, PeerTimeout, Transport, TransportClosed
+    from .dataplane.zmq_transport import ZmqTransport
     from .dht import SwarmDHT
     from .pipeline import ChannelStats, OptimizerSettings, StageExecutor, StepResult
-    from .probe import check_reachable, measure_bandwidth, probe, unreachable_hint
     from .profiling import DeviceProfile, check_device, measure_device
     from .protocol import Codecs, ControlRecord, PeerRecord, PlanRecord, RecordError
     from .state_transfer import StateTransferError, fetch_state, fetch_state_any
-    from .transport import BadMessage, InProcessHub, Mailbox, Message, PeerTimeout, Transport, TransportClosed
-    from .zmq_transport import ZmqTransport
 
 _LAZY = {
-    "Message": "transport", "Transport": "transport", "Mailbox": "transport", "PeerTimeout": "transport",
-    "TransportClosed": "transport", "InProcessHub": "transport", "BadMessage": "transport",
+    **dict.fromkeys(("Message", "Transport", "Mailbox", "PeerTimeout", "TransportClosed", "InProcessHub",
+                     "BadMessage"), "dataplane.transport"),
     "StageExecutor": "pipeline", "StepResult": "pipeline", "OptimizerSettings": "pipeline", "ChannelStats": "pipeline",
     "GradientAverager": "allreduce",
-    "ZmqTransport": "zmq_transport",
+    "ZmqTransport": "dataplane.zmq_transport",
     "fetch_state": "state_transfer", "fetch_state_any": "state_transfer", "StateTransferError": "state_transfer",
-    "probe": "probe", "measure_bandwidth": "probe", "check_reachable": "probe", "unreachable_hint": "probe",
+    **dict.fromkeys(("probe", "measure_bandwidth", "check_reachable", "unreachable_hint"), "dataplane.probe"),
     "Codecs": "protocol", "PeerRecord": "protocol", "PlanRecord": "protocol", "ControlRecord": "protocol",
     "RecordError": "protocol",
     "SwarmDHT": "dht",

@@ -32,8 +32,8 @@ import compression
 
 from .aggregation import aggregate, check_rule
 from .attack import Attack
-from .transport import BadMessage, Message, Transport
-from .wire import GATHER_KIND, REDUCE_KIND
+from .dataplane.transport import BadMessage, Message, Transport
+from .dataplane.wire import GATHER_KIND, REDUCE_KIND
 
 __all__ = ["GradientAverager"]
 
@@ -60,7 +60,7 @@ class GradientAverager:
     """
 
     def __init__(self, transport: Transport, group: Sequence[str], codec: str = "q4", *,
-                 error_feedback: bool = True, timeout: float | None = None, plan_version: int = 0,
+                 error_feedback: bool = True, timeout: float | None = None,
                  aggregate: str = "mean", attack: Attack | None = None) -> None:
         if transport.name not in group:
             raise ValueError(f"{transport.name!r} is not in its all-reduce group {list(group)}")
@@ -71,7 +71,6 @@ class GradientAverager:
         self.rank = self.group.index(transport.name)
         self.codec = codec
         self.timeout = timeout
-        self.plan_version = plan_version
         self.aggregate = check_rule(aggregate)
         self.attack = attack if attack is not None and attack.replica == self.rank else None
         self.suspects: Counter[str] = Counter()
@@ -218,8 +217,7 @@ class GradientAverager:
 
     def _send(self, member: int, kind: str, step: int, payload: bytes, values: int) -> None:
         index = member if kind == REDUCE_KIND else self.rank
-        self.transport.send(self.group[member], Message(kind=kind, step=step, index=index, payload=payload,
-                                                        plan_version=self.plan_version))
+        self.transport.send(self.group[member], Message(kind=kind, step=step, index=index, payload=payload))
         self.bytes_sent += len(payload)
         self.values_sent += values
 

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads <= 0:
         parser.error(f"--threads must be positive, got {args.threads}")
     if args.link_latency is not None:
-        from peers.delay_line import DelayLine
+        from peers.dataplane.delay_line import DelayLine
 
         try:
             DelayLine.load(args.link_latency)

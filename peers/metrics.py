@@ -21,14 +21,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from peers.dataplane.transport import REJECTIONS
 from peers.protocol import CHANNELS, PeerRecord, PlanRecord
-from peers.transport import REJECTIONS
 
 __all__ = ["PeerMetrics", "MetricsServer", "serve_metrics", "STEP_BUCKETS", "REJECT_REASONS", "rejections"]
 
 # Step times from a loopback toy (tens of ms) to a large model over home uplinks (minutes).
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-# Why a data port refused frames (`peers.zmq_stats`): the categories of `peers.transport.REJECTIONS`
+# Why a data port refused frames (`peers.dataplane.stats`): the categories of `peers.dataplane.transport.REJECTIONS`
 # (unparsable or undecodable, NaN/inf, unauthenticated, a duplicate key, a flooding sender), then an
 # older plan, a plan not yet adopted, over the unclaimed-bytes budget.
 REJECT_REASONS = (*REJECTIONS, "stale", "future", "overflow")

@@ -9,7 +9,7 @@ port, address or firewall rule. The donor publishes an opaque blob it built itse
     blob = fetch_state_any(replica_addresses, stage, spread_key=my_name)  # spread over replicas
     blob = fetch_state_any([(address, key), ...], stage, spread_key=my_name, keys=my_keys)  # curve swarm
 
-Protocol (control kinds, exempt from the plan version; bodies are the Structs in `peers.wire`):
+Protocol (control kinds, exempt from the plan version; bodies are the Structs in `peers.dataplane.wire`):
   state_request {"stage": s, "chunk": -1}          -> state_meta {"stage", "serial", "bytes",
                                                       "chunks", "chunk_bytes", "sha256"}
   state_request {"stage": s, "chunk": i, "serial"} -> state_chunk (header step = serial,
@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from peers import wire
+from peers.dataplane import wire
+from peers.dataplane.client import check_curve_pair, open_dealer, receive_reply, send_control
+from peers.dataplane.transport import Message
 from peers.security import CurveKeys
-from peers.transport import Message
-from peers.zmq_client import check_curve_pair, open_dealer, receive_reply, send_control
 
 __all__ = ["StateTransferError", "StateServer", "PartialState", "fetch_state", "fetch_state_any",
            "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_STATE_BYTES"]

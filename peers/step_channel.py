@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import msgspec
 
-from peers import wire
+from peers.dataplane import wire
+from peers.dataplane.transport import BadMessage, Message
 from peers.dht import SwarmDHT, verify_signed
 from peers.protocol import ControlRecord, PeerRecord, PlanRecord, RecordError, owner_fingerprint
-from peers.transport import BadMessage, Message
 
 __all__ = ["report_payload", "verify_report", "control_payload", "read_control"]
 

@@ -20,10 +20,10 @@ import torch
 
 import models
 from peers.attack import Attack
+from peers.dataplane.transport import InProcessHub
 from peers.pipeline import ChannelStats, OptimizerSettings, StageExecutor, StepResult, get_schedule
 from peers.profiling import check_device
 from peers.protocol import Codecs, TrainingSpec, to_builtins
-from peers.transport import InProcessHub
 from swarm.flags import check_codecs, check_training
 
 __all__ = ["LocalConfig", "LocalGrid", "run_local", "worker_name"]

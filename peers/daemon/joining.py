@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import compression
+from peers.dataplane.probe import check_reachable, unreachable_hint
+from peers.dataplane.transport import PeerTimeout
 from peers.dht import SwarmDHT
-from peers.probe import check_reachable, unreachable_hint
 from peers.protocol import CHANNELS, Codecs, ControlRecord, PlanRecord
-from peers.transport import PeerTimeout
 
 from .credentials import Credentials
 from .records import CoordinatorPin

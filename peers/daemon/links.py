@@ -7,8 +7,8 @@ import queue
 import threading
 from collections.abc import Callable, Collection
 
+from peers.dataplane.probe import measure_bandwidth, probe
 from peers.dht import SwarmDHT
-from peers.probe import measure_bandwidth, probe
 from peers.protocol import ControlRecord, Link, PlanRecord
 from peers.security import CurveKeys
 

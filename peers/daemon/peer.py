@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import compression
-from peers import wire
-from peers.delay_line import DelayLine
+from peers.dataplane import wire
+from peers.dataplane.delay_line import DelayLine
+from peers.dataplane.transport import BadMessage, Message, PeerTimeout, TransportClosed
+from peers.dataplane.zmq_transport import ZmqTransport
 from peers.dht import SwarmDHT, dht_time
 from peers.metrics import MetricsServer, PeerMetrics, serve_metrics
 from peers.pipeline import NonFiniteStep
@@ -32,8 +34,6 @@ from peers.profiling import measure_device
 from peers.protocol import JoinToken, Link, PeerRecord, PlanRecord, RecordError
 from peers.step_channel import read_control, report_payload
 from peers.torch_threads import torch_threads
-from peers.transport import BadMessage, Message, PeerTimeout, TransportClosed
-from peers.zmq_transport import ZmqTransport
 
 from .control_feed import ControlFeed
 from .corpus import Datasets, default_cache_dir
@@ -64,7 +64,7 @@ class PeerOptions:
     threads: int | None = None
     fused: bool = True
     metrics_port: int | None = None  # serve /metrics there (0: a free port); None: no metrics endpoint
-    link_latency: str | None = None  # a `--link-latency` file: the delay line of `peers.delay_line` (harness only)
+    link_latency: str | None = None  # a `--link-latency` file for `peers.dataplane.delay_line` (harness only)
     attack: str | None = None  # a `--attack` spec: the fault injector of `peers.attack` (tests and demos only)
     join_token: JoinToken | None = None  # --join-token: admission to a swarm with a swarm key
     peer_key: Path | None = None  # --peer-key: this peer's curve key pair, kept (for --allow-keys swarms)

@@ -21,18 +21,18 @@ import msgspec
 
 from models import SequenceDataset, build_stage, get_config, param_checksum
 from peers.attack import Attack
+from peers.dataplane.transport import Message, PeerTimeout, Transport, TransportClosed
 from peers.pipeline import OptimizerSettings, StageExecutor, StepResult
 from peers.protocol import PlanChange, PlanRecord, SourceKind, StateSource, StepBreakdown, Timeouts
 from peers.security import CurveKeys
 from peers.state_transfer import PartialState, StateTransferError, fetch_state_any
-from peers.transport import Message, PeerTimeout, Transport, TransportClosed
 
 from .layer_state import old_stages_for, regroup
 from .records import COORDINATOR_NAME
 from .stage_state import StageState, codec_slot, pack_state, unpack_state
 from .timeouts import FIRST_STEP_PATIENCE, WAIT_NESTING
 
-__all__ = ["StageRunner", "PlanAborted"]
+__all__ = ["StageRunner", "PlanAborted", "PlanLink"]
 
 _SLICE_S = 0.2
 
@@ -66,7 +66,7 @@ class StageRunner:
         column = [row[self.replica] for row in plan.grid]
         module = build_stage(get_config(self.training.model), plan.layers, self.stage, seed=self.training.seed,
                              device=device)
-        self.link = _PlanLink(transport, plan.version, abort, self.timeouts.message_s)
+        self.link = PlanLink(transport, plan.version, abort, self.timeouts.message_s)
         self.executor = StageExecutor(
             module, stage_index=self.stage, num_stages=plan.stages, transport=self.link,
             prev=column[self.stage - 1] if self.stage > 0 else None,
@@ -100,7 +100,7 @@ class StageRunner:
         """Carry on under `plan` (see `continues`): its version stamps, abort event and timeouts."""
         assert plan.training.timeouts is not None
         self.plan, self.training, self.timeouts = plan, plan.training, plan.training.timeouts
-        self.link = _PlanLink(self.link.transport, plan.version, abort, self.timeouts.message_s)
+        self.link = PlanLink(self.link.transport, plan.version, abort, self.timeouts.message_s)
         self.executor.transport = self.link
         self.executor.averager.transport = self.link
         self.executor.timeout = self.executor.averager.timeout = self.timeouts.message_s
@@ -120,7 +120,7 @@ class StageRunner:
         if self.stage in (0, self.plan.stages - 1):
             batch = self.dataset.train_batch(step, self.training.batch, self.training.seed)
             batch = batch.chunk(self.plan.replicas)[self.replica]
-        result = self.executor.run_step(step, batch, self.plan.version, apply=False)
+        result = self.executor.run_step(step, batch, apply=False)
         self.link.warm = True
         self._prepared = (result, time.monotonic())
         return result
@@ -242,7 +242,7 @@ class StageRunner:
                           peer=source.donor or "")
 
 
-class _PlanLink:
+class PlanLink:
     """The transport as the executor of one plan sees it: only that plan's messages, abortable.
 
     Receives wait in short slices so a plan change (or shutdown) interrupts a step at once
@@ -262,8 +262,9 @@ class _PlanLink:
         return self._abort.is_set()
 
     def send(self, to: str, message: Message) -> None:
-        """Send stamped with this plan's version (the all-reduce leaves it 0)."""
-        self.transport.send(to, replace(message, plan_version=message.plan_version or self._version))
+        """Send stamped with this plan's version: the one place a data message gets its plan version
+        (the engine knows no plans; a late message of this plan reaches no later plan's step)."""
+        self.transport.send(to, replace(message, plan_version=self._version))
 
     def recv(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message:
         """A message of this plan; the wait is `timeout` (message_s) times the kind's `WAIT_NESTING`, and

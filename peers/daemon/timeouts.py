@@ -39,8 +39,8 @@ peer (message_s), a hung peer by the coordinator (commit_s). A graceful leave (S
 """
 from __future__ import annotations
 
+from peers.dataplane.wire import ACT_KIND, GATHER_KIND, GRAD_KIND, REDUCE_KIND
 from peers.protocol import Timeouts
-from peers.wire import ACT_KIND, GATHER_KIND, GRAD_KIND, REDUCE_KIND
 
 __all__ = ["derive_timeouts", "HEARTBEAT_S", "PEER_TTL_S", "WAIT_NESTING", "FIRST_STEP_PATIENCE"]
 

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 
 import zmq
 
-from peers import wire
+from peers.dataplane import wire
+from peers.dataplane.transport import Message
 from peers.security import CurveKeys, curve_client
-from peers.transport import Message
 
 __all__ = ["check_address", "bind_host", "advertised_host", "open_dealer", "check_curve_pair", "send_control",
            "receive_reply"]

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from peers.zmq_client import check_address
+from peers.dataplane.client import check_address
 
 __all__ = ["DelayLine", "hold"]
 

@@ -16,14 +16,13 @@ this peer does. So every arriving data message passes one check before the engin
     caps a flood of empty payloads under distinct keys or made-up sender names).
 A flood or a runaway sender cannot exhaust memory; at worst the engine times out and aborts the step.
 Drops ("dropped_*") count per message kind, refusals ("duplicate", "flood", categories of
-`peers.transport.REJECTIONS`) with a detail naming the sender: both through `on_drop`.
+`peers.dataplane.transport.REJECTIONS`) with a detail naming the sender: both through `on_drop`.
 """
 from __future__ import annotations
 
-import threading
 from typing import Protocol
 
-from peers.transport import Mailbox, Message, PeerTimeout, TransportClosed
+from peers.dataplane.transport import Mailbox, Message
 
 __all__ = ["GatedMailbox", "OnDrop", "DEFAULT_MAX_MESSAGES", "DEFAULT_MAX_MESSAGES_PER_SENDER"]
 
@@ -45,31 +44,28 @@ class OnDrop(Protocol):
     def __call__(self, counter: str, kind: str, detail: str = "", /) -> None: ...
 
 
-class GatedMailbox:
+class GatedMailbox(Mailbox):
     """A `Mailbox` behind the plan-version check, duplicate refusal and budgets; `on_drop` counts.
 
     max_bytes / max_messages: unclaimed payload bytes and messages of the current plan, all senders.
     max_messages_per_sender / max_bytes_per_sender (default max_bytes // 2): one sender's messages
-    in flight (unclaimed plus held); sized so a normal step never reaches them.
+    in flight (unclaimed plus held); sized so a normal step never reaches them. The messages of the
+    current plan live only in the mailbox's own store; the gate keeps just their totals.
     """
 
     def __init__(self, version: int, max_bytes: int, on_drop: OnDrop, *, max_messages: int = DEFAULT_MAX_MESSAGES,
                  max_messages_per_sender: int = DEFAULT_MAX_MESSAGES_PER_SENDER,
                  max_bytes_per_sender: int | None = None) -> None:
+        super().__init__()
         self.max_bytes = max_bytes
         self.max_messages = max_messages
         self.max_messages_per_sender = max_messages_per_sender
         self.max_bytes_per_sender = max_bytes // 2 if max_bytes_per_sender is None else max_bytes_per_sender
         self._version = version
         self._on_drop = on_drop
-        self._mailbox = Mailbox()
-        self._lock = threading.Lock()
         self._held: dict[_Key, Message] = {}  # of version current + 1, until set_version
         self._held_bytes = 0
-        # key -> (payload bytes, the message itself): take() only releases the bookkeeping of the
-        # message it got (the mailbox holds exactly these keys, but pops before take's bookkeeping).
-        self._sizes: dict[_Key, tuple[int, Message]] = {}
-        self._bytes = 0
+        self._bytes = 0  # payload bytes in the store
         self._load: dict[str, tuple[int, int]] = {}  # sender -> (messages, bytes) unclaimed or held
 
     @property
@@ -84,20 +80,15 @@ class GatedMailbox:
         rerun of the same step under the new plan never takes a leftover of the old one.
         """
         refused: list[tuple[str, str, Message]] = []
-        with self._lock:
+        with self._cond:
             self._version = version
             held, self._held, self._held_bytes = self._held, {}, 0
             for message in held.values():
                 self._release(message.sender, _size(message))
-            stale = [(key, entry) for key, entry in self._sizes.items() if entry[1].plan_version < version]
-            for key, (size, message) in stale:
-                del self._sizes[key]
-                self._bytes -= size
-                self._release(message.sender, size)
-                try:
-                    self._mailbox.take(*key, timeout=0)
-                except (PeerTimeout, TransportClosed):  # an engine thread took it a moment ago, or closed
-                    pass
+            for key in [key for key, message in self._messages.items() if message.plan_version < version]:
+                message = self._messages.pop(key)
+                self._bytes -= _size(message)
+                self._release(message.sender, _size(message))
                 refused.append(("dropped_stale", "", message))
             for message in held.values():  # under the lock: a newer same-key arrival cannot jump ahead
                 verdict = self._admit(message)
@@ -108,36 +99,24 @@ class GatedMailbox:
 
     def deliver(self, message: Message) -> None:
         """Gate one arrived message: into the mailbox, held for the next plan, or refused and counted."""
-        with self._lock:
+        with self._cond:
             verdict = self._admit(message)
         if verdict is not None:
             self._on_drop(verdict[0], message.kind, verdict[1])
 
-    def take(self, sender: str, kind: str, step: int, index: int, timeout: float | None) -> Message:
-        """The message (sender, kind, step, index) once delivered; PeerTimeout after `timeout` s."""
-        message = self._mailbox.take(sender, kind, step, index, timeout)
-        key = (sender, kind, step, index)
-        with self._lock:
-            entry = self._sizes.get(key)
-            if entry is not None and entry[1] is message:
-                del self._sizes[key]
-                self._bytes -= entry[0]
-                self._release(sender, entry[0])
-        return message
-
-    def close(self, reason: str) -> None:
-        """Wake every waiting `take` with TransportClosed(reason)."""
-        self._mailbox.close(reason)
-
     def held(self) -> int:
         """Messages of a newer plan version waiting for `set_version`."""
-        with self._lock:
+        with self._cond:
             return len(self._held)
 
     def unclaimed_bytes(self) -> int:
         """Payload bytes delivered to the mailbox and not yet taken."""
-        with self._lock:
+        with self._cond:
             return self._bytes
+
+    def _taken(self, message: Message) -> None:
+        self._bytes -= _size(message)
+        self._release(message.sender, _size(message))
 
     def _admit(self, message: Message) -> tuple[str, str] | None:
         """Deliver or hold `message`, or say why not: (counter, detail). Call with the lock held."""
@@ -149,7 +128,7 @@ class GatedMailbox:
         key = (sender, message.kind, message.step, message.index)
         future = version > self._version
         what = f"{message.kind!r} message for step {message.step}, index {message.index} (plan {version})"
-        if key in (self._held if future else self._sizes):
+        if key in (self._held if future else self._messages):
             return "duplicate", f"{sender!r} sent a second {what}; the first one is kept"
         size = _size(message)
         count, nbytes = self._load.get(sender, (0, 0))
@@ -163,11 +142,10 @@ class GatedMailbox:
             self._held[key] = message
             self._held_bytes += size
         else:
-            if self._bytes + size > self.max_bytes or len(self._sizes) >= self.max_messages:
+            if self._bytes + size > self.max_bytes or len(self._messages) >= self.max_messages:
                 return "dropped_overflow", ""
-            self._sizes[key] = (size, message)
             self._bytes += size
-            self._mailbox.put(message)
+            self.put(message)
         self._load[sender] = (count + 1, nbytes + size)
         return None
 

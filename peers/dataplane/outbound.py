@@ -18,9 +18,9 @@ from typing import Any
 
 import zmq
 
-from peers.delay_line import hold
-from peers.transport import PeerTimeout, TransportClosed
-from peers.zmq_stats import TransportStats
+from peers.dataplane.delay_line import hold
+from peers.dataplane.stats import TransportStats
+from peers.dataplane.transport import PeerTimeout, TransportClosed
 
 __all__ = ["Link", "Links"]
 

@@ -29,10 +29,10 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from peers import wire
+from peers.dataplane import wire
+from peers.dataplane.client import check_address, check_curve_pair, open_dealer, receive_reply, send_control
+from peers.dataplane.transport import Message, PeerTimeout
 from peers.security import CurveKeys, check_curve_key, curve_client
-from peers.transport import Message, PeerTimeout
-from peers.zmq_client import check_address, check_curve_pair, open_dealer, receive_reply, send_control
 
 __all__ = ["probe", "measure_bandwidth", "check_reachable", "unreachable_hint", "probe_async", "ReachChecks",
            "parse_reach_request"]

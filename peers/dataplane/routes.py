@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import zmq
 
-from peers.transport import Message
+from peers.dataplane.transport import Message
 
 __all__ = ["ReportRoutes"]
 

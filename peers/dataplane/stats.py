@@ -2,7 +2,7 @@
 
 The live swarm reports bytes per channel (activations, gradients, all-reduce) from these, and the
 churn tests read the drop counters to prove garbage and stale frames were seen and refused.
-Refused messages count under `rejected`, by why (`peers.transport.REJECTIONS`).
+Refused messages count under `rejected`, by why (`peers.dataplane.transport.REJECTIONS`).
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import threading
 from collections import Counter
 from typing import Any
 
-from peers.transport import REJECTIONS
-from peers.wire import CONTROL_KINDS, TRAINING_KINDS
+from peers.dataplane.transport import REJECTIONS
+from peers.dataplane.wire import CONTROL_KINDS, TRAINING_KINDS
 
 __all__ = ["TransportStats", "MAX_KINDS", "OTHER_KIND"]
 
@@ -31,7 +31,7 @@ class TransportStats:
 
     received counts every well-formed message (probes and state requests included) before the
     plan-version check, whose drops land in dropped_stale / dropped_future (and dropped_overflow
-    past the unclaimed-bytes budget, see `peers.zmq_mailbox`). rejected counts refusals by
+    past the unclaimed-bytes budget, see `peers.dataplane.gate`). rejected counts refusals by
     category (REJECTIONS): frames that fail to parse ("malformed", counted only there), a second
     message under a held key ("duplicate"), a sender past its in-flight share ("flood"), and what
     the engine refused after decoding (`BadMessage`: "malformed", "nonfinite"); last_rejection
@@ -52,7 +52,7 @@ class TransportStats:
         """Count one `kind` message in `table`: a per-kind table, or a category of REJECTIONS
         (then it counts under `rejected`, and `detail` becomes last_rejection; see `reject`).
 
-        The signature of `peers.zmq_mailbox.OnDrop`, so the receive gate counts straight into these.
+        The signature of `peers.dataplane.gate.OnDrop`, so the receive gate counts straight into these.
         """
         if table in REJECTIONS:
             self.reject(detail or f"{table} {kind!r} message", table)

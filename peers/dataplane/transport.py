@@ -86,11 +86,13 @@ class Mailbox:
 
     The first message under a key wins: a second one with a key already held is refused (`put`
     returns False), so a late forgery or a replay cannot replace what the receiver will consume.
+    A subclass that keeps books on what it holds (`GatedMailbox`) shares the one store and lock,
+    and hears of each take through `_taken`.
     """
 
     def __init__(self) -> None:
         self._messages: dict[_Key, Message] = {}
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # reentrant: a subclass may put while it holds it
         self._closed: str | None = None
 
     def put(self, message: Message) -> bool:
@@ -115,13 +117,18 @@ class Mailbox:
                     raise PeerTimeout(f"no {kind!r} message from {sender!r} for step {step}, index {index} "
                                       f"within {timeout:.1f} s", peer=sender)
                 self._cond.wait(remaining)
-            return self._messages.pop(key)
+            message = self._messages.pop(key)
+            self._taken(message)
+            return message
 
     def close(self, reason: str = "transport closed") -> None:
         """Wake every waiter with `TransportClosed`; later takes fail the same way."""
         with self._cond:
             self._closed = reason
             self._cond.notify_all()
+
+    def _taken(self, message: Message) -> None:
+        """`message` just left the store for a `take` (called with the lock held)."""
 
 
 class InProcessHub:

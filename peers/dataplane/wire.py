@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 
 import msgspec
 
-from peers.transport import Message
+from peers.dataplane.transport import Message
 
 __all__ = [
     "WIRE_VERSION", "MAX_HEADER_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "MAX_CHUNK_BYTES", "CONTROL_KINDS",
@@ -167,9 +167,10 @@ _TYPE_MISMATCH = re.compile(r"Expected `(?P<expected>\w+)`, got `(?P<got>\w+)`")
 def pack(message: Message, *, sender: str, plan_version: int) -> list[bytes | memoryview]:
     """Frames to hand to `send_multipart(copy=False)`: the msgpack header and the payload as is.
 
-    `sender` and `plan_version` come from the sending transport (the source of truth), not from
-    the message. A read-only payload (bytes) is passed through without a copy; a writable buffer
-    is copied once, because zmq sends it later and the caller may reuse it meanwhile.
+    `sender` comes from the sending transport (the source of truth), not from the message;
+    `plan_version` is the one the message's plan stamped on it (see `PlanLink`). A read-only
+    payload (bytes) is passed through without a copy; a writable buffer is copied once, because
+    zmq sends it later and the caller may reuse it meanwhile.
     """
     payload = message.payload
     if isinstance(payload, bytearray) or (isinstance(payload, memoryview) and not payload.readonly):

@@ -3,12 +3,12 @@
 One ROUTER socket bound to tcp://HOST:PORT receives everything; one DEALER per neighbour sends. All socket
 I/O runs on an asyncio (uvloop) event loop in a background thread, because zmq sockets are not thread-safe and
 the engine must never block on the network: `send` hands the frames to the loop thread and returns, `recv` waits
-on a `Mailbox` the loop fills. Payloads travel as their own zmq frame without copies (see `peers.wire`).
+on a `Mailbox` the loop fills. Payloads travel as their own zmq frame without copies (see `peers.dataplane.wire`).
 
     transport = ZmqTransport("p1", host="0.0.0.0", port=7000, advertise_host="10.0.0.5")
     transport.connect("p2", "tcp://10.0.0.6:7000")       # as the plan changes
     transport.set_plan_version(3)                        # older versions purged, newer held
-    transport.send("p2", Message("act", step=17, index=0, payload=frame))
+    transport.send("p2", Message("act", step=17, index=0, payload=frame, plan_version=3))
     reply = transport.recv("p2", "grad", step=17, index=0, timeout=30.0)
     transport.serve_state(stage=1, blob=state_bytes)     # for newcomers' `fetch_state`
     transport.stats()                                    # counters per message kind
@@ -18,9 +18,9 @@ Robustness: every socket has a maximum frame size (zmq.MAXMSGSIZE, and the parse
 frames are counted and dropped; messages of an older plan version are dropped and counted, those of the next
 version are held until this peer adopts it (later ones are dropped), a second message with the same key is
 refused, and data delivered but not yet claimed is capped at `max_unclaimed_bytes`, each sender's share too
-(`peers.zmq_mailbox`); a send to a peer that accepts nothing blocks at most `send_timeout` seconds once
+(`peers.dataplane.gate`); a send to a peer that accepts nothing blocks at most `send_timeout` seconds once
 `max_pending` messages queue up (plus as many in zmq's own pipe: that bounds memory per neighbour), then raises
-PeerTimeout; `close` wakes every waiter with TransportClosed. The same port answers probes (`peers.probe`) and
+PeerTimeout; `close` wakes every waiter with TransportClosed. The same port answers probes (`peers.dataplane.probe`) and
 state requests (`peers.state_transfer`), so a peer publishes one address.
 
 Authentication (`peers.security`): given `keys`, the ROUTER is a CURVE server whose ZAP handler accepts
@@ -43,17 +43,17 @@ import uvloop
 import zmq
 import zmq.asyncio
 
-from peers import wire
-from peers.delay_line import DelayLine
-from peers.probe import ReachChecks
+from peers.dataplane import wire
+from peers.dataplane.client import advertised_host, bind_host, check_address
+from peers.dataplane.delay_line import DelayLine
+from peers.dataplane.gate import GatedMailbox
+from peers.dataplane.outbound import Links
+from peers.dataplane.probe import ReachChecks
+from peers.dataplane.routes import ReportRoutes
+from peers.dataplane.stats import TransportStats
+from peers.dataplane.transport import Message, TransportClosed
 from peers.security import Admission, CurveKeys, ZapHandler, check_curve_key, curve_client, curve_server
 from peers.state_transfer import DEFAULT_CHUNK_BYTES, StateServer
-from peers.transport import Message, TransportClosed
-from peers.zmq_client import advertised_host, bind_host, check_address
-from peers.zmq_links import Links
-from peers.zmq_mailbox import GatedMailbox
-from peers.zmq_routes import ReportRoutes
-from peers.zmq_stats import TransportStats
 
 __all__ = ["ZmqTransport"]
 
@@ -73,7 +73,7 @@ class ZmqTransport:
         link speed (the timeout hierarchy), e.g. 3 x the time the largest message needs.
     max_unclaimed_bytes: received payloads not yet taken by `recv` (default 4 x max_message_bytes);
         more is dropped and counted, so a flood cannot exhaust memory.
-    link_latency: a `peers.delay_line.DelayLine` holding each link's sends for its latency (None: off).
+    link_latency: a `peers.dataplane.delay_line.DelayLine` holding each link's sends for its latency (None: off).
     keys: this endpoint's curve key pair: turns CurveZMQ on (see the module docstring). None: open port.
     admission: the keys (name -> key) allowed to connect; consulted live, so `admission.admit(...)`
         lets a peer in at its next handshake. Defaults to an empty one (nobody until admitted).
@@ -123,16 +123,15 @@ class ZmqTransport:
     def send(self, to: str, message: Message) -> None:
         """Queue `message` for peer `to` and return; the payload is not copied (do not mutate it).
 
-        The message travels with its own `plan_version`, or this transport's when it is 0. Raises
+        The message travels with the plan version it carries (a runner's `PlanLink` stamps it). Raises
         ValueError for an unknown peer or an oversized payload, PeerTimeout when `to` has accepted
         nothing for `send_timeout` seconds, TransportClosed after `close`.
         """
         self._check_open()
-        version = message.plan_version or self.plan_version
         if to == self.name:
-            self._mailbox.deliver(replace(message, sender=self.name, plan_version=version))
+            self._mailbox.deliver(replace(message, sender=self.name))
             return
-        frames = wire.pack(message, sender=self.name, plan_version=version)
+        frames = wire.pack(message, sender=self.name, plan_version=message.plan_version)
         payload_bytes = memoryview(frames[1]).nbytes
         if payload_bytes > self.max_message_bytes:
             raise ValueError(f"payload of {payload_bytes} bytes exceeds max_message_bytes={self.max_message_bytes}")

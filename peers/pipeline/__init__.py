@@ -1,6 +1,6 @@
 """The pipeline engine: stage executor, GPipe / 1F1B schedules, compressed channels.
 
-Transport-agnostic: a `StageExecutor` reaches its neighbours only through `peers.transport`.
+Transport-agnostic: a `StageExecutor` reaches its neighbours only through `peers.dataplane.transport`.
 """
 from .channels import ActivationChannel, ChannelStats
 from .schedule import SCHEDULES, get_schedule, gpipe, one_f_one_b

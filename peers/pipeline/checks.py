@@ -9,7 +9,7 @@ import torch
 
 import compression
 
-from ..transport import BadMessage
+from ..dataplane.transport import BadMessage
 
 __all__ = ["NonFiniteStep", "received", "sendable"]
 

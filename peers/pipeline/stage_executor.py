@@ -31,9 +31,9 @@ from models import Batch, Stage, param_checksum
 
 from ..allreduce import GradientAverager
 from ..attack import Attack
+from ..dataplane.transport import BadMessage, Message, Transport
+from ..dataplane.wire import ACT_KIND, GRAD_KIND
 from ..protocol import Codecs, ComputeDtype
-from ..transport import BadMessage, Message, Transport
-from ..wire import ACT_KIND, GRAD_KIND
 from .channels import ActivationChannel, ChannelStats
 from .checks import NonFiniteStep, received, sendable
 from .schedule import get_schedule
@@ -146,8 +146,7 @@ class StageExecutor:
         """The step prepared by `run_step(..., apply=False)` and not yet applied or discarded."""
         return self._pending
 
-    def run_step(self, step: int, batch: Batch | None = None, plan_version: int = 0, *,
-                 apply: bool = True) -> StepResult:
+    def run_step(self, step: int, batch: Batch | None = None, *, apply: bool = True) -> StepResult:
         """Forward and backward over the micro-batches, average gradients, apply AdamW.
 
         `batch` (a `models.Batch`, this replica's share of the global batch) is required on the
@@ -164,7 +163,7 @@ class StageExecutor:
             raise RuntimeError(f"step {self._pending} is prepared but neither applied nor discarded; "
                                f"settle it before running step {step}")
         started = time.perf_counter()
-        work = _Step(step, plan_version, micro)
+        work = _Step(step, micro)
         try:
             self._train(work)
         except BaseException:
@@ -255,7 +254,6 @@ class StageExecutor:
             raise NonFiniteStep(f"step {work.step}: stage {self.stage_index}'s gradients hold NaN or inf; "
                                 "none sent to the all-reduce, the step is aborted")
         before = self.averager.bytes_sent, self.averager.values_sent
-        self.averager.plan_version = work.plan_version  # one step's messages all carry its plan version
         with work.times.timing("allreduce_s"):
             self.averager.average(work.step, grads)
         work.stats.add("gradient", self.averager.bytes_sent - before[0], self.averager.values_sent - before[1])
@@ -299,7 +297,6 @@ class StageExecutor:
             payload = sendable(lambda: self._outgoing.encode(sample_ids, sent, seed=self._seed(work.step, m, 0)),
                                 sent, f"step {work.step} micro-batch {m}: the activations")
             self.transport.send(self.next, Message(kind=ACT_KIND, step=work.step, index=m, payload=payload,
-                                                   plan_version=work.plan_version,
                                                    sample_ids=tuple(sample_ids.tolist())))
             work.stats.add("forward", len(payload), out.numel())
         work.stash[m] = (x, out)
@@ -324,8 +321,7 @@ class StageExecutor:
             payload = sendable(lambda: compression.encode(returned, self.codecs.backward,
                                                            seed=self._seed(work.step, m, 1)),
                                 returned, f"step {work.step} micro-batch {m}: the input gradients")
-            self.transport.send(self.prev, Message(kind=GRAD_KIND, step=work.step, index=m, payload=payload,
-                                                   plan_version=work.plan_version))
+            self.transport.send(self.prev, Message(kind=GRAD_KIND, step=work.step, index=m, payload=payload))
             work.stats.add("backward", len(payload), inputs.grad.numel())
 
     def _activation_shape(self, work: "_Step", m: int, rows: int, payload: bytes | memoryview) -> tuple[int, ...]:
@@ -355,7 +351,6 @@ class _Step:
     """What one step accumulates while its schedule runs."""
 
     step: int
-    plan_version: int
     micro: list[Batch]  # this replica's micro-batches on the first and last stage, else empty
     stats: ChannelStats = field(default_factory=ChannelStats)
     times: StepTimes = field(default_factory=StepTimes)

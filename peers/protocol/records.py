@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import msgspec
 
-from ..transport import REJECTIONS
+from ..dataplane.transport import REJECTIONS
 from .admission import Admitted, CurveKey
 from .changes import PlanReason, Resplit, SourceKind, StateSource
 from .training import CHANNELS, Codecs, TrainingSpec
@@ -166,7 +166,7 @@ class PeerRecord(_Record):
     links: measured links by peer name; bytes_sent / values_sent: cumulative per channel
     (`CHANNELS`), so wire bits per value show. dht_addrs: the peer's DHT multiaddrs (a restarted
     coordinator re-enters the DHT through them). rejected: messages its data port or engine
-    refused, cumulative per category (`peers.transport.REJECTIONS`: malformed, nonfinite, ...).
+    refused, cumulative per category (`peers.dataplane.transport.REJECTIONS`: malformed, nonfinite, ...).
     suspects: peers whose gradient shares this peer's all-reduce refused or flagged as outliers,
     with the number of steps it did (cumulative, over every plan). error: why its last step under
     `plan_version` failed ("" if none); blamed: the peer that failure names (the silent or

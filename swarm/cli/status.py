@@ -59,9 +59,9 @@ def collect(dht: Any, pin: Any = None) -> dict[str, Any]:
     """The status as a JSON-ready dict (the `--json` contract). pin: the `CoordinatorPin` to read the
     plan and control records through (the coordinator's dashboard pins itself); default: a new one."""
     from peers.daemon.records import CoordinatorPin, read_peers
+    from peers.dataplane.transport import REJECTIONS
     from peers.dht import dht_time
     from peers.protocol import to_builtins
-    from peers.transport import REJECTIONS
 
     pin = pin or CoordinatorPin()
     control = pin.control(dht)

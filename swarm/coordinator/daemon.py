@@ -22,6 +22,7 @@ from peers.daemon.corpus import CORPUS_SLOT
 from peers.daemon.records import CoordinatorPin, publish_coordinator
 from peers.daemon.stage_state import codec_slot
 from peers.daemon.timeouts import FIRST_STEP_PATIENCE, PEER_TTL_S
+from peers.dataplane.zmq_transport import ZmqTransport
 from peers.protocol import (
     PLAN_KEY,
     ControlRecord,
@@ -35,7 +36,6 @@ from peers.protocol import (
     Timeouts,
 )
 from peers.security import Admission
-from peers.zmq_transport import ZmqTransport
 
 from .admission import Gatekeeper
 from .blame import Blame, Evictions

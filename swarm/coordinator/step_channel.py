@@ -17,13 +17,13 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Any
 
-from peers import wire
 from peers.daemon.records import publish_coordinator
+from peers.dataplane import wire
+from peers.dataplane.transport import BadMessage, Message
+from peers.dataplane.zmq_transport import ZmqTransport
 from peers.dht import SwarmDHT
 from peers.protocol import CONTROL_KEY, ControlRecord, PeerRecord, PlanRecord
 from peers.step_channel import control_payload, verify_report
-from peers.transport import BadMessage, Message
-from peers.zmq_transport import ZmqTransport
 
 from .admission import Gatekeeper
 

@@ -3,7 +3,7 @@
 - `harness.NetHarness`: one network namespace per device plus one for the coordinator, joined by
   a bridge in its own namespace; every directed path shaped with `htb` (per-destination u32
   filters on each sender's egress, under its uplink cap); latency by `netem` where the kernel has
-  it, else by the data plane's delay line (`peers.delay_line`); CPU quotas from relative TFLOPS;
+  it, else by the data plane's delay line (`peers.dataplane.delay_line`); CPU quotas from relative TFLOPS;
   everything named `swn-PIDxN-...` and torn down on success, failure, timeout and signals.
 - `check.check_network`: measures every path through the data plane (`net check`).
 - `run.run_swarm`: the coordinator and one `swarm-peer join` per device, trained N steps, with a

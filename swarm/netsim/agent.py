@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         os.setpriority(os.PRIO_PROCESS, 0, -10)  # before any thread exists: they all inherit it
     except OSError:
         pass
-    from peers.delay_line import DelayLine
-    from peers.zmq_transport import ZmqTransport
+    from peers.dataplane.delay_line import DelayLine
+    from peers.dataplane.zmq_transport import ZmqTransport
 
     delays = DelayLine.load(args.link_latency) if args.link_latency else None
     transport = ZmqTransport(args.name, host=args.host, port=args.port, link_latency=delays, send_timeout=_TIMEOUT_S)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(transport: Any, command: dict[str, Any]) -> dict[str, Any]:
-    from peers.transport import Message
+    from peers.dataplane.transport import Message
 
     op = command["op"]
     if op == "connect":
@@ -99,7 +99,7 @@ def _command(transport: Any, command: dict[str, Any]) -> dict[str, Any]:
 
 
 def _receive(transport: Any, command: dict[str, Any], answer: Any) -> None:
-    from peers.transport import Message
+    from peers.dataplane.transport import Message
 
     sender, tag = command["from"], int(command["tag"])
     arrivals, sizes = [], []

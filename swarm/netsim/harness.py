@@ -11,7 +11,7 @@ ignored while the teardown runs, so a second Ctrl-C cannot cut it short.
 
 Latency: `netem` where the kernel has it (probed once), else `emulated`: each peer gets a
 `--link-latency` file (destination data address -> one-way ms) for the delay line in its
-transport (`peers.delay_line`). Compute: each device's `tflops` relative to the fastest becomes a
+transport (`peers.dataplane.delay_line`). Compute: each device's `tflops` relative to the fastest becomes a
 CPU quota for its peer (`cgroups.py`); the fastest gets `cpu_per_device` cores (default: what the
 machine's cores allow for all devices at once, at most one).
 """

@@ -8,10 +8,10 @@ import torch
 import models
 from compression import ActivationDelta, CodecError, encode
 from peers.allreduce import GradientAverager
+from peers.dataplane.transport import BadMessage, InProcessHub
 from peers.pipeline import StageExecutor
 from peers.pipeline.channels import ActivationChannel
 from peers.protocol import Codecs
-from peers.transport import BadMessage, InProcessHub
 from tests.threads import run_concurrently
 
 CONFIG = models.get_config("tiny")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from peers.allreduce import GradientAverager
-from peers.transport import InProcessHub, PeerTimeout
+from peers.dataplane.transport import InProcessHub, PeerTimeout
 from tests.threads import run_concurrently
 
 pytestmark = pytest.mark.usefixtures("eager_codecs")

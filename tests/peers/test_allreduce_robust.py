@@ -10,8 +10,8 @@ import torch
 
 from peers.allreduce import GradientAverager
 from peers.attack import Attack
-from peers.transport import BadMessage, InProcessHub, Message, PeerTimeout
-from peers.wire import REDUCE_KIND
+from peers.dataplane.transport import BadMessage, InProcessHub, Message, PeerTimeout
+from peers.dataplane.wire import REDUCE_KIND
 from tests.threads import run_concurrently
 
 pytestmark = pytest.mark.usefixtures("eager_codecs")

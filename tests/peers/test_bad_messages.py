@@ -14,12 +14,12 @@ import zmq
 
 import compression
 import models
-from peers import wire
 from peers.daemon.peer import PeerDaemon, PeerOptions
+from peers.dataplane import wire
+from peers.dataplane.transport import BadMessage, InProcessHub, Message, PeerTimeout
+from peers.dataplane.zmq_transport import ZmqTransport
 from peers.pipeline import NonFiniteStep, StageExecutor
 from peers.protocol import Codecs, PeerRecord, RecordError
-from peers.transport import BadMessage, InProcessHub, Message, PeerTimeout
-from peers.zmq_transport import ZmqTransport
 
 CONFIG = models.get_config("tiny")
 PLAIN = Codecs("none", "none", "none")  # raw fp32 frames, so a test can plant NaN in one

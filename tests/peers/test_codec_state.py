@@ -8,9 +8,9 @@ import torch
 
 import compression
 import models
+from peers.dataplane.transport import InProcessHub
 from peers.pipeline import StageExecutor
 from peers.protocol import Codecs
-from peers.transport import InProcessHub
 from tests.threads import run_concurrently
 
 CONFIG = models.get_config("tiny")

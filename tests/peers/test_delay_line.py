@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from peers.delay_line import DelayLine
-from peers.probe import probe
-from peers.transport import Message
-from peers.zmq_client import check_address
-from peers.zmq_transport import ZmqTransport
+from peers.dataplane.client import check_address
+from peers.dataplane.delay_line import DelayLine
+from peers.dataplane.probe import probe
+from peers.dataplane.transport import Message
+from peers.dataplane.zmq_transport import ZmqTransport
 
 LATENCY_MS = 20.0
 

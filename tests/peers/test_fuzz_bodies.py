@@ -8,7 +8,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peers import wire
+from peers.dataplane import wire
 
 BODY_TYPES = (wire.ReachRequestBody, wire.ReachResultBody, wire.StateRequestBody, wire.StateMetaBody,
               wire.StateErrorBody)

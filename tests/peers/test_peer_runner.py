@@ -9,8 +9,8 @@ import pytest
 import models
 from peers.daemon.stage_runner import PlanAborted, StageRunner
 from peers.daemon.timeouts import derive_timeouts
+from peers.dataplane.transport import InProcessHub
 from peers.protocol import Codecs, PlanChange, PlanReason, PlanRecord, SourceKind, StateSource, TrainingSpec
-from peers.transport import InProcessHub
 
 NAMES = ["a", "b", "c", "d"]  # grid [[a, b], [c, d]]: stage 0 = a, b; stage 1 = c, d
 

@@ -5,8 +5,8 @@ import socket
 import threading
 
 from peers.daemon.links import SLOW_GBPS, PlanLinkProber, plan_neighbours, probe_link
+from peers.dataplane.zmq_transport import ZmqTransport
 from peers.protocol import Codecs, Link, PeerRecord, PlanRecord, TrainingSpec
-from peers.zmq_transport import ZmqTransport
 from swarm.coordinator.planning import Placement, PlanChange, PlanReason, predicted_step_s
 from swarm.coordinator.timeouts import plan_timeouts
 

@@ -4,6 +4,7 @@ import msgspec
 import pytest
 from hivemind.utils.serializer import MSGPackSerializer
 
+from peers.dataplane.transport import REJECTIONS
 from peers.protocol import CHANNELS, Link, PeerRecord, RecordError
 from peers.protocol.records import (
     MAX_DHT_ADDRS,
@@ -13,7 +14,6 @@ from peers.protocol.records import (
     PEER_BUCKETS,
     PEER_RECORD_MAX_BYTES,
 )
-from peers.transport import REJECTIONS
 
 HUGE_INT, HUGE_FLOAT = 2**64 - 1, 1e30  # the widest values msgpack and the float bounds allow
 DHT_OVERHEAD = 800  # per record in a bucket: the signer's key in the subkey, the signature, the expiration

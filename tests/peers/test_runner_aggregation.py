@@ -8,8 +8,8 @@ import pytest
 import models
 from peers.daemon.stage_runner import StageRunner
 from peers.daemon.timeouts import derive_timeouts
+from peers.dataplane.transport import InProcessHub
 from peers.protocol import Codecs, PlanChange, PlanReason, PlanRecord, SourceKind, StateSource, TrainingSpec
-from peers.transport import InProcessHub
 from tests.threads import run_concurrently
 
 pytestmark = pytest.mark.usefixtures("eager_codecs")

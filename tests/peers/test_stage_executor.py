@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import models
+from peers.daemon.stage_runner import PlanLink
+from peers.dataplane.transport import InProcessHub, PeerTimeout
 from peers.pipeline import OptimizerSettings, StageExecutor
 from peers.protocol import Codecs
-from peers.transport import InProcessHub, PeerTimeout
 from tests.threads import run_concurrently
 
 CONFIG = models.get_config("tiny")
@@ -40,12 +41,12 @@ def _grid(codecs, replicas=2, timeout=30.0, wrap=lambda transport: transport, op
     return hub, workers
 
 
-def _step(workers, data, step, plan_version=0, apply=True):
+def _step(workers, data, step, apply=True):
     replicas = len(workers[0])
     shares = data.train_batch(step, 4 * replicas, seed=0).chunk(replicas)
     cells = [(s, r) for s in range(2) for r in range(replicas)]
     results, errors = run_concurrently(
-        [lambda s=s, r=r: workers[s][r].run_step(step, shares[r], plan_version, apply=apply) for s, r in cells],
+        [lambda s=s, r=r: workers[s][r].run_step(step, shares[r], apply=apply) for s, r in cells],
         timeout=120, what="a stage worker")
     assert not errors, errors
     return dict(zip(cells, results, strict=True))
@@ -64,7 +65,7 @@ def test_compressed_step_keeps_replicas_identical_and_reports_channels(data):
     assert results[0, 0].tokens == 4 * 32
 
 
-def test_every_message_of_a_step_carries_its_plan_version(data):
+def test_every_message_of_a_step_carries_the_plan_version_its_link_stamps(data):
     stamps = set()
 
     class Stamped:
@@ -80,8 +81,9 @@ def test_every_message_of_a_step_carries_its_plan_version(data):
         def recv(self, *args, **kwargs):
             return self.inner.recv(*args, **kwargs)
 
-    _, workers = _grid(Codecs("none", "none", "q4"), wrap=Stamped)
-    _step(workers, data, 1, plan_version=7)
+    # the engine knows no plans: the plan's link is the one place its version goes on every message
+    _, workers = _grid(Codecs("none", "none", "q4"), wrap=lambda end: PlanLink(Stamped(end), 7, threading.Event(), 30))
+    _step(workers, data, 1)
     assert stamps == {("act", 7), ("grad", 7), ("ar-reduce", 7), ("ar-gather", 7)}
 
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 import zmq
 
-from peers import wire
+from peers.dataplane import wire
+from peers.dataplane.transport import Message
+from peers.dataplane.zmq_transport import ZmqTransport
 from peers.state_transfer import PartialState, StateServer, StateTransferError, fetch_state, fetch_state_any
-from peers.transport import Message
-from peers.zmq_transport import ZmqTransport
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_client_restarts_when_the_state_changes_and_checks_the_sha256():
 
 _DONOR_PROCESS = """
 import random, sys, time
-from peers.zmq_transport import ZmqTransport
+from peers.dataplane.zmq_transport import ZmqTransport
 with ZmqTransport("dying-donor") as donor:
     donor.serve_state(0, random.Random(7).randbytes(int(sys.argv[1])))
     print(donor.address, flush=True)

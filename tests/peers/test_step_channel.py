@@ -5,11 +5,11 @@ import queue
 
 import pytest
 
-from peers import wire
+from peers.dataplane import wire
+from peers.dataplane.transport import BadMessage, Message
+from peers.dataplane.zmq_transport import ZmqTransport
 from peers.protocol import ControlRecord, PeerRecord, PlanRecord, owner_fingerprint
 from peers.step_channel import control_payload, read_control, report_payload, verify_report
-from peers.transport import BadMessage, Message
-from peers.zmq_transport import ZmqTransport
 
 from .test_protocol import _plan
 

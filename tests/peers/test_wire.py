@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peers import wire
-from peers.transport import Message
+from peers.dataplane import wire
+from peers.dataplane.transport import Message
 from tests.peers.test_fuzz_bodies import MSGPACK, MUTATION, mutate
 
 int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)

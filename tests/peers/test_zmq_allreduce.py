@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from peers.allreduce import GradientAverager
-from peers.transport import InProcessHub
-from peers.zmq_transport import ZmqTransport
+from peers.dataplane.transport import InProcessHub
+from peers.dataplane.zmq_transport import ZmqTransport
 from tests.threads import run_concurrently
 
 GROUP = ["r0", "r1", "r2"]

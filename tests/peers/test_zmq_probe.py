@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from peers.probe import check_reachable, measure_bandwidth, probe, unreachable_hint
-from peers.transport import PeerTimeout
-from peers.zmq_transport import ZmqTransport
+from peers.dataplane.probe import check_reachable, measure_bandwidth, probe, unreachable_hint
+from peers.dataplane.transport import PeerTimeout
+from peers.dataplane.zmq_transport import ZmqTransport
 from tests.threads import wait_until
 
 

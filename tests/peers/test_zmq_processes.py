@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from peers.probe import probe
-from peers.transport import Message, PeerTimeout
-from peers.zmq_transport import ZmqTransport
+from peers.dataplane.probe import probe
+from peers.dataplane.transport import Message, PeerTimeout
+from peers.dataplane.zmq_transport import ZmqTransport
 
 pytestmark = pytest.mark.slow
 

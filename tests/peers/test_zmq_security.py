@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from peers import wire
-from peers.probe import check_reachable, measure_bandwidth, probe
+from peers.dataplane import wire
+from peers.dataplane.client import open_dealer
+from peers.dataplane.probe import check_reachable, measure_bandwidth, probe
+from peers.dataplane.transport import Message, PeerTimeout
+from peers.dataplane.zmq_transport import ZmqTransport
 from peers.security import Admission, CurveKeys, curve_client
 from peers.state_transfer import StateTransferError, fetch_state, fetch_state_any
-from peers.transport import Message, PeerTimeout
-from peers.zmq_client import open_dealer
-from peers.zmq_transport import ZmqTransport
 from tests.threads import wait_until
 
 NO_REPLY_S = 2.0

@@ -13,9 +13,9 @@ import torch
 import zmq
 
 import compression
-from peers import wire
-from peers.transport import Message, PeerTimeout, TransportClosed
-from peers.zmq_transport import ZmqTransport
+from peers.dataplane import wire
+from peers.dataplane.transport import Message, PeerTimeout, TransportClosed
+from peers.dataplane.zmq_transport import ZmqTransport
 from tests.threads import wait_until
 
 
@@ -82,11 +82,10 @@ def test_stats_count_messages_and_bytes_per_kind(pair):
 
 def test_stale_plan_version_is_dropped_and_counted_newer_is_held(pair):
     a, b = pair
-    a.set_plan_version(2)
     b.set_plan_version(2)
     a.send("b", Message("act", 0, 0, b"old", plan_version=1))
     a.send("b", Message("act", 0, 1, b"next", plan_version=3))
-    a.send("b", Message("act", 0, 2, b"current"))
+    a.send("b", Message("act", 0, 2, b"current", plan_version=2))
     assert bytes(b.recv("a", "act", 0, 2, timeout=5).payload) == b"current"
     wait_until(lambda: b.stats()["held_future"] == 1)
     assert b.stats()["dropped_stale"] == {"act": 1}
@@ -101,12 +100,10 @@ def test_stale_plan_version_is_dropped_and_counted_newer_is_held(pair):
 def test_adopting_a_plan_purges_what_the_old_plan_left_unclaimed(pair):
     """A step rerun under the new plan must never take a leftover of the aborted one."""
     a, b = pair
-    a.set_plan_version(2)
     b.set_plan_version(2)
-    a.send("b", Message("act", 5, 0, b"old plan"))
+    a.send("b", Message("act", 5, 0, b"old plan", plan_version=2))
     wait_until(lambda: b.stats()["received"].get("act") == 1)
-    a.set_plan_version(3)
-    a.send("b", Message("act", 5, 0, b"new plan"))  # held: b has not adopted plan 3 yet
+    a.send("b", Message("act", 5, 0, b"new plan", plan_version=3))  # held: b has not adopted plan 3 yet
     wait_until(lambda: b.stats()["held_future"] == 1)
     b.set_plan_version(3)
     assert b.stats()["dropped_stale"] == {"act": 1}

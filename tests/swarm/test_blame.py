@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from peers.daemon.peer import _blamed
+from peers.dataplane.transport import BadMessage, PeerTimeout
 from peers.pipeline import NonFiniteStep
 from peers.protocol import Departure
-from peers.transport import BadMessage, PeerTimeout
 from swarm.coordinator.blame import MAX_BACKOFF_S, Blame, Evictions
 
 GRID = [["a", "b"], ["c", "d"]]

@@ -11,6 +11,7 @@ import pytest
 
 from peers.daemon.stage_state import pack_state
 from peers.daemon.timeouts import derive_timeouts
+from peers.dataplane.zmq_transport import ZmqTransport
 from peers.protocol import (
     Codecs,
     Departure,
@@ -23,7 +24,6 @@ from peers.protocol import (
     StateSource,
     TrainingSpec,
 )
-from peers.zmq_transport import ZmqTransport
 from swarm.coordinator.checkpoint import fetch_stage, read_latest, write_checkpoint
 from swarm.coordinator.config import add_arguments, from_args
 from swarm.coordinator.planning import (

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 import zmq
 
-from peers import wire
 from peers.daemon.records import publish_coordinator, read_peers, write_peer
+from peers.dataplane import wire
+from peers.dataplane.transport import Message
 from peers.dht import SwarmDHT
 from peers.protocol import CONTROL_KEY, PLAN_KEY, ControlRecord, PeerRecord, PlanRecord
 from peers.security import CurveKeys
-from peers.transport import Message
 from swarm.cli.status import collect
 from swarm.launcher import LocalSwarm
 
