@@ -24,6 +24,11 @@ A transfer is resumable: what arrived is kept in a `PartialState`, and a donor t
 bytes (replicas of a stage at one step do: same sha256) is asked only for the chunks still missing,
 so a donor's death costs the chunks in flight, not the transfer. A donor counts as dead when nothing
 arrives for `stall_timeout`; the whole transfer may take longer, as long as it keeps moving.
+
+Every transfer also measures the link it crossed, passively: the metadata round trip gives the
+latency and the chunk stream (a window of requests in flight) the bandwidth. `on_link(address,
+gbps, latency_ms)` hears it once per donor whose stream carried at least `PASSIVE_MIN_BYTES`, so
+the peer publishes what its links actually did, not only what a probe saw at join.
 """
 from __future__ import annotations
 
@@ -42,10 +47,12 @@ from peers.dataplane.transport import Message
 from peers.security import CurveKeys
 
 __all__ = ["StateTransferError", "StateServer", "PartialState", "fetch_state", "fetch_state_any",
-           "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_STATE_BYTES"]
+           "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_STATE_BYTES", "PASSIVE_MIN_BYTES", "OnLink"]
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_STATE_BYTES = 64 * 1024**3
+PASSIVE_MIN_BYTES = 1024 * 1024  # a shorter stream says more about latency and the donor than about bandwidth
+OnLink = Callable[[str, float, float], None]  # (donor address, Gbit/s, one-way latency in ms)
 _WINDOW = 4
 
 
@@ -158,7 +165,7 @@ class StateServer:
 def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: int = DEFAULT_MAX_STATE_BYTES,
                 progress: Callable[[int, int], None] | None = None, keys: CurveKeys | None = None,
                 server_key: str | None = None, stall_timeout: float | None = None,
-                partial: PartialState | None = None) -> bytes:
+                partial: PartialState | None = None, on_link: OnLink | None = None) -> bytes:
     """Download the state blob of `stage` from the donor at `address` (a peer's data address).
 
     Raises StateTransferError when the donor does not answer within `timeout` seconds, serves no
@@ -170,19 +177,25 @@ def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: 
     neither); a donor that does not admit `keys.public` never answers (StateTransferError).
     stall_timeout: give up on the donor when nothing arrives for this long (default: `timeout`).
     partial: the chunks an earlier donor sent; the same state is continued, and `partial` updated.
+    on_link: told what the transfer measured of the link to `address` (module docstring).
     """
     check_curve_pair(keys, server_key)
     deadline = _Deadline(time.monotonic() + timeout, timeout if stall_timeout is None else stall_timeout)
     partial = PartialState() if partial is None else partial
     for _attempt in range(3):
         # zmq.MAXMSGSIZE is fixed when the socket connects, before the chunk size is known
+        stream = _Stream()
         with open_dealer(address, max_message_bytes=wire.MAX_CHUNK_BYTES, keys=keys, server_key=server_key) as sock:
-            meta = _request_meta(sock, address, stage, deadline)
+            meta = _request_meta(sock, address, stage, deadline, stream)
             if meta.bytes > max_bytes:
                 raise StateTransferError(f"state of stage {stage} at {address} is {meta.bytes} bytes, above "
                                          f"max_bytes={max_bytes}; pass a larger max_bytes if that is expected")
             partial.resume(meta)
-            blob = _download(sock, address, stage, meta, partial, deadline, progress)
+            try:
+                blob = _download(sock, address, stage, meta, partial, deadline, progress, stream)
+            finally:  # a donor that died mid-stream still measured the link while it sent
+                if on_link is not None and (reading := stream.reading()) is not None:
+                    on_link(address, *reading)
         if blob is not None:
             return blob
     raise StateTransferError(f"state of stage {stage} at {address} kept changing during the transfer; "
@@ -192,7 +205,8 @@ def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: 
 def fetch_state_any(donors: Sequence[str | tuple[str, str | None]] | Mapping[str, str | None], stage: int, *,
                     spread_key: str = "", timeout: float = 120.0, max_bytes: int = DEFAULT_MAX_STATE_BYTES,
                     keys: CurveKeys | None = None, stall_timeout: float | None = None,
-                    partial: PartialState | None = None, progress: Callable[[int, int], None] | None = None) -> bytes:
+                    partial: PartialState | None = None, progress: Callable[[int, int], None] | None = None,
+                    on_link: OnLink | None = None) -> bytes:
     """`fetch_state` from the first donor that answers, starting at one picked by `spread_key`
     (none: in the order given), each donor continuing the chunks the previous ones sent.
 
@@ -213,7 +227,7 @@ def fetch_state_any(donors: Sequence[str | tuple[str, str | None]] | Mapping[str
         try:
             return fetch_state(address, stage, timeout, max_bytes=max_bytes, keys=keys if server_key else None,
                                server_key=server_key if keys else None, stall_timeout=stall_timeout,
-                               partial=partial, progress=progress)
+                               partial=partial, progress=progress, on_link=on_link)
         except StateTransferError as error:
             failures.append(str(error))
     raise StateTransferError(f"every replica of stage {stage} failed: " + " | ".join(failures))
@@ -246,8 +260,27 @@ class _Deadline:
         return f"nothing for {self.stall_s:.1f} s" if stalled else "its whole timeout passed"
 
 
-def _request_meta(sock: zmq.Socket[bytes], address: str, stage: int, deadline: _Deadline) -> wire.StateMetaBody:
+@dataclass
+class _Stream:
+    """What one donor's answers say about the link to it: the metadata round trip, then the chunks."""
+
+    rtt_s: float = 0.0
+    started: float = 0.0  # the first chunk request
+    bytes: int = 0
+    last: float = 0.0  # the latest chunk's arrival
+
+    def reading(self) -> tuple[float, float] | None:
+        """(Gbit/s, one-way ms), or None for a stream too short to tell bandwidth from latency."""
+        busy = self.last - self.started - self.rtt_s  # the window keeps the link busy after one round trip
+        if self.bytes < PASSIVE_MIN_BYTES or busy <= 0:
+            return None
+        return self.bytes * 8 / busy / 1e9, self.rtt_s * 1e3 / 2
+
+
+def _request_meta(sock: zmq.Socket[bytes], address: str, stage: int, deadline: _Deadline,
+                  stream: _Stream) -> wire.StateMetaBody:
     body = wire.pack_body(wire.StateRequestBody(stage=stage, chunk=-1))
+    asked = time.monotonic()
     send_control(sock, wire.STATE_REQUEST, body, step=stage, index=-1)
     while True:
         reply = receive_reply(sock, deadline.next(), max_message_bytes=wire.MAX_HEADER_BYTES)
@@ -264,16 +297,18 @@ def _request_meta(sock: zmq.Socket[bytes], address: str, stage: int, deadline: _
             raise StateTransferError(f"donor at {address} sent bad state metadata: {error}") from None
         if meta.stage != stage or meta.chunks != _chunk_count(meta.bytes, meta.chunk_bytes):
             raise StateTransferError(f"donor at {address} sent inconsistent state metadata {meta}")
+        stream.rtt_s = time.monotonic() - asked
         return meta
 
 
 def _download(sock: zmq.Socket[bytes], address: str, stage: int, meta: wire.StateMetaBody, partial: PartialState,
-              deadline: _Deadline, progress: Callable[[int, int], None] | None) -> bytes | None:
+              deadline: _Deadline, progress: Callable[[int, int], None] | None, stream: _Stream) -> bytes | None:
     """The assembled blob, or None when the donor's state changed under us (caller retries). Asks only
     for the chunks `partial` lacks, and fills them in as they arrive."""
     wanted = partial.missing()[::-1]  # popped from the end: the first missing chunk first
     in_flight = 0
     deadline.moved()
+    stream.started = time.monotonic()
     while wanted or in_flight:
         while wanted and in_flight < _WINDOW:
             _request_chunk(sock, stage, wanted.pop(), meta.serial)
@@ -292,6 +327,7 @@ def _download(sock: zmq.Socket[bytes], address: str, stage: int, meta: wire.Stat
             continue
         in_flight -= 1
         deadline.moved()
+        stream.bytes, stream.last = stream.bytes + memoryview(reply.payload).nbytes, deadline.last
         partial.add(reply.index, bytes(reply.payload), address)
         if progress is not None:
             progress(partial.received, meta.bytes)

@@ -8,9 +8,8 @@ peer record (every heartbeat, and at once when the main thread asks), reads the 
 DHT, and, when the plan changes or the peer is told to stop while a step waits on the network, aborts that wait
 at once (`StageRunner`'s link). A third thread probes the links new plans give it (`links.PlanLinkProber`).
 
-Start-up order matters for the operator: measure the device, open the data port, ask the
-coordinator to dial it back (a NAT'd or firewalled peer is told what to open, instead of silently
-vanishing later), probe the links to the peers already there, then announce `ready`.
+Start-up order matters for the operator: measure the device, open the data port, ask the coordinator to dial it
+back (a NAT'd or firewalled peer is told what to open, not silently vanishing later), probe the links, announce.
 """
 from __future__ import annotations
 
@@ -288,7 +287,7 @@ class PeerDaemon:
         try:
             self._runner = StageRunner(plan, self.options.name, self.transport, self._datasets.of(plan), old,
                                        self.options.device, abort, attack=self.options.attack,
-                                       keys=self.credentials.keys)
+                                       keys=self.credentials.keys, on_link=lambda n, link: self._measured({n: link}))
         except (PeerTimeout, TransportClosed, RuntimeError) as error:
             self.on_event(f"{self.options.name}: cannot take up plan {plan.version}: {error}")
             self._runner = None  # it holds no stage now: the coordinator must not name it a holder or donor
@@ -316,8 +315,9 @@ class PeerDaemon:
                 setattr(self.record, key, value)
 
     def _measured(self, links: dict[str, Link]) -> None:
-        """Links the prober measured for a plan (on its thread, the only writer of links now): announced next."""
-        self._update(links={**self.record.links, **links})
+        """Links measured by the prober's probes (its thread) or a state transfer (the main one): announced next."""
+        with self._lock:
+            self.record.links = {**self.record.links, **links}
         self._announce_now.set()
 
     def _announce(self) -> None:

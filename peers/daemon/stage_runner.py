@@ -12,9 +12,11 @@ optimizer state, error-feedback residuals and AQ-SGD memories, and nobody is dis
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import replace
 
 import msgspec
@@ -23,7 +25,7 @@ from models import SequenceDataset, build_stage, get_config, param_checksum
 from peers.attack import Attack
 from peers.dataplane.transport import Message, PeerTimeout, Transport, TransportClosed
 from peers.pipeline import OptimizerSettings, StageExecutor, StepResult
-from peers.protocol import PlanChange, PlanRecord, SourceKind, StateSource, StepBreakdown, Timeouts
+from peers.protocol import Link, PlanChange, PlanRecord, SourceKind, StateSource, StepBreakdown, Timeouts
 from peers.security import CurveKeys
 from peers.state_transfer import PartialState, StateTransferError, fetch_state_any
 
@@ -33,6 +35,8 @@ from .stage_state import StageState, codec_slot, pack_state, unpack_state
 from .timeouts import FIRST_STEP_PATIENCE, WAIT_NESTING
 
 __all__ = ["StageRunner", "PlanAborted", "PlanLink"]
+
+log = logging.getLogger(__name__)
 
 _SLICE_S = 0.2
 
@@ -51,7 +55,8 @@ class StageRunner:
 
     def __init__(self, plan: PlanRecord, name: str, transport: Transport, dataset: SequenceDataset,
                  previous: StageRunner | None, device: str, abort: threading.Event,
-                 attack: str | None = None, keys: CurveKeys | None = None) -> None:
+                 attack: str | None = None, keys: CurveKeys | None = None,
+                 on_link: Callable[[str, Link], None] | None = None) -> None:
         position = plan.position(name)
         if position is None:
             raise ValueError(f"{name!r} has no cell in plan {plan.version}")
@@ -60,6 +65,7 @@ class StageRunner:
         self.stage, self.replica = position
         self.dataset = dataset
         self.keys = keys
+        self.on_link = on_link  # (peer name, the link a state transfer from it measured)
         self.training = plan.training
         assert plan.training.timeouts is not None  # a published plan always carries them
         self.timeouts: Timeouts = plan.training.timeouts
@@ -229,7 +235,7 @@ class StageRunner:
             try:
                 blob = fetch_state_any(donors, slot, spread_key=spread_key,
                                        timeout=timeouts.state_s, stall_timeout=timeouts.message_s, keys=self.keys,
-                                       partial=partial)
+                                       partial=partial, on_link=self._measured)
                 state = unpack_state(blob)
                 if state.step == self._applied and state.layers == layers:
                     self.loaded_bytes += len(blob)
@@ -240,6 +246,14 @@ class StageRunner:
             time.sleep(_SLICE_S)
         raise PeerTimeout(f"could not load stage {self.stage} at step {self._applied} from {source}: {last}",
                           peer=source.donor or "")
+
+    def _measured(self, address: str, gbps: float, latency_ms: float) -> None:
+        """A transfer from a peer of this plan measured the link to it (the checkpoint's is no peer link)."""
+        name = next((n for n, a in self.plan.addresses.items() if a == address), None)
+        if self.on_link is not None and name is not None and name != self.name:
+            log.info("%s: the state transfer from %s measured its link: %.1f Mbit/s, %.1f ms one way", self.name, name,
+                     gbps * 1e3, latency_ms)
+            self.on_link(name, Link(bandwidth_gbps=max(round(gbps, 6), 1e-6), latency_ms=round(latency_ms, 3)))
 
 
 class PlanLink:

@@ -18,7 +18,15 @@ import zmq
 from peers.dataplane import wire
 from peers.dataplane.transport import Message
 from peers.dataplane.zmq_transport import ZmqTransport
-from peers.state_transfer import PartialState, StateServer, StateTransferError, fetch_state, fetch_state_any
+from peers.state_transfer import (
+    DEFAULT_CHUNK_BYTES,
+    PASSIVE_MIN_BYTES,
+    PartialState,
+    StateServer,
+    StateTransferError,
+    fetch_state,
+    fetch_state_any,
+)
 
 
 @pytest.fixture
@@ -48,6 +56,18 @@ def test_large_state_moves_in_many_chunks(donor):
     assert fetch_state(donor.address, 0, timeout=20, progress=lambda *done: seen.append(done)) == blob
     assert len(seen) == 5 and seen[-1] == (len(blob), len(blob))
     assert donor.stats()["sent"]["state_chunk"] == 5
+
+
+def test_a_transfer_measures_its_link_once_its_stream_is_long_enough_to_tell_bandwidth(donor):
+    readings: list[tuple[str, float, float]] = []
+    donor.serve_state(0, os.urandom(PASSIVE_MIN_BYTES - 1))  # latency and the donor's own time would dominate
+    fetch_state(donor.address, 0, timeout=20, on_link=lambda *reading: readings.append(reading))
+    assert readings == []
+    donor.serve_state(1, os.urandom(3 * DEFAULT_CHUNK_BYTES))
+    fetch_state(donor.address, 1, timeout=20, on_link=lambda *reading: readings.append(reading))
+    [(address, gbps, latency_ms)] = readings
+    # loopback: far faster than any volunteer's uplink, and the round trip well under a second
+    assert address == donor.address and gbps > 0.1 and 0 <= latency_ms < 500
 
 
 def test_empty_state_is_a_valid_state(donor):
@@ -193,8 +213,9 @@ def test_a_donor_killed_mid_transfer_costs_its_chunks_in_flight_not_the_transfer
                 dying.send_signal(signal.SIGKILL)
                 dying.wait(timeout=10)
 
+        readings: list[tuple[str, float, float]] = []
         fetched = fetch_state_any([first, donor.address], 0, timeout=60, stall_timeout=2.0, partial=partial,
-                                  progress=kill_after_three_chunks)
+                                  progress=kill_after_three_chunks, on_link=lambda *reading: readings.append(reading))
     finally:
         dying.kill()
         dying.wait()
@@ -204,3 +225,6 @@ def test_a_donor_killed_mid_transfer_costs_its_chunks_in_flight_not_the_transfer
     assert from_first >= 3 and from_first + from_second == 13 and from_second >= 13 - 3 - 4  # window of 4
     assert donor.stats()["sent"]["state_chunk"] == from_second  # nothing the dead donor sent was asked again
     assert partial.origins == [first] * from_first + [donor.address] * from_second  # resumed where it stopped
+    # each donor's stream measured the link to it, the dead one's too (while it sent)
+    assert [address for address, _, _ in readings] == [first, donor.address]
+    assert all(gbps > 0 and latency_ms >= 0 for _, gbps, latency_ms in readings)

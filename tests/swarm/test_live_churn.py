@@ -88,6 +88,9 @@ def test_killed_peer_is_replaced_within_30_s(run):
     assert victim not in [n for row in repaired["grid"] for n in row]
     assert "p5" in [n for row in repaired["grid"] for n in row]
     assert repaired["sources"]["p5"]["kind"] == "peer"  # state from the surviving replica
+    # ... whose transfer measured the link it crossed, for p5's record (re-plans and timeouts use it)
+    donor = repaired["sources"]["p5"]["donor"]
+    assert f"p5: the state transfer from {donor} measured its link" in run["swarm"].log("p5")
 
 
 def test_a_graceful_leave_is_handled_without_waiting_for_a_timeout(run):
