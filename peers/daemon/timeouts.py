@@ -53,12 +53,14 @@ FIRST_STEP_PATIENCE = 3
 
 def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: float,
                     step_flops: float, tflops: float, stages: int, micro_batches: int,
-                    state_bytes: float = 0.0) -> Timeouts:
+                    state_bytes: float = 0.0, state_link: tuple[float, float] | None = None) -> Timeouts:
     """The hierarchy for a plan whose slowest link and slowest device are the ones given.
 
     message_bytes: the largest single message (an activation micro-batch or an all-reduce chunk)
     step_flops: one stage's forward + backward work for a whole step; tflops: the slowest device.
-    state_bytes: the largest stage's state as a donor serves it.
+    state_bytes: the largest stage's state as a donor serves it. state_link: (Gbit/s, ms) of the
+    slowest link a state transfer of the plan crosses, when slower than the planned ones (a donor
+    need not be a member: a standby peer, or one moved out of the grid, serves what it held).
     """
     if bandwidth_gbps <= 0 or tflops <= 0:
         raise ValueError("bandwidth and TFLOPS must be positive to derive timeouts")
@@ -67,6 +69,10 @@ def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: 
     step_s = compute_s + 2 * micro_batches * stages * transfer_s
     message_s = max(MIN_MESSAGE_S, 3 * step_s)
     commit_s = message_s * (2 * stages + 4)  # a plan's first step gets FIRST_STEP_PATIENCE times this too
-    state_s = message_s + 2 * (latency_ms / 1e3 + state_bytes * 8 / (bandwidth_gbps * 1e9))
+    state_gbps, state_ms = (min(bandwidth_gbps, state_link[0]), max(latency_ms, state_link[1])) if state_link else (
+        bandwidth_gbps, latency_ms)
+    if state_gbps <= 0:
+        raise ValueError("a state transfer's link bandwidth must be positive to derive timeouts")
+    state_s = message_s + 2 * (state_ms / 1e3 + state_bytes * 8 / (state_gbps * 1e9))
     return Timeouts(transfer_s=transfer_s, step_s=step_s, message_s=message_s, heartbeat_s=HEARTBEAT_S,
                     peer_ttl_s=PEER_TTL_S, commit_s=commit_s, state_s=state_s)

@@ -3,9 +3,8 @@
 One loop, woken by each step report (`step_channel`) and each read of the DHT (`POLL_S` apart):
 1. no plan yet: wait for enough `ready` peers, place them (the scheduler; with `--resume` the live
    peers' or the checkpoint's grid, see `resume`) and publish the next plan version.
-2. a grid member is gone (record expired, `leaving`, an error report naming whom to blame, or no
-   prepare within `commit_s`): abort the step in flight and publish a repaired plan that restarts
-   it, with a reason. No step is ever applied by only some peers.
+2. a grid member is gone (record expired, `leaving`, an error naming whom to blame, no prepare within `commit_s`):
+   abort the step in flight, publish a repaired plan that restarts it, with a reason; no step is half-applied.
 3. every member prepared step s under the current version: commit s (peers apply it), checkpoint
    if due (`Checkpointer`), and between steps admit newcomers or re-split layers (`Growth`).
 """
@@ -56,6 +55,7 @@ from .planning import (
     restart_lost_stages,
     scenario_from_records,
     stage_holders,
+    transfers,
 )
 from .report import REPORT_LOG, RunReport
 from .resume import resume_start
@@ -340,7 +340,7 @@ class Coordinator:
                        and all(source.kind is SourceKind.CHECKPOINT for source in sources.values()))
         if placement.reason.predicted_step_s is None:
             placement.reason.predicted_step_s = predicted_step_s(placement, records, self.training, self.codecs)
-        self.timeouts = plan_timeouts(placement, records, self.training, self.codecs)
+        self.timeouts = plan_timeouts(placement, records, self.training, self.codecs, transfers(sources, resplit))
         published = CoordinatorPin(self.dht.owner).plan(self.dht)  # a resumed coordinator continues after it
         seen = [plan.version for plan in (published, previous) if plan] + [r.plan_version for r in records.values()]
         version = max([*seen, self.checkpoint.plan["version"] if self.checkpoint else 0]) + 1

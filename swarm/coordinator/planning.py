@@ -46,7 +46,7 @@ from swarm.scheduler import plan as schedule
 __all__ = ["Placement", "MIN_STEPS_BETWEEN_CHANGES", "scenario_from_records", "first_placement",
            "describe_losses", "describe_reason", "fit_batch", "refill", "growth_target", "grow", "to_scheduler_plan",
            "assign_sources",
-           "Holders", "stage_holders", "restart_lost_stages", "resplit", "plan_sources", "RESPLIT_GAIN",
+           "Holders", "stage_holders", "restart_lost_stages", "resplit", "plan_sources", "RESPLIT_GAIN", "transfers",
            "predicted_step_s", "scenario_job", "plan_donors"]
 
 MIN_STEPS_BETWEEN_CHANGES = 3
@@ -241,6 +241,13 @@ def plan_donors(sources: dict[str, StateSource], resplit: Resplit | None) -> lis
     """Every peer a plan's cells fetch state from, members or not: the plan must list their addresses."""
     named = {source.donor for source in sources.values() if source.donor}
     return sorted(named | set(resplit.donors() if resplit else []))
+
+
+def transfers(sources: dict[str, StateSource], resplit: Resplit | None) -> list[tuple[str, str]]:
+    """The (cell, donor) pairs a plan's state may travel between: each cell that loads from peers, with
+    every donor the plan names (a fetch falls back from one donor to the next)."""
+    fetching = [name for name, source in sources.items() if source.kind in (SourceKind.PEER, SourceKind.LAYERS)]
+    return [(name, donor) for name in fetching for donor in plan_donors(sources, resplit)]
 
 
 def _ranges(layers: list[int]) -> list[tuple[int, int]]:

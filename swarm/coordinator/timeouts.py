@@ -8,10 +8,12 @@ math (`models.stages`).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import compression
 from models import BACKWARD_FLOPS_FACTOR, boundary_values, forward_flops_per_token, get_config, stage_parameters
 from peers.daemon.timeouts import derive_timeouts
-from peers.protocol import Codecs, PeerRecord, Timeouts, TrainingSpec
+from peers.protocol import Codecs, Link, PeerRecord, Timeouts, TrainingSpec
 
 from .planning import Placement
 
@@ -21,11 +23,14 @@ STATE_BYTES_PER_PARAMETER = 12  # what a donor serves: fp32 weights and AdamW's 
 
 
 def plan_timeouts(placement: Placement, records: dict[str, PeerRecord], training: TrainingSpec,
-                  codecs: Codecs) -> Timeouts:
-    """The hierarchy for `placement` (unmeasured links count as 1 Gbit/s, 1 ms)."""
+                  codecs: Codecs, transfers: Iterable[tuple[str, str]] = ()) -> Timeouts:
+    """The hierarchy for `placement` (unmeasured links count as 1 Gbit/s, 1 ms); transfers: the
+    (cell, donor) pairs its state transfers may cross, whose links size `state_s` too."""
     model = get_config(training.model)
     members = [n for row in placement.grid for n in row]
     links = [link for n in members for peer, link in records[n].links.items() if peer in members]
+    moves = [link for a, b in transfers if (link := _link_between(records, a, b)) is not None]
+    state_link = (min(m.bandwidth_gbps for m in moves), max(m.latency_ms for m in moves)) if moves else None
     bandwidth = min((link.bandwidth_gbps for link in links), default=1.0)
     latency = max((link.latency_ms for link in links), default=1.0)
     replicas, stages = len(placement.grid[0]), len(placement.grid)
@@ -41,4 +46,10 @@ def plan_timeouts(placement: Placement, records: dict[str, PeerRecord], training
                            latency_ms=latency, step_flops=step_flops,
                            tflops=min(records[n].tflops for n in members), stages=stages,
                            micro_batches=training.micro_batches,
-                           state_bytes=STATE_BYTES_PER_PARAMETER * parameters)
+                           state_bytes=STATE_BYTES_PER_PARAMETER * parameters, state_link=state_link)
+
+
+def _link_between(records: dict[str, PeerRecord], a: str, b: str) -> Link | None:
+    """The link between two peers as either end measured it (the slower reading when both did)."""
+    readings = [records[x].links[y] for x, y in ((a, b), (b, a)) if x in records and y in records[x].links]
+    return min(readings, key=lambda link: link.bandwidth_gbps, default=None)

@@ -392,3 +392,22 @@ def test_peers_are_not_moved_onto_links_only_because_nobody_measured_them():
     network = scenario_from_records(records, TRAINING, CODECS, 2, 2)
     assert network.network.bandwidth(network.index["a"], network.index["d"]) == pytest.approx(0.05e9 / 8)
     assert resplit(plan, records, TRAINING, CODECS) is None
+
+
+def test_a_state_transfer_from_a_donor_outside_the_grid_gets_a_deadline_for_that_donors_link():
+    from models import get_config, stage_parameters
+    from swarm.coordinator.planning import transfers
+    from swarm.coordinator.timeouts import STATE_BYTES_PER_PARAMETER, plan_timeouts
+
+    # the cascade test's plan 4: a1 takes y's cell and loads stage 1 from y, now standby behind 2 Mbit/s
+    records = _records(["a0", "a1", "y"])
+    records["y"].links = {"a0": Link(bandwidth_gbps=0.002, latency_ms=5.0), "a1": Link(0.002, 5.0)}
+    placement = Placement([["a0"], ["a1"]], [2, 2], ["y"], _reason())
+    sources = {"a0": KEEP, "a1": StateSource(SourceKind.PEER, "y")}
+    assert transfers(sources, None) == [("a1", "y")]
+    lan = plan_timeouts(placement, records, TRAINING, CODECS)
+    moving = plan_timeouts(placement, records, TRAINING, CODECS, transfers(sources, None))
+    state_bytes = STATE_BYTES_PER_PARAMETER * max(stage_parameters(get_config("tiny"), [2, 2], s) for s in (0, 1))
+    assert lan.state_s < state_bytes * 8 / 0.002e9  # the LAN's deadline would cut the transfer off
+    assert moving.state_s == pytest.approx(moving.message_s + 2 * (0.005 + state_bytes * 8 / 0.002e9))
+    assert (moving.message_s, moving.commit_s) == (lan.message_s, lan.commit_s)  # only the transfer waits longer

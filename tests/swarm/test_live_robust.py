@@ -3,8 +3,9 @@
 Real processes on loopback, `tiny`, 1 stage x 3 replicas, 50 steps, the same seed and data in every
 run. Every peer gets `--attack scale:1000@1`, so whichever peer holds replica 1 attacks (the others
 ignore it). With `--aggregate centered-clip` the loss stays within 10% of the honest run (trained in
-one process, which test_live shows to train exactly as the live swarm does) and the
-attacker is named; with `mean` it does not, and `--evict-suspects` takes the attacker out of the grid.
+one process, which test_live shows to train exactly as the live swarm does) and the attacker is
+named; under `mean`, `--evict-suspects` takes the attacker out of the grid. That `mean` alone does
+not hold the loss is shown on the same engine in one process (test_local_robust).
 """
 from __future__ import annotations
 
@@ -51,7 +52,6 @@ def runs(tmp_path_factory):
     return {
         "honest": _honest(),
         "centered-clip": _run(root / "clip", "centered-clip", "scale:1000@1"),
-        "mean": _run(root / "mean", "mean", "scale:1000@1"),
         "evict": _run(root / "evict", "mean", "scale:1000@1", ("--evict-suspects", "3")),
     }
 
@@ -59,11 +59,6 @@ def runs(tmp_path_factory):
 def test_centered_clip_keeps_the_loss_of_the_honest_run(runs):
     honest, attacked = runs["honest"]["loss"], runs["centered-clip"]["loss"]
     assert abs(attacked - honest) <= 0.10 * honest, (honest, attacked)
-
-
-def test_the_mean_does_not(runs):
-    honest, attacked = runs["honest"]["loss"], runs["mean"]["loss"]
-    assert abs(attacked - honest) > 0.10 * honest, (honest, attacked)
 
 
 def test_the_attacker_is_named_and_can_be_evicted(runs):
