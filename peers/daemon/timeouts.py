@@ -69,8 +69,9 @@ def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: 
     step_s = compute_s + 2 * micro_batches * stages * transfer_s
     message_s = max(MIN_MESSAGE_S, 3 * step_s)
     commit_s = message_s * (2 * stages + 4)  # a plan's first step gets FIRST_STEP_PATIENCE times this too
-    state_gbps, state_ms = (min(bandwidth_gbps, state_link[0]), max(latency_ms, state_link[1])) if state_link else (
-        bandwidth_gbps, latency_ms)
+    state_gbps, state_ms = bandwidth_gbps, latency_ms
+    if state_link is not None:
+        state_gbps, state_ms = min(state_gbps, state_link[0]), max(state_ms, state_link[1])
     if state_gbps <= 0:
         raise ValueError("a state transfer's link bandwidth must be positive to derive timeouts")
     state_s = message_s + 2 * (state_ms / 1e3 + state_bytes * 8 / (state_gbps * 1e9))

@@ -87,8 +87,7 @@ class GatedMailbox(Mailbox):
                 self._release(message.sender, _size(message))
             for key in [key for key, message in self._messages.items() if message.plan_version < version]:
                 message = self._messages.pop(key)
-                self._bytes -= _size(message)
-                self._release(message.sender, _size(message))
+                self._removed(message)
                 refused.append(("dropped_stale", "", message))
             for message in held.values():  # under the lock: a newer same-key arrival cannot jump ahead
                 verdict = self._admit(message)
@@ -114,7 +113,8 @@ class GatedMailbox(Mailbox):
         with self._cond:
             return self._bytes
 
-    def _taken(self, message: Message) -> None:
+    def _removed(self, message: Message) -> None:
+        """Taken or purged: its bytes and its sender's share are free again."""
         self._bytes -= _size(message)
         self._release(message.sender, _size(message))
 

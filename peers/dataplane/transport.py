@@ -87,7 +87,7 @@ class Mailbox:
     The first message under a key wins: a second one with a key already held is refused (`put`
     returns False), so a late forgery or a replay cannot replace what the receiver will consume.
     A subclass that keeps books on what it holds (`GatedMailbox`) shares the one store and lock,
-    and hears of each take through `_taken`.
+    and hears of each message leaving it through `_removed`.
     """
 
     def __init__(self) -> None:
@@ -118,7 +118,7 @@ class Mailbox:
                                       f"within {timeout:.1f} s", peer=sender)
                 self._cond.wait(remaining)
             message = self._messages.pop(key)
-            self._taken(message)
+            self._removed(message)
             return message
 
     def close(self, reason: str = "transport closed") -> None:
@@ -127,8 +127,8 @@ class Mailbox:
             self._closed = reason
             self._cond.notify_all()
 
-    def _taken(self, message: Message) -> None:
-        """`message` just left the store for a `take` (called with the lock held)."""
+    def _removed(self, message: Message) -> None:
+        """`message` just left the store (called with the lock held)."""
 
 
 class InProcessHub:

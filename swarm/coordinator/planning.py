@@ -247,7 +247,8 @@ def transfers(sources: dict[str, StateSource], resplit: Resplit | None) -> list[
     """The (cell, donor) pairs a plan's state may travel between: each cell that loads from peers, with
     every donor the plan names (a fetch falls back from one donor to the next)."""
     fetching = [name for name, source in sources.items() if source.kind in (SourceKind.PEER, SourceKind.LAYERS)]
-    return [(name, donor) for name in fetching for donor in plan_donors(sources, resplit)]
+    donors = plan_donors(sources, resplit)
+    return [(name, donor) for name in fetching for donor in donors]
 
 
 def _ranges(layers: list[int]) -> list[tuple[int, int]]:
