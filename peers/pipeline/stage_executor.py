@@ -18,7 +18,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from torch import nn
 import compression
 from models import Batch, Stage, param_checksum
 
-from ..allreduce import GradientAverager
+from ..allreduce import Exchange, GradientAverager
 from ..attack import Attack
 from ..dataplane.transport import BadMessage, Message, Transport
 from ..dataplane.wire import ACT_KIND, GRAD_KIND
@@ -124,6 +125,9 @@ class StageExecutor:
         self.averager = GradientAverager(transport, group, codecs.gradient, timeout=timeout, aggregate=aggregate,
                                          attack=attack)
         self.optimizer = _adamw(stage, optimizer)
+        # Gradients become final in reverse order of the forward pass: the all-reduce's bucket order.
+        self._reduce_order = list(reversed(list(stage.parameters())))
+        self._last_backward = max(position for position, (op, _) in enumerate(self.ops) if op == "B")
         self._outgoing = ActivationChannel(codecs.forward, delta=codecs.forward_delta, capacity=delta_capacity)
         self._incoming = ActivationChannel(codecs.forward, delta=codecs.forward_delta, capacity=delta_capacity)
         reference = list(stage.parameters())[0]  # (`next` is shadowed by a parameter here)
@@ -243,20 +247,45 @@ class StageExecutor:
         return param_checksum(self.stage)
 
     def _train(self, work: "_Step") -> None:
+        """The schedule's forward and backward passes; during the last backward pass each bucket of
+        gradients goes to the all-reduce as soon as it is final, the rest after it."""
         self.optimizer.zero_grad(set_to_none=False)
-        for op, m in self.ops:
+        before = self.averager.bytes_sent, self.averager.values_sent
+        exchange = self.averager.begin(work.step, [p.numel() for p in self._reduce_order],
+                                       check=lambda grads: self._check_gradients(work.step, grads))
+        for position, (op, m) in enumerate(self.ops):
             if op == "F":
                 self._forward(work, m)
+            elif position == self._last_backward:
+                with self._overlapping(exchange):
+                    self._backward(work, m)
             else:
                 self._backward(work, m)
-        grads = [p.grad for p in self.stage.parameters() if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            raise NonFiniteStep(f"step {work.step}: stage {self.stage_index}'s gradients hold NaN or inf; "
-                                "none sent to the all-reduce, the step is aborted")
-        before = self.averager.bytes_sent, self.averager.values_sent
         with work.times.timing("allreduce_s"):
-            self.averager.average(work.step, grads)
+            exchange.finish([self._gradient(p) for p in self._reduce_order])
         work.stats.add("gradient", self.averager.bytes_sent - before[0], self.averager.values_sent - before[1])
+
+    @contextmanager
+    def _overlapping(self, exchange: Exchange) -> Iterator[None]:
+        """Hand each parameter's gradient to `exchange` the moment backward has accumulated it."""
+        handles = [p.register_post_accumulate_grad_hook(  # type: ignore[no-untyped-call]  # torch leaves it untyped
+            lambda p, i=i: exchange.ready(i, self._gradient(p))) for i, p in enumerate(self._reduce_order)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _check_gradients(self, step: int, grads: list[torch.Tensor]) -> None:
+        """Refuse to send a bucket holding NaN or inf: the step is aborted, nothing of it applied."""
+        if not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            raise NonFiniteStep(f"step {step}: stage {self.stage_index}'s gradients hold NaN or inf; "
+                                "none of them sent to the all-reduce, the step is aborted")
+
+    @staticmethod
+    def _gradient(parameter: nn.Parameter) -> torch.Tensor:
+        assert parameter.grad is not None  # `_adamw` gave every parameter one, zero_grad keeps it
+        return parameter.grad
 
     def _forward(self, work: "_Step", m: int) -> None:
         if self.prev is None:  # stage 0: token ids from the batch

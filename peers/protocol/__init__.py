@@ -21,11 +21,12 @@ from .records import (
     subkey_name,
     subkey_owner,
 )
-from .training import CHANNELS, CODEC_FLAGS, DTYPES, Codecs, ComputeDtype, Timeouts, TrainingSpec
+from .training import BUCKET_VALUES, CHANNELS, CODEC_FLAGS, DTYPES, Codecs, ComputeDtype, Timeouts, TrainingSpec
 from .validation import RecordError, from_builtins, to_builtins, validated
 
 __all__ = [
     "PEERS_KEY", "PLAN_KEY", "CONTROL_KEY", "PEER_STATES", "PeerState", "CHANNELS", "CODEC_FLAGS", "DTYPES",
+    "BUCKET_VALUES",
     "ComputeDtype",
     "RecordError", "PeerRecord", "PlanRecord", "ControlRecord", "Link", "StepBreakdown", "Codecs", "Timeouts",
     "TrainingSpec",

@@ -14,8 +14,8 @@ from models.config import PRESETS
 
 from .validation import NonNegativeInt, PositiveFloat, PositiveInt, RecordError
 
-__all__ = ["CHANNELS", "CODEC_FLAGS", "DTYPES", "AGGREGATES", "ComputeDtype", "AggregationRule", "Codecs", "Timeouts",
-           "TrainingSpec"]
+__all__ = ["CHANNELS", "CODEC_FLAGS", "DTYPES", "AGGREGATES", "BUCKET_VALUES", "ComputeDtype", "AggregationRule",
+           "Codecs", "Timeouts", "TrainingSpec"]
 
 # The three compressed channels: activations forward, activation gradients backward, and the
 # data-parallel gradient all-reduce. Every per-channel table in the swarm uses these names.
@@ -31,6 +31,10 @@ DTYPES: tuple[str, ...] = ("fp32", "bf16")
 # `mean`, or a rule that survives a minority of hostile or broken senders.
 AggregationRule = Literal["mean", "clip", "trimmed-mean", "centered-clip"]
 AGGREGATES: tuple[str, ...] = ("mean", "clip", "trimmed-mean", "centered-clip")
+
+# Gradient values per all-reduce bucket (fp32: 1 MiB): the last backward pass sends each bucket as
+# soon as it is final, so the all-reduce overlaps the rest of backward (the cost model prices this).
+BUCKET_VALUES = 2**18
 
 _CodecSpec = Annotated[str, msgspec.Meta(min_length=1, max_length=48)]
 

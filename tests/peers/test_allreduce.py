@@ -88,3 +88,46 @@ def test_single_replica_is_a_no_op_and_bad_group_is_rejected():
     assert torch.equal(tensors[0], torch.ones(3))
     with pytest.raises(ValueError, match="not in its all-reduce group"):
         GradientAverager(hub.endpoint("x"), ["a", "b"], "q4")
+
+
+@pytest.mark.parametrize("bucket_values", [1, 30, 10**6])
+def test_any_bucket_size_gives_the_exact_mean(bucket_values):
+    _, averagers = _group(3, "none", bucket_values=bucket_values)
+    grads = _grads(3, seed=3)
+    expected = [torch.stack([g[i] for g in grads]).mean(0) for i in range(2)]
+    assert not _run(averagers, grads)
+    for replica in grads:
+        for got, want in zip(replica, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_bucket_goes_out_when_its_last_tensor_is_final_and_not_before():
+    hub, (sender, _) = _group(2, "none", bucket_values=40)
+    sizes = [35, 13, 20, 20]  # buckets: [0], [1, 2], [3]
+    exchange = sender.begin(1, sizes)
+    assert exchange.buckets == [[0], [1, 2], [3]]
+    grads = [torch.ones(n) for n in sizes]
+    exchange.ready(1, grads[1])
+    assert sender.values_sent == 0  # bucket 1 still waits for tensor 2
+    exchange.ready(0, grads[0])
+    assert sender.values_sent == 35 // 2  # bucket 0's share for owner 1
+    exchange.ready(2, grads[2])
+    assert sender.values_sent == 35 // 2 + 33 // 2
+    with pytest.raises(ValueError, match="already reported final"):
+        exchange.ready(2, grads[2])
+
+
+def test_a_failing_bucket_check_sends_nothing_of_that_bucket_and_drops_residuals():
+    _, (sender, _) = _group(2, "q4", bucket_values=40)
+    refused = RuntimeError("NaN in bucket")
+
+    def check(grads):
+        if any(g.numel() == 20 for g in grads):
+            raise refused
+
+    exchange = sender.begin(1, [35, 20], check=check)
+    exchange.ready(0, torch.ones(35))
+    assert sender.values_sent > 0 and len(sender._sender_feedback) == 1
+    with pytest.raises(RuntimeError, match="NaN in bucket"):
+        exchange.ready(1, torch.ones(20))
+    assert sender.values_sent == 35 // 2 and len(sender._sender_feedback) == 0

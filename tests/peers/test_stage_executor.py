@@ -232,3 +232,46 @@ def test_wiring_and_batch_errors():
                          group=["b"], codecs=Codecs("none", "none", "none"))
     with pytest.raises(ValueError, match="needs this replica's batch"):
         worker.run_step(1, None)
+
+
+def test_the_all_reduce_starts_during_the_last_backward_pass(data):
+    """Overlap: the last stage sends its first all-reduce shares (the last layers' bucket) before its
+    backward pass has produced the gradient it returns upstream, which comes at the very end of it."""
+    sent = {"s1r0": []}
+
+    class Logged:
+        def __init__(self, inner):
+            self.inner, self.name = inner, inner.name
+
+        def send(self, to, message):
+            sent.setdefault(self.name, []).append((message.kind, message.index))
+            self.inner.send(to, message)
+
+        def recv(self, *args, **kwargs):
+            return self.inner.recv(*args, **kwargs)
+
+    _, workers = _grid(Codecs("none", "none", "q4"), wrap=Logged)
+    assert len(workers[1][0].averager.begin(1, [p.numel() for p in workers[1][0].stage.parameters()]).buckets) >= 2
+    _step(workers, data, 1)
+    log = sent["s1r0"]
+    last_gradient_upstream = max(i for i, (kind, _) in enumerate(log) if kind == "grad")
+    first_share = min(i for i, (kind, _) in enumerate(log) if kind == "ar-reduce")
+    assert first_share < last_gradient_upstream, log
+    shares = [index for kind, index in log if kind == "ar-reduce"]
+    assert shares == sorted(shares) and len(shares) >= 2  # one share per bucket, the first bucket first
+
+
+def test_bucketed_overlap_trains_exactly_like_the_whole_gradient_at_once(data):
+    """With `none` gradients the buckets change nothing: the same parameters as one bucket."""
+    results = {}
+    for bucket_values in (2**18, 10**9):
+        _, workers = _grid(Codecs("none", "none", "none"))
+        for row in workers:
+            for worker in row:
+                worker.averager.bucket_values = bucket_values
+        for step in (1, 2):
+            _step(workers, data, step)
+        results[bucket_values] = [workers[s][0].stage.state_dict() for s in range(2)]
+    for one, many in zip(results[10**9], results[2**18], strict=True):
+        for key in one:
+            torch.testing.assert_close(many[key], one[key], rtol=1e-5, atol=1e-6)

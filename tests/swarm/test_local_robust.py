@@ -48,9 +48,12 @@ def test_centered_clip_keeps_the_honest_loss_under_a_1000x_attacker(honest, tmp_
 @pytest.mark.slow
 def test_mean_follows_the_attacker(honest):
     # AdamW divides out a gradient's scale, so scale:1000 under `mean` mostly hands 2/3 of the step to
-    # the attacker's own (1000x, one-third-batch) gradient: here it lands >10% *below* the honest loss.
+    # the attacker's own (1000x, one-third-batch) gradient: the loss leaves the honest one (8% below it
+    # when this was written), many times further than centered-clip's under the same attacker (0.1%).
     scaled, suspects = _eval_loss("mean", "scale:1000@1")
-    assert abs(scaled - honest) > 0.10 * honest
+    clipped_scaled, _ = _eval_loss("centered-clip", "scale:1000@1")
+    assert abs(scaled - honest) > 0.03 * honest
+    assert abs(scaled - honest) > 10 * abs(clipped_scaled - honest)
     assert suspects["s0r1"] >= 0.9 * 2 * STEPS  # named, though nothing protects the step
     # Flip the sign and the mean climbs the loss; centered-clip does not.
     flipped, _ = _eval_loss("mean", "scale:-1000@1")
