@@ -1,9 +1,10 @@
 """The newest control record and plan a peer knows, whichever way they came.
 
-Two sources feed it: the heartbeat thread's reads of the DHT (authoritative, every 0.2 s) and the
-coordinator's pushes over the step channel (`peers.step_channel`, right after each decision). The
-training thread never reads the DHT: it waits here and is woken the moment either source brings
-something newer, so a commit reaches it in one zmq hop, not a DHT round trip plus a poll.
+Two sources feed it: the heartbeat thread's reads of the DHT (authoritative; every 0.2 s while no
+push arrives, else once a heartbeat) and the coordinator's pushes over the step channel
+(`peers.step_channel`, right after each decision). The training thread never reads the DHT: it
+waits here and is woken the moment either source brings something newer, so a commit reaches it
+in one zmq hop, not a DHT round trip plus a poll.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from peers.dht import SwarmDHT, dht_time
 from peers.metrics import MetricsServer, PeerMetrics, serve_metrics
 from peers.pipeline import NonFiniteStep
 from peers.profiling import measure_device
-from peers.protocol import JoinToken, Link, PeerRecord, PlanRecord, RecordError
+from peers.protocol import ControlRecord, JoinToken, Link, PeerRecord, PlanRecord, RecordError
 from peers.step_channel import read_control, report_payload
 from peers.torch_threads import torch_threads
 
@@ -48,7 +48,9 @@ __all__ = ["PeerOptions", "PeerDaemon", "UnreachableError"]
 
 log = logging.getLogger(__name__)
 
-WATCH_S = 0.2  # how often the heartbeat thread reads the control record from the DHT
+# How often the heartbeat thread reads the control record from the DHT while the coordinator's pushes
+# are silent (a restarted coordinator, a broken step channel); while they arrive, once a heartbeat.
+WATCH_S = 0.2
 
 @dataclass(frozen=True)
 class PeerOptions:
@@ -98,6 +100,7 @@ class PeerDaemon:
         self.feed = ControlFeed()
         self._announce_now = threading.Event()  # the main thread asks the heartbeat thread to announce
         self._channel = ""  # the coordinator address the step channel is connected to
+        self._last_push = 0.0  # time.monotonic() of the coordinator's last push
         self._metrics_server: MetricsServer | None = None
         self.prober = PlanLinkProber(options.name, self.credentials.keys, self._measured,
                                      lambda: set(self.record.links) | links_to(self.dht, options.name))
@@ -327,7 +330,8 @@ class PeerDaemon:
             self.metrics.heartbeat()
 
     def _report(self) -> None:
-        """Tell the coordinator at once (the step channel); the heartbeat thread announces it in the DHT next."""
+        """Tell the coordinator at once (the step channel); the DHT has it by the next heartbeat, or at once
+        when the step channel failed."""
         with self._lock:
             snapshot = PeerRecord.from_wire(self.record.to_wire())
         snapshot.heartbeat = dht_time()
@@ -335,7 +339,7 @@ class PeerDaemon:
             self.transport.send(COORDINATOR_NAME, Message(wire.STEP_REPORT, 0, 0, report_payload(self.dht, snapshot)))
         except (ValueError, PeerTimeout, TransportClosed) as error:  # the DHT copy still gets there
             log.warning("step report not sent: %s", error)
-        self._announce_now.set()
+            self._announce_now.set()
 
     def _connect_channel(self, address: str) -> None:
         """The step channel to the coordinator's data port (again when a restarted coordinator moved it)."""
@@ -350,6 +354,15 @@ class PeerDaemon:
         except (ValueError, RecordError) as error:
             self.transport.count_rejection("malformed", f"step control from the coordinator: {error}")
             return
+        self._last_push = time.monotonic()
+        self._take(control, plan)
+
+    def _take(self, control: ControlRecord, plan: PlanRecord | None) -> None:
+        """A control record (and the plan it names, when new), pushed or read: its admitted keys, then the feed."""
+        try:
+            self.credentials.refresh(control)
+        except ValueError as error:  # a control record that binds one key to two names: keep the old set
+            log.warning("ignoring the admitted keys of the control record: %s", error)
         if self.feed.offer(control, plan):
             self._abort_if_moved_on()
 
@@ -361,17 +374,23 @@ class PeerDaemon:
             abort.set()
 
     def _watch(self, stop: threading.Event) -> None:
-        """Heartbeat (and announce at once when asked), read the control record and plan from the DHT."""
-        last = 0.0
+        """Heartbeat (and announce at once when asked), read the control record and plan from the DHT:
+        every WATCH_S while the coordinator's pushes are silent, once a heartbeat while they arrive, so
+        a training swarm's DHT traffic does not grow with its step rate (each call costs every process
+        of the swarm CPU, which on a shared host is the training's)."""
+        announced = read = 0.0
         while not stop.is_set():
-            if self._announce_now.is_set() or time.monotonic() - last >= HEARTBEAT_S:
+            if self._announce_now.is_set() or time.monotonic() - announced >= HEARTBEAT_S:
                 self._announce_now.clear()
                 try:
                     self._announce()
                 except Exception as error:  # a failed heartbeat is retried at the next one
                     log.warning("heartbeat failed: %s", error)
-                last = time.monotonic()
-            self._read_control()
+                announced = time.monotonic()
+            pushed_lately = time.monotonic() - self._last_push < HEARTBEAT_S
+            if not pushed_lately or time.monotonic() - read >= HEARTBEAT_S:
+                self._read_control()
+                read = time.monotonic()
             self._announce_now.wait(WATCH_S)
         self._current[1].set()
 
@@ -383,13 +402,8 @@ class PeerDaemon:
         control = self.pin.control(self.dht)
         if control is None:
             return
-        try:
-            self.credentials.refresh(control)
-        except ValueError as error:  # a control record that binds one key to two names: keep the old set
-            log.warning("ignoring the admitted keys of the control record: %s", error)
         newer_plan = self.pin.plan(self.dht) if control.plan_version > (plan.version if plan else 0) else None
-        if self.feed.offer(control, newer_plan):
-            self._abort_if_moved_on()
+        self._take(control, newer_plan)
         if self._channel and control.probe_address and control.probe_address != self._channel:
             self._connect_channel(control.probe_address)
 

@@ -1,6 +1,6 @@
 """The coordinator daemon: plan the swarm, drive the step protocol, survive churn, checkpoint.
 
-One loop, woken by each step report (`step_channel`) and each read of the DHT (`POLL_S` apart):
+One loop, woken by each step report (`step_channel`) and each read of the DHT (`RECORDS_READ_S` apart):
 1. no plan yet: wait for enough `ready` peers, place them (the scheduler; with `--resume` the live
    peers' or the checkpoint's grid, see `resume`) and publish the next plan version.
 2. a grid member is gone (record expired, `leaving`, an error naming whom to blame, no prepare within `commit_s`):
@@ -68,6 +68,10 @@ __all__ = ["Coordinator", "POLL_S"]
 
 
 POLL_S = 0.05
+# How often the DHT's peer records are re-read: for joins, departures and expiry (records live 10 s).
+# Steps do not wait on it (their reports come over the step channel), and every read costs CPU in
+# every process of the swarm, so it runs at a pace of seconds, not of steps.
+RECORDS_READ_S = 0.5
 _READY_STATES = ("ready", "training", "standby")
 
 
@@ -119,7 +123,7 @@ class Coordinator:
                                        admission=self.admission if self.secrets.keys else None)
             self.reports = StepReports(self.states, self.gatekeeper)  # woken by each peer's step report
             self.reader = RecordReader(self.gatekeeper, self.dht, lambda: self.plan.members() if self.plan else (),
-                                       self.reports.wake, POLL_S)  # the DHT's view, read off this loop
+                                       self.reports.wake, RECORDS_READ_S)  # the DHT's view, read off this loop
             self.writer = ControlWriter(self.dht)  # and the control record stored off it
             addrs = self.dht.multiaddrs()
             if not self.config.host.startswith("127."):  # volunteers elsewhere need a routable address first

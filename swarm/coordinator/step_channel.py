@@ -120,10 +120,11 @@ class RecordReader:
 
 class ControlWriter:
     """A thread storing the newest control record `offer`ed in the DHT; an older one not stored yet
-    is skipped (the newest says everything it did)."""
+    is skipped (the newest says everything it did). Stores are at least `spacing` seconds apart: the
+    peers get every decision pushed, the DHT copy is for the others and need not follow each step."""
 
-    def __init__(self, dht: SwarmDHT) -> None:
-        self._dht = dht
+    def __init__(self, dht: SwarmDHT, spacing: float = 0.5) -> None:
+        self._dht, self._spacing = dht, spacing
         self._cond = threading.Condition()
         self._newest: dict[str, Any] | None = None
         self._storing = self._closed = False
@@ -152,6 +153,7 @@ class ControlWriter:
             with self._cond:
                 self._storing = False
                 self._cond.notify_all()
+                self._cond.wait_for(lambda: self._closed, self._spacing)  # closing stores what is pending at once
 
     def close(self) -> None:
         """Store what is pending, then stop."""

@@ -11,7 +11,6 @@ captured: the tests only assert, and no process outlives the fixture's set-up.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -26,6 +25,7 @@ import pytest
 import zmq
 
 from swarm.launcher import LocalSwarm, free_port
+from tests.system import ensure_command
 
 STEPS = 120
 GARBAGE, STALE = 4, 3
@@ -34,23 +34,8 @@ BROWSER_TIMEOUT_S = 150
 
 def ensure_chromium() -> tuple[str | None, str]:
     """(path of a Chromium, "") or (None, why there is none); installs Debian's `chromium` when missing."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found, ""
-    if not shutil.which("apt-get"):
-        return None, "chromium is not installed and there is no apt-get to install it"
-    if os.geteuid() != 0:
-        return None, "chromium is not installed and installing it with apt-get needs root"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command, limit in ((["apt-get", "update"], 300), (["apt-get", "install", "-y", "chromium"], 900)):
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=limit, env=env)
-        except subprocess.TimeoutExpired:
-            return None, f"`{' '.join(command)}` did not finish within {limit} s"
-        if result.returncode != 0:
-            return None, f"`{' '.join(command)}` failed: {(result.stderr or result.stdout)[-400:]}"
-    found = shutil.which("chromium")
-    return (found, "") if found else (None, "apt-get installed chromium but no chromium is on PATH")
+    found = shutil.which("chromium-browser")
+    return (found, "") if found else ensure_command("chromium", "chromium")
 
 
 def headless(chromium: str, url: str, *extra: str) -> subprocess.CompletedProcess[str]:

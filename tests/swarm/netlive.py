@@ -20,6 +20,7 @@ from swarm.coordinator.report import read_report
 from swarm.netsim.harness import NetHarness
 from swarm.netsim.processes import python_command
 from swarm.netsim.topology import DATA_PORT, DHT_PORT
+from tests.system import ensure_command
 
 # every test here builds namespaces (and some firewall rules or cgroups): root only, as in CI
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces, iptables and cgroups need root")
@@ -74,7 +75,10 @@ class NetSwarm:
 
     def firewall(self, device: str, action: str, source: str) -> None:
         """`iptables ACTION` (-I or -D) a DROP of TCP from `source` to `device`'s data port, in its namespace."""
-        subprocess.run(["ip", "netns", "exec", self.net.node(device).netns, "iptables", action, "INPUT", "-p", "tcp",
+        iptables, missing = ensure_command("iptables", "iptables")
+        if iptables is None:
+            pytest.fail(f"cutting a link needs iptables: {missing}")
+        subprocess.run(["ip", "netns", "exec", self.net.node(device).netns, iptables, action, "INPUT", "-p", "tcp",
                         "-s", source, "--dport", str(DATA_PORT), "-j", "DROP"], check=True)
 
     def wait(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
