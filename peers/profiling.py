@@ -1,17 +1,22 @@
-"""Measure what a volunteer brings: compute speed (TFLOPS on its device) and memory.
+"""Measure what a volunteer brings: compute speed (TFLOPS on its device), memory, codec speed.
 
 The scheduler places layers by device speed and memory, so the numbers are measured, not
 declared: a short matrix-multiply burst in the dtype training will use, timed after a warm-up.
+The codecs run on the same device and every message pays them at both ends, so their speed is
+measured too (`measure_codec`), once the codec kernels are compiled.
 """
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DeviceProfile", "measure_device", "check_device"]
+import compression
+
+__all__ = ["DeviceProfile", "measure_device", "measure_codec", "check_device"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,24 @@ def measure_device(device: str = "cpu", size: int = 512, seconds: float = 0.3, t
     tflops = max(_burst(a, b, device, seconds) for _ in range(tries))
     # never 0.0 after rounding: peer records must announce a positive speed (see PeerRecord.from_wire)
     return DeviceProfile(device=device, tflops=max(round(tflops, 4), 1e-4), memory_gb=round(_memory_gb(device), 2))
+
+
+def measure_codec(codec: str, device: str = "cpu", values: int = 2**20, runs: int = 5) -> float:
+    """Billions of values per second through one pass of `codec` (an encode or a decode) on `device`.
+
+    Times an encode and a decode of `values` random fp32 values, the median of `runs` after one
+    untimed round (call it after `compression.warm_up`, or that round compiles); each value is
+    one encode and one decode, so the rate is 2 x values / seconds. About a second on a CPU core.
+    """
+    sample = torch.randn(values, device=device)
+    target = torch.device(device)
+    seconds = []
+    for run in range(runs + 1):
+        started = time.perf_counter()
+        compression.decode(compression.encode(sample, codec, seed=run), device=target)
+        _sync(device)
+        seconds.append(time.perf_counter() - started)
+    return max(round(2 * values / statistics.median(seconds[1:]) / 1e9, 4), 1e-4)  # a record's rate is positive
 
 
 def _burst(a: torch.Tensor, b: torch.Tensor, device: str, seconds: float) -> float:

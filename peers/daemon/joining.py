@@ -14,6 +14,7 @@ import compression
 from peers.dataplane.probe import check_reachable, unreachable_hint
 from peers.dataplane.transport import PeerTimeout
 from peers.dht import SwarmDHT
+from peers.profiling import measure_codec
 from peers.protocol import CHANNELS, Codecs, ControlRecord, PlanRecord
 
 from .credentials import Credentials
@@ -87,12 +88,14 @@ def check_data_port(control: ControlRecord, address: str, credentials: Credentia
         raise UnreachableError(unreachable_hint(address, control.probe_address))
 
 
-def warm_codecs(plan: PlanRecord | None, device: str, on_event: Callable[[str], None], name: str) -> None:
+def warm_codecs(plan: PlanRecord | None, device: str, on_event: Callable[[str], None], name: str) -> float:
     """Compile the codec kernels of the swarm's plan (the default codecs before there is one) before this
-    peer says ready, so the compilation is on no step's clock (`compression.warm_up`)."""
+    peer says ready, so the compilation is on no step's clock (`compression.warm_up`); then time the
+    forward codec: the Gvalues/s this peer announces as its `codec_gvalues`."""
     codecs = plan.codecs if plan is not None else Codecs()
     started = time.monotonic()
     compression.warm_up([codecs.of(channel) for channel in CHANNELS], device)
     seconds = time.monotonic() - started
     if seconds >= 0.5:
         on_event(f"{name}: codec kernels ready in {seconds:.1f} s")
+    return measure_codec(codecs.forward, device)

@@ -158,7 +158,8 @@ class PeerDaemon:
                 return 130
             check_data_port(control, self.transport.address, self.credentials, options.name, self.on_event)
             self._update(links=measure_links(self.dht, self.pin.control(self.dht) or control, self.credentials))
-            warm_codecs(self.pin.plan(self.dht), options.device, self.on_event, options.name)
+            self._update(codec_gvalues=warm_codecs(self.pin.plan(self.dht), options.device, self.on_event,
+                                                   options.name))
             threading.Thread(target=self.prober.run, args=(stop,), name="link-prober", daemon=True).start()
             self.feed.offer(control)
             self._connect_channel(control.probe_address)

@@ -59,7 +59,7 @@ PEER_STATES: tuple[str, ...] = get_args(PeerState)
 # 160 records (~200 KB; at most ~1.7 MiB with every record at its bound) at 10,000 peers.
 PEER_BUCKETS = 64
 
-# A peer record's bounds. Every field has one; with ASCII text they add up to about 7.9 KB
+# A peer record's bounds. Every field has one; with ASCII text they add up to about 8.0 KB
 # (tests/peers/test_record_bounds.py builds that record), and `PeerRecord` refuses any record whose
 # msgpack encoding exceeds PEER_RECORD_MAX_BYTES (multi-byte text). The DHT adds ~0.8 KB per record
 # (the signer's key in the subkey, the signature, the expiration).
@@ -170,7 +170,10 @@ class PeerRecord(_Record):
     suspects: peers whose gradient shares this peer's all-reduce refused or flagged as outliers,
     with the number of steps it did (cumulative, over every plan). error: why its last step under
     `plan_version` failed ("" if none); blamed: the peer that failure names (the silent or
-    misbehaving neighbour, or this peer itself when the fault is its own).
+    misbehaving neighbour, or this peer itself when the fault is its own). codec_gvalues: billions of
+    values a second this peer's device puts through one codec pass (an encode or a decode) of the
+    swarm's forward codec, timed at warm-up; the scheduler prices every message's codecs with it
+    (None: not measured yet).
 
     Every field is bounded (MAX_LINKS, MAX_SUSPECTS, ...) and the whole record encodes to at most
     PEER_RECORD_MAX_BYTES, so a bucket of records stays far below hivemind's message limit.
@@ -209,6 +212,7 @@ class PeerRecord(_Record):
     curve_key: _Short = ""
     admission: _Short = ""
     breakdown: StepBreakdown | None = None  # of the last step this peer applied
+    codec_gvalues: PositiveFloat | None = None
 
     def __post_init__(self) -> None:
         for table in (self.bytes_sent, self.values_sent):

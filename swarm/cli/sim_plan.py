@@ -93,7 +93,8 @@ def _print(console: Console, scenario: Scenario, result: Plan, rows: dict[str, f
     console.print(f"[bold]{scenario.name}[/]: {result.stages} stages x {result.replicas} replicas, "
                   f"layers {list(result.layers)} ({result.cost_model} cost model)")
     console.print(f"predicted iteration {p['iteration_s']:.3f} s = compute {p['compute_s']:.3f} + "
-                  f"pipeline {p['pipeline_s']:.3f} + data-parallel {p['data_parallel_s']:.3f}")
+                  f"pipeline {p['pipeline_s']:.3f} + data-parallel {p['data_parallel_s']:.3f} + "
+                  f"control {p['control_s']:.3f}")
     table = Table("placement", "s / iteration", "vs plan")
     for name, seconds in rows.items():
         ratio = "-" if seconds >= 1e9 else f"{seconds / rows['plan']:.2f}x"

@@ -1,7 +1,8 @@
 """From live peer records to plans: the scheduler places the swarm, first and after every change.
 
 The first plan comes from the scheduler (`swarm.scheduler.plan`) on a scenario built from the
-peers' measured TFLOPS, memory and links. Every later plan comes from the scheduler's incremental
+peers' measured TFLOPS, memory, codec speed and links, and the commit round trip they measured
+(`control_section`). Every later plan comes from the scheduler's incremental
 `replan` on the live records, which keeps the running plan and moves as few peers as it can:
 
 - refill: members that left or died are replaced by the spare peers that cost least; too few
@@ -23,6 +24,7 @@ before the first checkpoint: it starts over from the seed).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import cycle
 from typing import Any
@@ -47,11 +49,14 @@ __all__ = ["Placement", "MIN_STEPS_BETWEEN_CHANGES", "scenario_from_records", "f
            "describe_losses", "describe_reason", "fit_batch", "refill", "growth_target", "grow", "to_scheduler_plan",
            "assign_sources",
            "Holders", "stage_holders", "restart_lost_stages", "resplit", "plan_sources", "RESPLIT_GAIN", "transfers",
-           "predicted_step_s", "scenario_job", "plan_donors"]
+           "predicted_step_s", "scenario_job", "control_section", "DEFAULT_COMMIT_S", "plan_donors"]
 
 MIN_STEPS_BETWEEN_CHANGES = 3
 RESPLIT_GAIN = 0.2  # a re-split moves state and resets codec memories: only for a clearly shorter step
 _DEFAULT_LINK = (1.0, 1.0)  # (Gbit/s, ms) for a pair nobody measured
+# The prepared -> commit round trip before any peer has measured one. Nobody measures the latency to
+# the coordinator itself, so this is a LAN's round trip plus both ends' handling.
+DEFAULT_COMMIT_S = 0.002
 
 
 @dataclass
@@ -69,12 +74,23 @@ def scenario_from_records(records: dict[str, PeerRecord], training: TrainingSpec
     """A scheduler scenario with one site per peer and the links they measured."""
     measured = {(name, peer): (link.bandwidth_gbps, link.latency_ms)
                 for name, record in records.items() for peer, link in record.links.items() if peer in records}
-    devices = [{"id": n, "tflops": max(records[n].tflops, 1e-6), "memory_gb": max(records[n].memory_gb, 1e-3)}
+    devices = [{"id": n, "tflops": max(records[n].tflops, 1e-6), "memory_gb": max(records[n].memory_gb, 1e-3),
+                **({} if records[n].codec_gvalues is None else {"codec_gvalues": records[n].codec_gvalues})}
                for n in sorted(records)]
     parallelism = {"stages": stages, "replicas": replicas} if stages is not None and replicas is not None else None
     model, batch, compression = scenario_job(training, codecs, replicas or 1)
+    control = control_section(r.breakdown.commit_s for r in records.values() if r.breakdown is not None)
     return Scenario.from_measurements("live", devices, measured, model=model, batch=batch, compression=compression,
-                                      parallelism=parallelism, fallback=_DEFAULT_LINK)
+                                      parallelism=parallelism, fallback=_DEFAULT_LINK, control=control)
+
+
+def control_section(commits: Iterable[float]) -> dict[str, float]:
+    """A scenario's `control` section: the shortest prepared -> commit wait (`StepBreakdown.commit_s`) the
+    peers measured on the last step they applied, or DEFAULT_COMMIT_S before any has. The shortest is
+    the last member to prepare, whose wait is the round trip alone: the others' also hold the stages'
+    skew, which the model prices in the all-reduce's end already."""
+    measured = list(commits)
+    return {"commit_s": min(measured) if measured else DEFAULT_COMMIT_S}
 
 
 def scenario_job(training: TrainingSpec, codecs: Codecs, replicas: int) -> tuple[dict[str, Any], ...]:

@@ -6,7 +6,8 @@
   coordinator's first plan), on the network the harness shaped (each path's rate and latency),
   the model, batch and codecs trained, and compute from the peers' measured speed: their
   records' TFLOPS are measured inside their CPU quotas, so one per-core speed is estimated from
-  all of them (the median of TFLOPS / cores) and scaled by each device's quota.
+  all of them (the median of TFLOPS / cores) and scaled by each device's quota; the codecs' speed
+  and the commit wait are the records' own (`codec_gvalues`, the shortest `breakdown.commit_s`).
 - `links[].bytes`: bytes on each directed path while training (tc class counters from the first
   plan to the end: IP packets with headers, data plane and DHT alike); `bytes_total` includes the
   peers' join-time link probes.
@@ -17,7 +18,7 @@ import statistics
 from typing import TYPE_CHECKING, Any
 
 from models import get_config
-from swarm.coordinator.planning import scenario_job
+from swarm.coordinator.planning import control_section, scenario_job
 from swarm.scheduler import Plan, Scenario, predict
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def build_report(net: NetHarness, options: RunOptions, coordinator: dict[str, An
              for e in coordinator.get("steps") or []]
     counted = steps[options.skip_steps:] or steps
     tflops = effective_tflops(records, net.cores)
-    predicted = _predict(net, options, grid, layers, tflops)
+    predicted = _predict(net, options, grid, layers, tflops, records)
     committed = len(steps)
     losses = [s["loss"] for s in steps if s["loss"] is not None]
     return {
@@ -93,21 +94,26 @@ def effective_tflops(records: dict[str, Any], cores: dict[str, float]) -> dict[s
     return {name: per_core * quota[name] if name in quota else measured[name] for name in measured}
 
 
-def prediction_scenario(net: NetHarness, options: RunOptions, replicas: int, tflops: dict[str, float]) -> Scenario:
-    """The scenario the harness actually ran: its shaped paths, the trained model, batch and codecs."""
-    devices = [{"id": d.id, "tflops": tflops.get(d.id, d.tflops), "memory_gb": d.memory_gb}
+def prediction_scenario(net: NetHarness, options: RunOptions, replicas: int, tflops: dict[str, float],
+                        records: dict[str, Any]) -> Scenario:
+    """The scenario the harness actually ran: its shaped paths, the trained model, batch and codecs, and
+    what the peers' records (wire dicts by name) say of their codecs and the commit."""
+    devices = [{"id": d.id, "tflops": tflops.get(d.id, d.tflops), "memory_gb": d.memory_gb,
+                **({} if (codec := records.get(d.id, {}).get("codec_gvalues") or d.codec_gvalues) is None
+                   else {"codec_gvalues": codec})}
                for d in net.scenario.devices]
     measured = {(p.src, p.dst): (p.mbps / 1e3, p.latency_ms) for p in net.paths}
     model, batch, compression = scenario_job(options.training, options.codecs, replicas)
+    control = control_section(r["breakdown"]["commit_s"] for r in records.values() if r.get("breakdown"))
     return Scenario.from_measurements(net.scenario.name, devices, measured, model=model, batch=batch,
-                                      compression=compression)
+                                      compression=compression, control=control)
 
 
 def _predict(net: NetHarness, options: RunOptions, grid: list[list[str]], layers: list[int],
-             tflops: dict[str, float]) -> dict[str, float] | None:
+             tflops: dict[str, float], records: dict[str, Any]) -> dict[str, float] | None:
     if not tflops:
         return None
-    scenario = prediction_scenario(net, options, len(grid[0]), tflops)
+    scenario = prediction_scenario(net, options, len(grid[0]), tflops, records)
     plan = Plan(scenario.name, tuple(tuple(row) for row in grid), tuple(layers))
     return {key: round(value, 5) for key, value in predict(scenario, plan, "full").to_dict().items()}
 

@@ -81,7 +81,9 @@ def lower_bound(model: CostModel) -> float:
     each of the S - 1 pipeline edges costs at least alpha* + c_PP / beta*.
     full: stage 0 finishes its last backward only after all compute (work / total FLOP/s of the
     fastest S x R devices) and after every micro-batch crossed boundary 0 both ways; then its
-    all-reduce sends R - 1 frames of at least 1/R of the embeddings and one layer, two phases.
+    last share reaches an owner (a latency), which broadcasts R - 1 frames of at least 1/R of the
+    embeddings and one layer (the reduce-scatter's frames may hide behind backward, the all-gather's
+    cannot); then the commit. Codecs only add time.
     """
     work, net = model.work, model.net
     stages, replicas = model.stages, model.replicas
@@ -102,12 +104,13 @@ def lower_bound(model: CostModel) -> float:
     if stages > 1:
         volume = work.activation_bytes("forward") + work.activation_bytes("backward")
         pipeline = max(pipeline, work.micro_batches * volume / best_bw)
+    commit_s = model.scenario.control.commit_s
     if replicas == 1:
-        return float(pipeline)
+        return float(pipeline + commit_s)
     # stage 0 holds at least one layer and the embeddings (and the head too when it is the only stage)
     first = stage_parameters(config, [1] * stages if stages > 1 else whole, 0)
     chunk = work.frame_size(work.codecs["gradient"], -(-first // replicas))
-    return float(pipeline + 2 * ((replicas - 1) * chunk / best_bw + best_lat))
+    return float(pipeline + (replicas - 1) * chunk / best_bw + 2 * best_lat + commit_s)
 
 
 def _even(model: CostModel) -> Layers:

@@ -2,8 +2,9 @@
 
 Both price a grid (S x R device indices; `grid[s, r]` holds stage s of pipeline r) with a layer
 count per stage, and both split the price the same way so the search can update it cheaply:
-`data_parallel(grid, layers, rows)` gives each stage's all-reduce time, `total` combines those
-with the pipeline. A `Breakdown`'s three parts add up to the iteration time.
+`data_parallel(grid, layers, rows)` gives each stage's all-reduce terms (one row per stage: a
+move re-prices only the stages it touches), `total` combines those with the pipeline. A
+`Breakdown`'s parts add up to the iteration time.
 
 dtfm (Yuan et al., NeurIPS'22), volumes in fp16 whatever the scenario's compression says:
     DP(C)     = max_{d in C} sum_{d' in C, d' != d} 2 * (alpha(d,d') + c_DP / (R * beta(d,d')))
@@ -17,24 +18,56 @@ dtfm (Yuan et al., NeurIPS'22), volumes in fp16 whatever the scenario's compress
     c_DP = the stage's parameters in fp16; c_PP = the fp16 activations of all M micro-batches of one
     pipeline (M = global / (micro x R)); both sized as the frames the peers send (workload.py).
 
-full (ours): a GPipe iteration then a per-stage all-reduce, each a closed form that the
-discrete-event simulator reproduces message by message.
-    F[s,r] = forward FLOPs of stage s / device FLOP/s; B = (BACKWARD_FLOPS_FACTOR + 1) F = 3 F
-             (the gradient, then one recomputed forward pass)
+full (ours): a GPipe iteration whose all-reduce overlaps its last backward passes, then the commit.
+Each term is a closed form (timeline.py) that the discrete-event simulator reproduces message by
+message.
+    kappa[d]  = seconds device d spends on one value in one codec pass (an encode or a decode):
+                1 / codec_gvalues, 0 when the scenario leaves it out. Codecs run on the device's
+                compute, serialised with it: a sender encodes every frame it sends, a receiver
+                decodes every frame it gets.
+    V = values of one micro-batch at a stage boundary; n_s = boundaries of stage s (0, 1 or 2)
+    F[s,r] = forward FLOPs of stage s / device FLOP/s + n_s V kappa (decode the input, encode the output)
+    B[s,r] = (BACKWARD_FLOPS_FACTOR + 1) x those FLOPs / FLOP/s + n_s V kappa (the gradient, then
+             one recomputed forward pass; decode the gradient from above, encode the one sent below)
     X[s,r] = forward activation frame bytes / beta, Y[s,r] = backward frame bytes / beta,
     L[s,r] = alpha between g[s,r] and g[s+1,r]. Latency is a delay, not a busy link.
     M identical micro-batches through a chain of single servers finish at
         sum of all service and delay times + (M - 1) x the slowest server
     (an exact flow-shop identity), so for pipeline r
-        T_fwd      = sum F + sum X + sum L + (M-1) max(F, X)
-        done[s, r] = T_fwd + sum_{i>=s} B_i + sum_{s<=i<S-1} (Y_i + L_i) + Y_{s-1}
-                     + (M-1) max(B_i for i >= s, Y_i for s-1 <= i < S-1)
-    (the time stage s's device has computed its last backward pass and its uplink has sent the
-    last gradient down to stage s-1: Y_{s-1} counts for s >= 1 only)
-    all-reduce of stage s (reduce-scatter then all-gather, each device sending its R-1 frames of
-    c_s = one chunk of 1/R of the gradient back to back on its uplink, latency paid once per phase):
-        AR(s) = 2 max_{d} [ sum_{d' != d} c_s / beta(d,d') + max_{d'} alpha(d,d') ]
-    iteration = max_s ( max_r done[s, r] + AR(s) )
+        T_fwd = sum F + sum X + sum L + (M-1) max(F, X)
+    The backward chain (compute S-1, hop S-2, compute S-2, ..., compute 0, all jobs released at
+    T_fwd) is the same shop, except that its last micro-batch also encodes the stage's R - 1
+    reduce-scatter shares as backward produces them: E[s,r] = (R-1) c_s kappa more compute, c_s =
+    ceil(G_s / R) values of one chunk, G_s the stage's parameters. The longest path through the
+    (micro-batch x server) grid gives the last job at server k (timeline.last_jobs; p the
+    services, e the extras, d the latencies):
+        C_M(k) = sum_{i<=k} (p_i + d_i) + max_{i0<=k} [p_i0 + (M-2) max_{i<=i0} p_i + sum_{i0<=i<=k} e_i]
+        C_{M-1}(k) = sum_{i<=k} (p_i + d_i) + (M-2) max_{i<=k} p_i     (e = 0: the identity above)
+    which give, for device (s, r): end[s,r] its last backward pass ends, start = end - B - E,
+    free[s,r] its uplink has sent the M-1 earlier gradients down (C_{M-1} at hop s-1; stage 0 and
+    M = 1: T_fwd), done[s,r] it has sent the last one (C_M at hop s-1; stage 0: end).
+    all-reduce of stage s, bucketed (reduce-scatter then all-gather; each device sends its R-1
+    frames of one chunk per phase back to back on its uplink, latency paid once per phase):
+        P[s,r] = sum_{d' != d} chunk bytes / beta(d,d'),  A[s,r] = max_{d'} alpha(d,d')
+        K_s    = ceil(G_s / BUCKET_VALUES) buckets; bucket k is ready at start + k (end - start) / K
+        The pipeline's gradient has the uplink first. Before the last gradient goes down (at
+        max(end, free)) the uplink sends the K-1 buckets ready by then, from
+        max(free, start + (end - start) / K) on; the rest follows once the gradient is sent:
+        early  = min((K-1)/K P, max(0, max(end, free) - max(free, start + (end - start) / K)))
+        sent   = done + P - early                 (its last share has left; K = 1: no overlap)
+        D      = R c_s kappa                      (decode R-1 shares + encode the aggregate; or
+                                                   decode the R gathered chunks)
+        reduced[s,r] = max(max_{r' != r} (sent + A)[s,r'], end[s,r])   (every other share is in)
+        bcast  = max(reduced + D, sent)           (the owner broadcasts its chunk)
+        AR_end(s) = max_r [ max_{r' != r} (bcast + P + A)[s,r'] + D[s,r] ]
+        (exact for R = 2; for more replicas A and P bound each frame's latency and send.)
+    R = 1: AR_end(s) = max_r done.
+    iteration = max_s AR_end(s) + commit_s
+    (commit_s: the scenario's `control` section, the prepared -> commit round trip to the
+    coordinator that ends every step; 0 when absent.)
+    Breakdown: compute = the compute-only makespan of the pipeline (codecs included), pipeline =
+    max done - compute, data_parallel = max AR_end - max done (the all-reduce left after the
+    pipeline), control = commit_s.
     A device whose memory (workload.py) cannot hold its stage makes the plan invalid.
 """
 from __future__ import annotations
@@ -47,6 +80,7 @@ import numpy.typing as npt
 
 from swarm.scheduler.matching import bottleneck_assignment, open_path_order
 from swarm.scheduler.scenario import Scenario
+from swarm.scheduler.timeline import Timeline, compute_makespan, overlapped_finish, pipeline_timeline
 from swarm.scheduler.workload import BACKWARD_COMPUTE, Layers, PerStage, Workload
 
 __all__ = ["Breakdown", "CostModel", "DtfmCost", "FullCost", "COST_MODELS", "cost_model", "Grid"]
@@ -60,18 +94,19 @@ Seconds = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class Breakdown:
-    """Predicted seconds per iteration; compute + pipeline + data_parallel = iteration."""
+    """Predicted seconds per iteration; compute + pipeline + data_parallel + control = iteration."""
 
     iteration_s: float
     compute_s: float
     pipeline_s: float
     data_parallel_s: float
+    control_s: float = 0.0
     fits: bool = True
 
     def to_dict(self) -> dict[str, float]:
         """The plan file's `predicted` object; `fits` is not part of it."""
-        return {"iteration_s": self.iteration_s, "compute_s": self.compute_s,
-                "pipeline_s": self.pipeline_s, "data_parallel_s": self.data_parallel_s}
+        return {"iteration_s": self.iteration_s, "compute_s": self.compute_s, "pipeline_s": self.pipeline_s,
+                "data_parallel_s": self.data_parallel_s, "control_s": self.control_s}
 
 
 class CostModel:
@@ -91,7 +126,7 @@ class CostModel:
         self.memory = np.array([d.memory_gb * 1e9 for d in scenario.devices])
 
     def data_parallel(self, grid: Grid, layers: Layers, rows: list[int] | None = None) -> Seconds:
-        """All-reduce seconds of the stages in `rows` (all stages when None)."""
+        """The all-reduce terms of the stages in `rows` (all stages when None), one row per stage."""
         raise NotImplementedError
 
     def total(self, grid: Grid, layers: Layers, dp: Seconds) -> tuple[float, float]:
@@ -185,13 +220,18 @@ class DtfmCost(CostModel):
 
 
 class FullCost(CostModel):
-    """Our model: compute, both pipeline directions, compressed volumes, memory (module docstring)."""
+    """Our model: compute, codecs, both pipeline directions, compressed volumes, the all-reduce's
+    overlap with backward, the commit, memory (module docstring)."""
 
     name = "full"
 
+    def __init__(self, scenario: Scenario, stages: int, replicas: int) -> None:
+        super().__init__(scenario, stages, replicas)
+        self.commit_s = scenario.control.commit_s
+        self.frames = {channel: self.work.activation_bytes(channel) for channel in ("forward", "backward")}
+
     def data_parallel(self, grid: Grid, layers: Layers, rows: list[int] | None = None) -> Seconds:
-        if self.replicas == 1:
-            return np.zeros(self.stages if rows is None else len(rows))
+        """(stages, R, 2): each device's seconds of one phase's sends (P) and the phase's latency (A)."""
         chunk = self.work.gradient_chunk_bytes(layers)
         if rows is not None:
             chunk = chunk[rows]
@@ -201,30 +241,29 @@ class FullCost(CostModel):
         idx = np.arange(self.replicas)
         send[:, idx, idx] = 0.0
         lat[:, idx, idx] = 0.0
-        seconds: Seconds = 2 * (send.sum(axis=2) + lat.max(axis=2)).max(axis=1)
+        seconds: Seconds = np.stack([send.sum(axis=2), lat.max(axis=2)], axis=-1)
         return seconds
 
-    def _pipeline(self, grid: Grid, layers: Layers) -> tuple[Seconds, Seconds]:
-        """(done (S, R): backward compute and sends finished, compute-only makespan per column (R,))."""
-        m = self.work.micro_batches
-        f = self.work.forward_flops(layers)[:, None] / self.flops[grid]
-        b = BACKWARD_COMPUTE * f
+    def _passes(self, grid: Grid, layers: Layers) -> tuple[Seconds, Seconds]:
+        """(S, R) seconds of one micro-batch's forward and backward pass, codecs included."""
+        flops = self.work.forward_flops(layers)[:, None] / self.flops[grid]
+        codec = self.work.pass_values[:, None] * self.work.codec_s[grid]
+        return flops + codec, BACKWARD_COMPUTE * flops + codec
+
+    def _timeline(self, grid: Grid, layers: Layers) -> Timeline:
+        """The pipeline's passes, and the share encodes of the last backward pass."""
+        shares = (self.replicas - 1) * self.work.chunk_values(layers)[:, None] * self.work.codec_s[grid]
         bw = self.net.bandwidth(grid[:-1], grid[1:])
-        x = self.work.activation_bytes("forward") / bw
-        y = self.work.activation_bytes("backward") / bw
-        lat = self.net.latency(grid[:-1], grid[1:])
-        slowest = f.max(axis=0) if not len(x) else np.maximum(f.max(axis=0), x.max(axis=0))
-        t_fwd = f.sum(axis=0) + x.sum(axis=0) + lat.sum(axis=0) + (m - 1) * slowest
-        # backward chain from the last stage down; row s of `link` is the hop s+1 -> s
-        pad = np.zeros((1, grid.shape[1]))
-        link, link_busy = np.vstack([y + lat, pad]), np.vstack([y, pad])
-        suffix_sum = np.cumsum((b + link)[::-1], axis=0)[::-1]
-        suffix_max = np.maximum.accumulate(np.maximum(b, link_busy)[::-1], axis=0)[::-1]
-        # stage s >= 1 is free for its all-reduce once its uplink sent the last gradient down
-        below = np.vstack([pad, y])
-        done = t_fwd + suffix_sum + below + (m - 1) * np.maximum(suffix_max, below)
-        compute = f.sum(axis=0) + b.sum(axis=0) + (m - 1) * (f.max(axis=0) + b.max(axis=0))
-        return done, compute
+        return pipeline_timeline(*self._passes(grid, layers), self.frames["forward"] / bw, self.frames["backward"] / bw,
+                                 self.net.latency(grid[:-1], grid[1:]), shares, self.work.micro_batches)
+
+    def _finish(self, grid: Grid, layers: Layers, dp: Seconds, timeline: Timeline) -> Seconds:
+        """(S,) when each stage's all-reduce ends (the end of its pipeline passes when R = 1)."""
+        if self.replicas == 1:
+            done: Seconds = timeline.done.max(axis=1)
+            return done
+        chunks = self.replicas * self.work.chunk_values(layers)[:, None] * self.work.codec_s[grid]
+        return overlapped_finish(timeline, dp[..., 0], dp[..., 1], self.work.buckets(layers), chunks)
 
     def _overflow(self, grid: Grid, layers: Layers) -> npt.NDArray[np.bool_]:
         need = self.work.memory_bytes(layers)[:, None]
@@ -232,20 +271,18 @@ class FullCost(CostModel):
         return overflow
 
     def total(self, grid: Grid, layers: Layers, dp: Seconds) -> tuple[float, float]:
-        done, _ = self._pipeline(grid, layers)
-        finish = done.max(axis=1) + dp
+        timeline = self._timeline(grid, layers)
+        finish = self._finish(grid, layers, dp, timeline)
         unfit = int(self._overflow(grid, layers).sum())
-        soft = _soft_max(finish) + _soft_max(done.max(axis=0))
-        return float(finish.max() + INFEASIBLE * unfit), float(soft)
+        soft = _soft_max(finish) + _soft_max(timeline.done.max(axis=0))
+        return float(finish.max() + self.commit_s + INFEASIBLE * unfit), float(soft)
 
     def breakdown(self, grid: Grid, layers: Layers) -> Breakdown:
-        done, compute = self._pipeline(grid, layers)
-        dp = self.data_parallel(grid, layers)
-        end = done.max(axis=1)
-        iteration = float((end + dp).max())
-        compute_s = float(compute.max())
-        pipeline_s = float(end.max()) - compute_s
-        return Breakdown(iteration, compute_s, pipeline_s, iteration - float(end.max()),
+        timeline = self._timeline(grid, layers)
+        finish = float(self._finish(grid, layers, self.data_parallel(grid, layers), timeline).max())
+        end = float(timeline.done.max())
+        compute_s = float(compute_makespan(*self._passes(grid, layers), self.work.micro_batches).max())
+        return Breakdown(finish + self.commit_s, compute_s, end - compute_s, finish - end, self.commit_s,
                          fits=not self._overflow(grid, layers).any())
 
 

@@ -1,17 +1,22 @@
-"""The training job of a scenario: the model, the batch sizes, the codecs and the grid shape.
+"""The training job of a scenario: the model, the batch sizes, the codecs, the grid shape and the
+per-step control round trip.
 
 The scenario file's `compression` section names one codec per channel ("forward": activations,
 "backward": their gradients, "gradient": the all-reduce), either as a bit-width, the original
 contract (`{"forward_bits": 3, "backward_bits": 6, "gradient_bits": 4}`: k <= 8 is "qk", 16
 "fp16", 32 "none"), or as any codec spec the codec registry accepts (`{"gradient": "cocktail"}`).
 A channel left out is sent in fp16.
+
+The `control` section prices what each step pays the coordinator besides training: every member
+reports "prepared" after its all-reduce and waits for the commit (`{"commit_s": 0.004}`: seconds
+of that round trip, both ends' processing included). Absent, it costs nothing.
 """
 from __future__ import annotations
 
 from models import GPTConfig
-from swarm.scheduler.schema import Count, Record
+from swarm.scheduler.schema import Count, NonNegative, Record
 
-__all__ = ["ModelSpec", "BatchSizes", "Compression", "Parallelism"]
+__all__ = ["ModelSpec", "BatchSizes", "Compression", "Parallelism", "Control"]
 
 _BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
 
@@ -90,6 +95,12 @@ class Parallelism(Record, frozen=True):
 
     stages: Count
     replicas: Count
+
+
+class Control(Record, frozen=True, omit_defaults=True):
+    """The step protocol's cost: `commit_s`, seconds from a member's "prepared" to the commit it waits for."""
+
+    commit_s: NonNegative = 0.0
 
 
 def _codec_of(bits: int) -> str:

@@ -21,7 +21,7 @@ from swarm.scheduler.schema import Count, Name, Record, convert, load_json
 
 __all__ = ["Plan", "PlanError"]
 
-Predicted = Literal["iteration_s", "compute_s", "pipeline_s", "data_parallel_s"]
+Predicted = Literal["iteration_s", "compute_s", "pipeline_s", "data_parallel_s", "control_s"]
 Row = Annotated[tuple[str, ...], msgspec.Meta(min_length=1)]
 
 

@@ -19,12 +19,12 @@ from typing import Annotated, Any, Mapping
 
 import msgspec
 
-from swarm.scheduler.job import BatchSizes, Compression, ModelSpec, Parallelism
+from swarm.scheduler.job import BatchSizes, Compression, Control, ModelSpec, Parallelism
 from swarm.scheduler.network import Network
 from swarm.scheduler.schema import Name, NonNegative, Positive, Record, convert, load_json
 
 __all__ = [
-    "ScenarioError", "Device", "Site", "Link", "ModelSpec", "BatchSizes", "Compression", "Parallelism",
+    "ScenarioError", "Device", "Site", "Link", "ModelSpec", "BatchSizes", "Compression", "Parallelism", "Control",
     "Scenario", "preset_names",
 ]
 
@@ -34,13 +34,19 @@ class ScenarioError(ValueError):
 
 
 class Device(Record, frozen=True, omit_defaults=True):
-    """One GPU: sustained TFLOPS, memory, and its own uplink cap (None: only the site's link)."""
+    """One GPU: sustained TFLOPS, memory, its own uplink cap (None: only the site's link), and how fast
+    it runs the codecs: `codec_gvalues`, billions of values per second through one codec pass (an
+    encode or a decode). Every message is encoded by its sender and decoded by its receiver on the
+    device that computes, so on a slow CPU the codecs cost as much as the compute. None: codec time
+    is not priced (a GPU's codecs are a rounding error next to its links; the presets leave it out).
+    """
 
     id: Name
     site: Name
     tflops: Positive
     memory_gb: Positive
     uplink_gbps: Positive | None = None
+    codec_gvalues: Positive | None = None
 
 
 class Site(Record, frozen=True):
@@ -75,6 +81,7 @@ class Scenario(Record, frozen=True, kw_only=True, omit_defaults=True, dict=True)
     batch: BatchSizes
     compression: Compression = Compression()
     parallelism: Parallelism | None = None
+    control: Control = Control()
 
     def __post_init__(self) -> None:
         """The rules that span fields: ids, site names, the grid's fit, a link per site pair."""
@@ -129,11 +136,13 @@ class Scenario(Record, frozen=True, kw_only=True, omit_defaults=True, dict=True)
                           measured: Mapping[tuple[str, str], tuple[float, float]],
                           model: dict[str, Any], batch: dict[str, Any], compression: dict[str, Any] | None = None,
                           parallelism: dict[str, Any] | None = None,
-                          fallback: tuple[float, float] = (0.1, 100.0)) -> Scenario:
+                          fallback: tuple[float, float] = (0.1, 100.0),
+                          control: dict[str, Any] | None = None) -> Scenario:
         """A scenario with one site per device, from measured (bandwidth_gbps, latency_ms) pairs.
 
         This is what the coordinator builds from live peer records: `devices` are dicts with id,
-        tflops, memory_gb and optionally uplink_gbps (their `site` is ignored). A pair nobody
+        tflops, memory_gb and optionally uplink_gbps and codec_gvalues (their `site` is ignored);
+        `control` is the scenario's control section (the measured commit round trip). A pair nobody
         measured gets the worse of its two ends' typical (median) measured links, or `fallback`
         when an end measured none: a guess no better than what the peers are known to get, so
         that moving a peer onto an unmeasured link never looks like a gain in itself.
@@ -156,6 +165,8 @@ class Scenario(Record, frozen=True, kw_only=True, omit_defaults=True, dict=True)
             data["compression"] = compression
         if parallelism is not None:
             data["parallelism"] = parallelism
+        if control is not None:
+            data["control"] = control
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:

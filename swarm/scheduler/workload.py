@@ -8,6 +8,11 @@ scheduler, the simulator and the runtime price a stage alike:
 - a stage's all-reduce cuts its gradient into R chunks, one per owner replica: each device sends
   R - 1 reduce-scatter frames and R - 1 all-gather frames of ceil(parameters / R) values, in the
   "gradient" codec;
+- the last micro-batch's backward pass cuts a stage's gradient into buckets of BUCKET_VALUES
+  values (`peers.protocol.training`, the engine's own constant), each sent as soon as backward
+  has produced it, so the all-reduce overlaps the end of the pipeline;
+- codecs cost per value, not per byte: a pass of stage s decodes the frame it received and encodes
+  the one it sends (one boundary value count each), at the device's `codec_gvalues`;
 - backward compute is (BACKWARD_FLOPS_FACTOR + 1) x forward: the gradient and one recomputed
   forward pass (GPipe re-materialisation, which the memory model assumes);
 - memory per device: 16 bytes per parameter (fp16 weights and gradients, fp32 master copy and two
@@ -24,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models import BACKWARD_FLOPS_FACTOR, boundary_values, forward_flops_per_token, stage_parameters
+from peers.protocol import BUCKET_VALUES
 from swarm.scheduler.scenario import Scenario
 
 __all__ = ["Workload", "BACKWARD_COMPUTE", "BYTES_PER_PARAMETER"]
@@ -51,6 +57,12 @@ class Workload:
         self.micro_batches = math.ceil(batch.global_sequences / (batch.micro_sequences * replicas))
         self.tokens = batch.micro_sequences * model.seq_len
         self.boundary_values = boundary_values(self.config, batch.micro_sequences)
+        stage = np.arange(stages)
+        # (S,) values one pass of each stage codes: its input frame (s > 0) and its output frame (s < S-1)
+        self.pass_values = ((stage > 0).astype(float) + (stage < stages - 1)) * self.boundary_values
+        # (N,) seconds each device spends on one value in one codec pass; 0 where the scenario gives no rate
+        self.codec_s = np.array([0.0 if d.codec_gvalues is None else 1 / (d.codec_gvalues * 1e9)
+                                 for d in scenario.devices])
         self._cache: dict[tuple[object, ...], PerStage] = {}
 
     def params(self, layers: Layers) -> PerStage:
@@ -76,6 +88,14 @@ class Workload:
     def gradient_chunk_bytes(self, layers: Layers) -> PerStage:
         """(S,) bytes of one all-reduce frame of each stage: 1/R of its gradient, "gradient" codec."""
         return self.gradient_bytes(layers, self.codecs["gradient"], self.replicas)
+
+    def chunk_values(self, layers: Layers) -> PerStage:
+        """(S,) values of one all-reduce frame of each stage (what its codecs encode and decode)."""
+        return self._memo("chunk", layers, lambda _: [math.ceil(p / self.replicas) for p in self.params(layers)])
+
+    def buckets(self, layers: Layers) -> PerStage:
+        """(S,) all-reduce buckets of each stage: its gradient in pieces of BUCKET_VALUES values."""
+        return self._memo("buckets", layers, lambda _: [math.ceil(p / BUCKET_VALUES) for p in self.params(layers)])
 
     def stash_bytes(self) -> int:
         """Bytes of the boundary inputs a device keeps for the backward passes of its micro-batches."""

@@ -36,7 +36,7 @@ def _largest() -> dict:
             "rejected": dict.fromkeys(REJECTIONS, HUGE_INT),
             "suspects": {_name(i): HUGE_INT for i in range(MAX_SUSPECTS)}, "error": "e" * MAX_ERROR_CHARS,
             "blamed": _name(1), "curve_key": "k" * 64, "admission": "h" * 64,
-            "breakdown": {"step": HUGE_INT, **times}}
+            "breakdown": {"step": HUGE_INT, **times}, "codec_gvalues": HUGE_FLOAT}
 
 
 def test_the_largest_valid_record_fits_its_byte_bound_as_the_dht_stores_it():

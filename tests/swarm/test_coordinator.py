@@ -22,11 +22,13 @@ from peers.protocol import (
     PlanRecord,
     SourceKind,
     StateSource,
+    StepBreakdown,
     TrainingSpec,
 )
 from swarm.coordinator.checkpoint import fetch_stage, read_latest, write_checkpoint
 from swarm.coordinator.config import add_arguments, from_args
 from swarm.coordinator.planning import (
+    DEFAULT_COMMIT_S,
     MIN_STEPS_BETWEEN_CHANGES,
     Placement,
     assign_sources,
@@ -212,6 +214,28 @@ def test_plan_changes_are_priced_by_the_cost_model():
     assert full is not None and shrunk is not None
     assert 0 < full < shrunk  # half the replicas: each does twice the work
     assert predicted_step_s(Placement([["a"], ["zz"]], [2, 2], [], _reason()), records, TRAINING, CODECS) is None
+
+
+def test_the_peers_codec_speed_and_commit_wait_price_the_step():
+    def record(name: str, codec: float | None = None, commit: float | None = None) -> PeerRecord:
+        breakdown = None if commit is None else StepBreakdown(step=3, compute_s=0.1, wait_forward_s=0.0,
+                                                              wait_backward_s=0.0, allreduce_s=0.0, commit_s=commit)
+        return PeerRecord(name=name, address="tcp://127.0.0.1:1", device="cpu", tflops=0.02, memory_gb=4.0,
+                          codec_gvalues=codec, breakdown=breakdown)
+
+    fresh = {n: record(n) for n in "abcd"}
+    scenario = scenario_from_records(fresh, TRAINING, CODECS, 2, 2)
+    assert scenario.control.commit_s == DEFAULT_COMMIT_S and {d.codec_gvalues for d in scenario.devices} == {None}
+    # the shortest wait the peers measured, the last to prepare's (one has not applied a step yet); each
+    # peer's codec speed
+    measured = {"a": record("a", 0.5, 0.010), "b": record("b", 0.5, 0.030), "c": record("c", 0.01, 0.050),
+                "d": record("d", 0.5)}
+    scenario = scenario_from_records(measured, TRAINING, CODECS, 2, 2)
+    assert scenario.control.commit_s == pytest.approx(0.010)
+    assert [d.codec_gvalues for d in scenario.devices] == [0.5, 0.5, 0.01, 0.5]
+    placement = Placement([["a", "b"], ["c", "d"]], [2, 2], [], _reason())
+    before, after = (predicted_step_s(placement, records, TRAINING, CODECS) for records in (fresh, measured))
+    assert before is not None and after is not None and after > before + 0.010 - DEFAULT_COMMIT_S
 
 
 def test_a_silent_replica_holds_a_checkpoint_fetch_only_for_its_share_of_the_patience():

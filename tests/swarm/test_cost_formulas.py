@@ -149,9 +149,10 @@ def test_full_pipeline_flow_shop_and_all_reduce_by_hand():
 def test_full_uses_the_channel_bit_widths():
     wide = FullCost(tiny(), 2, 2).data_parallel(GRID, LAYERS)
     narrow = FullCost(tiny(compression={"gradient_bits": 4}), 2, 2).data_parallel(GRID, LAYERS)
-    # each phase sends one q4 frame of half the stage's gradient over the A-B link
-    assert narrow[0] == pytest.approx(2 * (frame_size("q4", math.ceil(P0 / 2)) / 1e8 + 0.010), rel=1e-12)
-    assert narrow[0] < wide[0]
+    # per device of stage 0 and phase: one q4 frame of half the stage's gradient over the A-B link, its latency
+    for device in (0, 1):
+        assert narrow[0, device] == pytest.approx([frame_size("q4", math.ceil(P0 / 2)) / 1e8, 0.010], rel=1e-12)
+    assert (narrow[..., 0] < wide[..., 0]).all() and (narrow[..., 1] == wide[..., 1]).all()
 
 
 def test_full_marks_a_plan_that_does_not_fit_memory():
@@ -172,8 +173,8 @@ def test_all_reduce_sums_every_peer_of_the_group():
     # full: one fp16 frame of a quarter of the gradient per peer and phase; a0 sends to a1
     # (1e9 B/s) and b0, b1 (1e8 B/s), and waits for the slowest latency (10 ms) once per phase
     chunk = fp16(math.ceil(params / 4))
-    a0 = chunk / 1e9 + 2 * chunk / 1e8 + 0.010
-    assert model_full.data_parallel(grid, layers) == pytest.approx([2 * a0], rel=1e-12)
+    assert model_full.data_parallel(grid, layers)[0, 0] == pytest.approx([chunk / 1e9 + 2 * chunk / 1e8, 0.010],
+                                                                         rel=1e-12)
     # dtfm: every peer costs 2 * (alpha + c_DP / (4 * beta)), latency included each time
     model_dtfm = DtfmCost(tiny(parallelism={"stages": 1, "replicas": 4}), 1, 4)
     c_dp = fp16(params)

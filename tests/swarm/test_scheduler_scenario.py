@@ -47,6 +47,10 @@ LINK = {"between": ["A", "B"], "bandwidth_gbps": 0.8, "latency_ms": 1.0}
     ({"devices": [dict(TINY["devices"][0], memory_gb=float("inf"))]},
      "memory_gb: must be finite, got inf - at `$.devices[0]`"),
     ({"links": TINY["links"] * 2}, "a second link between 'A' and 'B' - at `$.links[1]`"),
+    ({"devices": [dict(TINY["devices"][0], codec_gvalues=0)]},
+     "Expected `float` > 0.0, got 0 - at `$.devices[0].codec_gvalues`"),
+    ({"control": {"commit_s": -1}}, "Expected `float` >= 0.0, got -1 - at `$.control.commit_s`"),
+    ({"control": {"commit": 0.1}}, "unknown field `commit` - at `$.control`"),
 ])
 def test_bad_scenarios_name_the_field(change, message):
     with pytest.raises(ScenarioError) as error:
@@ -110,6 +114,19 @@ def test_measured_links_put_each_peer_in_its_own_site():
     # p3 measured nothing: the fallback
     assert net.bandwidth(index["p3"], index["p1"]) == pytest.approx(0.05e9 / 8)
     assert net.latency(index["p3"], index["p0"]) == pytest.approx(0.200)
+
+
+def test_measured_codec_rates_and_commit_round_trip_pass_through():
+    devices = [{"id": "p0", "tflops": 10.0, "memory_gb": 24.0, "codec_gvalues": 0.4},
+               {"id": "p1", "tflops": 10.0, "memory_gb": 24.0}]
+    scenario = Scenario.from_measurements("live", devices, {}, TINY["model"], TINY["batch"],
+                                          control={"commit_s": 0.03})
+    assert [d.codec_gvalues for d in scenario.devices] == [0.4, None]
+    assert scenario.control.commit_s == 0.03
+    assert scenario.with_devices(scenario.devices[:1]).control == scenario.control
+    assert Scenario.from_dict(scenario.to_dict()) == scenario
+    # absent, neither appears in the file: the presets' and old scenarios' files stay as they were
+    assert "control" not in tiny().to_dict() and "codec_gvalues" not in tiny().to_dict()["devices"][0]
 
 
 def test_with_devices_keeps_stages_and_drops_replicas():

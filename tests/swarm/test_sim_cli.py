@@ -39,7 +39,8 @@ def test_plan_json_output_for_a_scenario_file(tmp_path, capsys):
     assert main(["plan", str(scenario_file), "--time-limit", "1", "--random-samples", "50", "--json"]) == 0
     output = json.loads(capsys.readouterr().out)
     assert output["plan"]["scenario"] == "tiny"
-    assert set(output["plan"]["predicted"]) == {"iteration_s", "compute_s", "pipeline_s", "data_parallel_s"}
+    assert set(output["plan"]["predicted"]) == {"iteration_s", "compute_s", "pipeline_s", "data_parallel_s",
+                                                "control_s"}
     compare = output["compare"]
     assert compare["plan"] <= compare["best of 50 random"] and compare["lower bound"] <= compare["plan"]
 
