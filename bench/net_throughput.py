@@ -7,7 +7,8 @@ Each cell is one `swarm-sim net run` of the 4-device scenario (2 stages x 2 repl
 the same rate, its latency as the scenario says) with one codec set: `none`, `fp16`, `q364`
 (3/6/4 bits) or `q364-delta` (3/6/4 with AQ-SGD forward deltas, `--fwd-delta`). Per cell: median
 tokens/s and iteration seconds over the steps after the warm-up, the cost model's prediction for
-the plan run, wire bytes per step per channel and bits per value. Ratios from the same run: q364
+the plan run (`predicted`: compute from the peers' join-time speed; `calibrated`: from the speed
+they achieved while training), wire bytes per step per channel and bits per value. Ratios from the same run: q364
 against none at each rate, and each rate against the unshaped network for each codec set.
 Prints JSON; whatever it measures, it reports.
 """
@@ -73,9 +74,9 @@ def _cell(args: argparse.Namespace, rate: str, codec: str) -> dict[str, Any]:
             return {"rate_mbps": rate, "codec": codec, "error": done.stderr[-2000:]}
         report = json.loads(report_path.read_text())
     return {"rate_mbps": rate, "codec": codec, "tokens_per_s": report["tokens_per_s"],
-            "iteration_s": {"measured": report["iteration_s"]["measured"],
-                            "predicted": report["iteration_s"]["predicted"]},
+            "iteration_s": {key: report["iteration_s"][key] for key in ("measured", "predicted", "calibrated")},
             "predicted_breakdown": report["iteration_s"]["predicted_breakdown"],
+            "calibrated_breakdown": report["iteration_s"]["calibrated_breakdown"],
             "bytes_per_step": report["bytes_per_step"], "bits_per_value": report["bits_per_value"],
             "latency": report["latency"], "plan": report["plan"]["grid"], "layers": report["plan"]["layers"],
             "all_steps_committed": report["all_steps_committed"],
@@ -89,11 +90,12 @@ def _ratios(cells: list[dict[str, Any]]) -> dict[str, Any]:
     over_unshaped = {codec: {rate: _ratio(tps.get((rate, codec)), tps.get(("unshaped", codec)))
                              for rate in dict.fromkeys(c["rate_mbps"] for c in cells) if rate != "unshaped"}
                      for codec in dict.fromkeys(c["codec"] for c in cells)}
-    predicted_over_measured = {f"{c['codec']}@{c['rate_mbps']}": _ratio(c["iteration_s"]["predicted"],
-                                                                         c["iteration_s"]["measured"])
-                               for c in cells if "iteration_s" in c}
+    over_measured = {kind: {f"{c['codec']}@{c['rate_mbps']}": _ratio(c["iteration_s"][kind],
+                                                                      c["iteration_s"]["measured"])
+                            for c in cells if "iteration_s" in c} for kind in ("predicted", "calibrated")}
     return {"tokens_per_s_q364_over_none": q364_over_none, "tokens_per_s_rate_over_unshaped": over_unshaped,
-            "iteration_predicted_over_measured": predicted_over_measured}
+            "iteration_predicted_over_measured": over_measured["predicted"],
+            "iteration_calibrated_over_measured": over_measured["calibrated"]}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

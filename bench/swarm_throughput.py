@@ -80,10 +80,12 @@ def _live(directory: Path, args: argparse.Namespace, fwd: str, bwd: str, grad: s
     timed = report["steps"][args.warmup:]
     step_s = statistics.median(s["seconds"] for s in timed)
     predicted = report["plans"][0]["reason"]["predicted_step_s"]  # one plan: nobody joins or leaves
+    calibrated = next((e["calibrated_step_s"] for e in report["events"] if e.get("event") == "calibrated"), None)
     return {"codecs": {"fwd": fwd, "bwd": bwd, "grad": grad},
             "tokens_per_s_median": statistics.median(s["tokens_per_s"] for s in timed),
             "step_s_median": step_s, "predicted_step_s": predicted,
             "predicted_over_measured": predicted / step_s if predicted else None,
+            "calibrated_step_s": calibrated, "calibrated_over_measured": calibrated / step_s if calibrated else None,
             "bytes_per_step": {ch: n / args.steps for ch, n in report["bytes_per_channel"].items()},
             "bits_per_value": report["bits_per_value"],
             "final_loss": report["steps"][-1]["loss"]}

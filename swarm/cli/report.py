@@ -157,16 +157,21 @@ def _markdown(report: dict[str, Any], title: str) -> str:
         ratio = f"{_FP32_BITS / per_value:.1f}x smaller" if per_value else "-"
         lines.append(f"| {channel} | {nbytes:,} | {per_value:.2f} | {ratio} |" if per_value
                      else f"| {channel} | {nbytes:,} | - | {ratio} |")
-    lines += ["", "## Plans", "", "| version | from step | change | why | lost | predicted s/step | measured s/step |",
-              "|---|---:|---|---|---|---:|---:|"]
+    # predicted: at plan time, on the peers' join-time speeds; on achieved compute: once the plan ran
+    # a few steps, on the speeds its members achieved (the coordinator's "calibrated" event)
+    calibrated = {e["plan_version"]: e["calibrated_step_s"] for e in report.get("events", [])
+                  if e.get("event") == "calibrated"}
+    lines += ["", "## Plans", "", "| version | from step | change | why | lost | predicted s/step "
+              "| on achieved compute | measured s/step |", "|---|---:|---|---|---|---:|---:|---:|"]
     for plan in plans:
         reason = plan["reason"]
         lost = ", ".join(f"{name}: {why}" for name, why in reason.get("lost", {}).items()) or "-"
-        predicted = reason.get("predicted_step_s")
+        predicted, recalculated = reason.get("predicted_step_s"), calibrated.get(plan["version"])
         seconds = [e["seconds"] for e in steps if e.get("plan_version") == plan["version"] and e["seconds"] > 0]
         lines.append(f"| v{plan['version']} | {plan['start_step']} | {reason['change']} | "
                      f"{reason['text'].replace('|', '/')} | {lost} | "
                      f"{'-' if predicted is None else f'{predicted:.3g}'} | "
+                     f"{'-' if recalculated is None else f'{recalculated:.3g}'} | "
                      f"{f'{statistics.median(seconds):.3g} (median)' if seconds else '-'} |")
     lines += _breakdown_table(steps)
     lines += ["", "## Figures", "", "Dashed vertical lines mark plan changes.", "",

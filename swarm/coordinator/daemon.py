@@ -38,6 +38,7 @@ from peers.security import Admission
 
 from .admission import Gatekeeper
 from .blame import Blame, Evictions
+from .calibration import calibration
 from .checkpoint import Checkpoint, read_latest, write_json_atomic
 from .checkpointer import Checkpointer, Skipped
 from .config import CoordinatorConfig, given_placement
@@ -279,6 +280,11 @@ class Coordinator:
         self.checkpoint_step = step if due else 0
         self.report.step(step, committed_plan.version, losses, self.tokens_per_s, seconds)
         self.report.observe(committed_plan, records)
+        if (calibrated := calibration(committed_plan, step, self.report.steps, records, self.training,
+                                      self.codecs)) is not None:
+            self.report.event("calibrated", **calibrated)
+            self.on_event(f"plan {committed_plan.version} on the compute its peers achieve: predicted "
+                          f"{calibrated['calibrated_step_s']:.3g} s/step")
         self.evicted.update(self.suspects.judge(committed_plan, records, step), Departure.SUSPECTED)
         self.blame.succeeded()
         finished = step >= self.training.steps

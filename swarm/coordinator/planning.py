@@ -127,7 +127,7 @@ def fit_batch(placement: Placement, training: TrainingSpec) -> Placement:
     return placement
 
 
-def predicted_step_s(placement: Placement, records: dict[str, PeerRecord], training: TrainingSpec,
+def predicted_step_s(placement: PlanRecord | Placement, records: dict[str, PeerRecord], training: TrainingSpec,
                      codecs: Codecs) -> float | None:
     """The scheduler's cost model's seconds per step for `placement` (None if it cannot price it)."""
     members = {n: records[n] for row in placement.grid for n in row if n in records}

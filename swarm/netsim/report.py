@@ -8,6 +8,9 @@
   records' TFLOPS are measured inside their CPU quotas, so one per-core speed is estimated from
   all of them (the median of TFLOPS / cores) and scaled by each device's quota; the codecs' speed
   and the commit wait are the records' own (`codec_gvalues`, the shortest `breakdown.commit_s`).
+- `iteration_s.calibrated`: the same model with each member's compute speed as achieved while
+  training (its stage's FLOPs over its median `breakdown.compute_s`, `swarm.coordinator.calibration`):
+  what is left of the gap to `measured` is the rest of the model, not the compute estimate.
 - `links[].bytes`: bytes on each directed path while training (tc class counters from the first
   plan to the end: IP packets with headers, data plane and DHT alike); `bytes_total` includes the
   peers' join-time link probes.
@@ -18,6 +21,7 @@ import statistics
 from typing import TYPE_CHECKING, Any
 
 from models import get_config
+from swarm.coordinator.calibration import achieved_tflops, median_compute_s
 from swarm.coordinator.planning import control_section, scenario_job
 from swarm.scheduler import Plan, Scenario, predict
 
@@ -43,6 +47,11 @@ def build_report(net: NetHarness, options: RunOptions, coordinator: dict[str, An
     counted = steps[options.skip_steps:] or steps
     tflops = effective_tflops(records, net.cores)
     predicted = _predict(net, options, grid, layers, tflops, records)
+    ran = [e for e in (coordinator.get("steps") or [])[options.skip_steps:]
+           if e.get("plan_version") == first["version"]]
+    achieved = achieved_tflops(median_compute_s(ran, [name for row in grid for name in row]), grid, layers,
+                               options.training)
+    calibrated = _predict(net, options, grid, layers, {**tflops, **achieved}, records) if achieved else None
     committed = len(steps)
     losses = [s["loss"] for s in steps if s["loss"] is not None]
     return {
@@ -62,7 +71,9 @@ def build_report(net: NetHarness, options: RunOptions, coordinator: dict[str, An
         "tokens_per_s": round(statistics.median(s["tokens_per_s"] for s in counted), 1) if counted else 0.0,
         "iteration_s": {"measured": round(statistics.median(s["seconds"] for s in counted), 4) if counted else None,
                         "predicted": None if predicted is None else round(predicted["iteration_s"], 4),
-                        "predicted_breakdown": predicted},
+                        "predicted_breakdown": predicted,
+                        "calibrated": None if calibrated is None else round(calibrated["iteration_s"], 4),
+                        "calibrated_breakdown": calibrated},
         "all_steps_committed": [s["step"] for s in steps] == list(range(1, options.training.steps + 1)),
         "loss_fell": len(losses) >= 2 and _mean(losses[-3:]) < _mean(losses[:3]),
         "bytes_per_step": {ch: round(n / max(committed, 1))
@@ -72,7 +83,7 @@ def build_report(net: NetHarness, options: RunOptions, coordinator: dict[str, An
                    "latency_ms": round(p.latency_ms, 3), "shaped": p.shaped,
                    "bytes": end.get((p.src, p.dst), 0) - start.get((p.src, p.dst), 0),
                    "bytes_total": end.get((p.src, p.dst), 0)} for p in net.paths],
-        "peers": {name: _peer(record, net.cores.get(name), tflops.get(name))
+        "peers": {name: _peer(record, net.cores.get(name), tflops.get(name), achieved.get(name))
                   for name, record in sorted(records.items())},
         "cpu": {"cgroup": None if not net.cores else f"v{net.cpu.version}", "cores": net.cores},
         "checksum_mismatches": coordinator.get("mismatches") or [],
@@ -118,10 +129,11 @@ def _predict(net: NetHarness, options: RunOptions, grid: list[list[str]], layers
     return {key: round(value, 5) for key, value in predict(scenario, plan, "full").to_dict().items()}
 
 
-def _peer(record: dict[str, Any], cores: float | None, tflops: float | None) -> dict[str, Any]:
+def _peer(record: dict[str, Any], cores: float | None, tflops: float | None, achieved: float | None) -> dict[str, Any]:
     keys = ("state", "stage", "replica", "step", "tflops", "bytes_sent", "values_sent", "dropped_stale", "rejected",
             "error", "links")
-    return {**{key: record.get(key) for key in keys}, "cpu_cores": cores, "tflops_used": tflops}
+    return {**{key: record.get(key) for key in keys}, "cpu_cores": cores, "tflops_used": tflops,
+            "tflops_achieved": achieved}
 
 
 def _mean(values: list[float]) -> float:

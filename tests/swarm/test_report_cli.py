@@ -44,7 +44,8 @@ def _synthetic(steps=40, with_bytes=True):
     return {"steps": entries, "plans": [{"version": 1, "start_step": 1, "reason": reason},
                                         {"version": 2, "start_step": 20, "reason": repaired}],
             "bytes_per_channel": {"forward": 40_000, "backward": 80_000, "gradient": 120_000},
-            "bits_per_value": {"forward": 3.125, "backward": 6.125, "gradient": 4.125}, "checkpoint": None}
+            "bits_per_value": {"forward": 3.125, "backward": 6.125, "gradient": 4.125}, "checkpoint": None,
+            "events": [{"event": "calibrated", "plan_version": 2, "predicted_step_s": 0.5, "calibrated_step_s": 0.45}]}
 
 
 def test_write_report_from_a_synthetic_report(tmp_path):
@@ -53,7 +54,8 @@ def test_write_report_from_a_synthetic_report(tmp_path):
     for name in FIGURES:
         _check_png(tmp_path / "out" / name)
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "| v2 | 20 | repaired | step 20 aborted: b left | b: left | 0.5 | 0.5 (median) |" in text
+    assert "| v1 | 1 | first | first plan | - | 0.4 | - | 0.5 (median) |" in text
+    assert "| v2 | 20 | repaired | step 20 aborted: b left | b: left | 0.5 | 0.45 | 0.5 (median) |" in text
     assert "| a | 40 | 0.25 | 0 | 0.1 | 0.1 | 0.05 |" in text  # each peer's median breakdown
     assert all(f"]({name})" in text for name in FIGURES) and "10.2x smaller" in text
 
