@@ -2,6 +2,7 @@
 import pytest
 
 import compression
+from peers.dht import SwarmDHT
 
 
 @pytest.fixture
@@ -11,3 +12,13 @@ def eager_codecs():
     compression.set_fused(False)
     yield
     compression.set_fused(True)
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    """Two real DHT nodes, the second bootstrapped from the first (one pair per test module)."""
+    first = SwarmDHT()
+    second = SwarmDHT(first.multiaddrs())
+    yield first, second
+    second.close()
+    first.close()

@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from peers.daemon.records import CoordinatorPin
-from peers.dht import SwarmDHT
 from peers.protocol import ControlRecord, owner_fingerprint
 from swarm.coordinator.step_channel import ControlWriter
 
 SPACING_S = 0.5
-
-
-@pytest.fixture(scope="module")
-def nodes():
-    first = SwarmDHT()
-    second = SwarmDHT(first.multiaddrs())
-    yield first, second
-    second.close()
-    first.close()
 
 
 def test_a_step_rate_of_control_records_costs_a_few_stores_and_the_newest_lands(nodes):
