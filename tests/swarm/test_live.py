@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -24,7 +25,7 @@ from tests.swarm.conftest import GARBAGE, STALE, fire_garbage
 
 pytestmark = pytest.mark.slow
 
-STEPS = 30
+STEPS = 60  # long enough for a few 2 s heartbeats while it trains
 
 
 @pytest.fixture(scope="module")
@@ -40,21 +41,41 @@ def run(tmp_path_factory):
                                text=True)
         with SwarmDHT(swarm.initial_peers(), client_mode=True) as dht:
             swarm.wait_for(lambda: swarm.committed_step() >= 3, 180, "step 3")
-            # the report is written first, the DHT's control record right after: look until it shows step 3
-            # and every peer's record training: a status read under load can miss a record or find an older one
+            # The DHT has each peer's record as of its last heartbeat (2 s apart; steps are pushed, not read
+            # from it), and a status read under load can miss a record or find an older one: look until the
+            # control record shows step 3 and every peer's record is training with a step applied.
             status = swarm.wait_for(lambda: (view := collect(dht))["step"] >= 3 and len(view["peers"]) == 4
-                                    and all(p["state"] == "training" for p in view["peers"]) and view,
-                                    30, "step 3 and every peer training in the DHT")
+                                    and all(p["state"] == "training" and p["breakdown"] for p in view["peers"])
+                                    and view, 60, "step 3 and every peer training in the DHT")
             victim = next(p for p in status["peers"] if p["stage"] == 1)
             fire_garbage(victim["address"])
             fired_at = swarm.committed_step()
             swarm.wait_for(lambda: swarm.committed_step() >= fired_at + 3, 120, "three steps after the garbage")
-            after = next(p for p in collect(dht)["peers"] if p["name"] == victim["name"])
+            after = _heartbeat_after(dht, victim["name"])
         code = swarm.wait_exit("coordinator", 240)
         peer_codes = {name: swarm.wait_exit(name, 30) for name in ("p1", "p2", "p3", "p4")}
         cli_out, cli_err = cli.communicate(timeout=120)
         yield {"swarm": swarm, "code": code, "peer_codes": peer_codes, "status": status, "victim": after,
                "report": swarm.report(), "cli": (cli.returncode, cli_out, cli_err)}
+
+
+def _heartbeat_after(dht: SwarmDHT, name: str) -> dict:
+    """`name`'s record from the DHT once it has announced again after this call (heartbeats are 2 s apart)."""
+    def stamped() -> tuple[float, dict | None]:
+        view = collect(dht)
+        record = next((p for p in view["peers"] if p["name"] == name), None)
+        return (time.time() - record["heartbeat_age_s"] if record else 0.0), record
+
+    since, last = stamped()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        stamp, record = stamped()
+        last = record or last
+        if record is not None and stamp > since + 0.5:
+            break
+    assert last is not None, f"{name}'s record is not in the DHT"
+    return last
 
 
 def test_coordinator_and_peers_exit_cleanly(run):

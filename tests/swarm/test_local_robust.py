@@ -30,36 +30,46 @@ def honest():
     return _eval_loss()[0]
 
 
+@pytest.fixture(scope="module")
+def clipped():
+    """centered-clip against the 1000x attacker: (eval loss, suspects)."""
+    return _eval_loss("centered-clip", "scale:1000@1")
+
+
 @pytest.mark.slow
-def test_centered_clip_keeps_the_honest_loss_under_a_1000x_attacker(honest, tmp_path, capsys):
+def test_centered_clip_keeps_the_honest_loss_under_a_1000x_attacker(honest, clipped):
+    loss, suspects = clipped
+    assert abs(loss - honest) <= 0.10 * honest
+    # both honest owners name s0r1 at (nearly) every step, others rarely
+    assert suspects["s0r1"] >= 0.9 * 2 * STEPS
+    assert max((v for k, v in suspects.items() if k != "s0r1"), default=0) <= 0.1 * 2 * STEPS
+
+
+def test_the_cli_runs_the_attack_under_the_rule_it_names(tmp_path, capsys):
     path = tmp_path / "attacked.json"
-    assert main(["local", "--stages", "1", "--replicas", "3", "--batch", "6", "--steps", str(STEPS), "--quiet",
+    assert main(["local", "--stages", "1", "--replicas", "3", "--batch", "6", "--steps", "2", "--quiet",
                  "--aggregate", "centered-clip", "--attack", "scale:1000@1", "--report", str(path)]) == 0
     report = json.loads(path.read_text())
     assert report["config"]["training"]["aggregate"] == "centered-clip"
     assert report["config"]["attack"] == "scale:1000@1"
-    assert abs(report["final"]["eval_loss"] - honest) <= 0.10 * honest
-    suspects = report["final"]["suspects"]  # both honest owners name s0r1 at (nearly) every step, others rarely
-    assert suspects["s0r1"] >= 0.9 * 2 * STEPS
-    assert max((v for k, v in suspects.items() if k != "s0r1"), default=0) <= 0.1 * 2 * STEPS
+    assert report["final"]["suspects"]["s0r1"] >= 2 * 2 - 1
     assert "FAULT INJECTOR ACTIVE" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_mean_follows_the_attacker(honest):
+def test_mean_follows_the_attacker(honest, clipped):
     # AdamW divides out a gradient's scale, so scale:1000 under `mean` mostly hands 2/3 of the step to
     # the attacker's own (1000x, one-third-batch) gradient: the loss leaves the honest one (8% below it
     # when this was written), many times further than centered-clip's under the same attacker (0.1%).
     scaled, suspects = _eval_loss("mean", "scale:1000@1")
-    clipped_scaled, _ = _eval_loss("centered-clip", "scale:1000@1")
     assert abs(scaled - honest) > 0.03 * honest
-    assert abs(scaled - honest) > 10 * abs(clipped_scaled - honest)
+    assert abs(scaled - honest) > 10 * abs(clipped[0] - honest)
     assert suspects["s0r1"] >= 0.9 * 2 * STEPS  # named, though nothing protects the step
     # Flip the sign and the mean climbs the loss; centered-clip does not.
     flipped, _ = _eval_loss("mean", "scale:-1000@1")
     assert flipped > 2 * honest
-    clipped, _ = _eval_loss("centered-clip", "scale:-1000@1")
-    assert abs(clipped - honest) <= 0.10 * honest
+    clipped_flip, _ = _eval_loss("centered-clip", "scale:-1000@1")
+    assert abs(clipped_flip - honest) <= 0.10 * honest
 
 
 def test_help_shows_the_flags(capsys):
