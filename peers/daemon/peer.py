@@ -314,9 +314,15 @@ class PeerDaemon:
     # ---- the record --------------------------------------------------------------------------
 
     def _update(self, **fields: object) -> None:
+        """Change this peer's record; a new state (or plan) is announced in the DHT at once, since
+        `swarm status`, the dashboard and the coordinator's joins read it there; steps wait for the heartbeat."""
         with self._lock:
+            news = any(key in ("state", "plan_version") and getattr(self.record, key) != value
+                       for key, value in fields.items())
             for key, value in fields.items():
                 setattr(self.record, key, value)
+        if news:
+            self._announce_now.set()
 
     def _measured(self, links: dict[str, Link]) -> None:
         """Links measured by the prober's probes (its thread) or a state transfer (the main one): announced next."""

@@ -27,7 +27,7 @@ import zmq
 from swarm.launcher import LocalSwarm, free_port
 from tests.system import ensure_command
 
-STEPS = 120
+STEPS = 400  # about 30 s at the pace of a 2 x 1 `tiny` run on 2 cores: the captures need it still running
 GARBAGE, STALE = 4, 3
 BROWSER_TIMEOUT_S = 150
 
