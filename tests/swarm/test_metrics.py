@@ -160,7 +160,8 @@ def test_peer_metrics_of_a_live_swarm(observed_run):
 @pytest.mark.timeout(1200)
 def test_the_training_thread_sends_no_dht_request_while_it_trains(observed_run):
     """Steps commit, plans change (a standby joins, a peer leaves, a rollback) and the training thread
-    (MainThread) of p1 sends the DHT nothing: the step channel and the heartbeat thread carry it all."""
+    (MainThread) of p1 sends the DHT nothing: the step channel and the heartbeat thread carry it all,
+    the heartbeat thread at its own pace (heartbeats, new states), not once or twice a step."""
     early_step, early_text = observed_run["peer_metrics_at_step"]
     early, late = samples(early_text), samples(observed_run["peer_metrics"])
     steps = value(late, "swarm_peer_steps_committed_total") - value(early, "swarm_peer_steps_committed_total")
@@ -168,4 +169,5 @@ def test_the_training_thread_sends_no_dht_request_while_it_trains(observed_run):
     assert value(late, "swarm_peer_replans_total", change="repaired") == 1  # plans changed in between
     training = "swarm_peer_dht_requests_total"
     assert value(late, training, thread="MainThread") == value(early, training, thread="MainThread")
-    assert value(late, training, thread="heartbeat") > value(early, training, thread="heartbeat") + steps / 10
+    heartbeat = value(late, training, thread="heartbeat") - value(early, training, thread="heartbeat")
+    assert 0 < heartbeat < steps / 2, (heartbeat, steps)
