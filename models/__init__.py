@@ -17,6 +17,7 @@ from .stages import (
     check_layers,
     even_layers,
     forward_flops_per_token,
+    layer_forward_flops_per_token,
     stage_parameters,
 )
 
@@ -34,7 +35,8 @@ _LAZY = {
 
 __all__ = [
     "GPTConfig", "PRESETS", "get_config", "count_parameters", "layer_parameters",
-    "even_layers", "check_layers", "stage_parameters", "forward_flops_per_token", "boundary_values",
+    "even_layers", "check_layers", "stage_parameters", "forward_flops_per_token", "layer_forward_flops_per_token",
+    "boundary_values",
     "BACKWARD_FLOPS_FACTOR",
     "Stage", "Block", "init_parameters", "split", "build_stage", "param_checksum",
     "ByteTokenizer", "Batch", "SequenceDataset", "default_corpus_path", "read_corpus",

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from .config import GPTConfig, layer_parameters
 
-__all__ = ["even_layers", "check_layers", "stage_parameters", "forward_flops_per_token", "boundary_values",
-           "BACKWARD_FLOPS_FACTOR"]
+__all__ = ["even_layers", "check_layers", "stage_parameters", "layer_forward_flops_per_token",
+           "forward_flops_per_token", "boundary_values", "BACKWARD_FLOPS_FACTOR"]
 
 # Backward costs about twice the forward pass (gradients of inputs and of weights).
 BACKWARD_FLOPS_FACTOR = 2.0
@@ -51,17 +51,20 @@ def stage_parameters(config: GPTConfig, layers_per_stage: Sequence[int], index: 
     return count
 
 
-def forward_flops_per_token(config: GPTConfig, layers_per_stage: Sequence[int], index: int) -> float:
-    """Forward FLOPs per token through stage `index` (2 per multiply-add).
-
-    Per layer: 24 d^2 for the four projections and the MLP, plus 4 * context * d for the
-    attention scores and their weighted sum; the last stage adds 2 * vocab * d for the head.
-    """
-    _check_index(layers_per_stage, index)
+def layer_forward_flops_per_token(config: GPTConfig) -> float:
+    """Forward FLOPs per token through one transformer block (2 per multiply-add): 24 d^2 for the
+    four projections and the MLP, plus 4 * context * d for the attention scores and their weighted sum."""
     d = config.d_model
-    flops = layers_per_stage[index] * (24.0 * d * d + 4.0 * config.context * d)
+    return 24.0 * d * d + 4.0 * config.context * d
+
+
+def forward_flops_per_token(config: GPTConfig, layers_per_stage: Sequence[int], index: int) -> float:
+    """Forward FLOPs per token through stage `index`: its blocks, plus 2 * vocab * d for the last
+    stage's head."""
+    _check_index(layers_per_stage, index)
+    flops = layers_per_stage[index] * layer_forward_flops_per_token(config)
     if index == len(layers_per_stage) - 1:
-        flops += 2.0 * config.vocab * d
+        flops += 2.0 * config.vocab * config.d_model
     return flops
 
 

@@ -1,27 +1,34 @@
 """Measure what a volunteer brings: compute speed (TFLOPS on its device), memory, codec speed.
 
 The scheduler places layers by device speed and memory, so the numbers are measured, not
-declared: a short matrix-multiply burst in the dtype training will use, timed after a warm-up.
-The codecs run on the same device and every message pays them at both ends, so their speed is
-measured too (`measure_codec`), once the codec kernels are compiled.
+declared. At start-up a short matrix-multiply burst gives a first figure (`measure_device`);
+once the peer knows what the swarm trains, it times the model itself (`measure_model`): one
+transformer block's forward and backward at the swarm's shapes. Training runs those small
+kernels with Python between them, which on `tiny` reaches about 0.64x of what a 512 x 512 matmul
+burst does, so the cost model fed matmul speeds predicts steps too short. The codecs run on the
+same device and every message pays them at both ends, so their speed is measured too
+(`measure_codec`), once the codec kernels are compiled.
 """
 from __future__ import annotations
 
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 import compression
+from models import BACKWARD_FLOPS_FACTOR, Block, GPTConfig, layer_forward_flops_per_token
 
-__all__ = ["DeviceProfile", "measure_device", "measure_codec", "check_device"]
+__all__ = ["DeviceProfile", "measure_device", "measure_model", "measure_codec", "check_device"]
 
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """device: as given to torch; tflops: measured dense matmul speed; memory_gb: usable memory."""
+    """device: as given to torch; tflops: measured dense matmul speed (before the model is known);
+    memory_gb: usable memory."""
 
     device: str
     tflops: float
@@ -56,9 +63,35 @@ def measure_device(device: str = "cpu", size: int = 512, seconds: float = 0.3, t
     b = torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)  # warm-up: kernel selection, page faults
     _sync(device)
-    tflops = max(_burst(a, b, device, seconds) for _ in range(tries))
-    # never 0.0 after rounding: peer records must announce a positive speed (see PeerRecord.from_wire)
-    return DeviceProfile(device=device, tflops=max(round(tflops, 4), 1e-4), memory_gb=round(_memory_gb(device), 2))
+
+    def four_products() -> None:  # enough work per call that a GPU's synchronisation does not dominate
+        for _ in range(4):
+            torch.mm(a, b)
+
+    tflops = max(_burst(four_products, 4 * 2 * size**3, device, seconds) for _ in range(tries))
+    return DeviceProfile(device=device, tflops=_announced(tflops), memory_gb=round(_memory_gb(device), 2))
+
+
+def measure_model(config: GPTConfig, sequences: int, device: str = "cpu", dtype: str = "fp32",
+                  seconds: float = 0.3, tries: int = 3) -> float:
+    """TFLOPS of one transformer block of `config`: forward and backward on `sequences` sequences of
+    the full context, under bf16 autocast when `dtype` is "bf16", as a stage computes them. The best
+    of `tries` bursts of about `seconds` (at least one pass each), like `measure_device`. FLOPs are
+    counted as `models.stages` counts them (backward = BACKWARD_FLOPS_FACTOR x forward)."""
+    device = check_device(device)
+    target = torch.device(device)
+    block = Block(config).to(target)
+    x = torch.randn(sequences, config.context, config.d_model, device=target, requires_grad=True)
+    flops = (1.0 + BACKWARD_FLOPS_FACTOR) * layer_forward_flops_per_token(config) * sequences * config.context
+
+    def forward_backward() -> None:
+        with torch.autocast(target.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            out = block(x)
+        out.float().sum().backward()
+
+    forward_backward()  # warm-up: allocations, kernel selection
+    _sync(device)
+    return _announced(max(_burst(forward_backward, flops, device, seconds) for _ in range(tries)))
 
 
 def measure_codec(codec: str, device: str = "cpu", values: int = 2**20, runs: int = 5) -> float:
@@ -79,18 +112,22 @@ def measure_codec(codec: str, device: str = "cpu", values: int = 2**20, runs: in
     return max(round(2 * values / statistics.median(seconds[1:]) / 1e9, 4), 1e-4)  # a record's rate is positive
 
 
-def _burst(a: torch.Tensor, b: torch.Tensor, device: str, seconds: float) -> float:
-    """TFLOPS of back-to-back a @ b for about `seconds`."""
+def _burst(work: Callable[[], None], flops: float, device: str, seconds: float) -> float:
+    """TFLOPS of back-to-back calls of `work` (`flops` each) for about `seconds`, at least one call."""
     runs = 0
     start = time.perf_counter()
     while True:
-        torch.mm(a, b)
+        work()
         runs += 1
-        if runs % 4 == 0:
-            _sync(device)
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                return 2 * a.shape[0] ** 3 * runs / elapsed / 1e12
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return flops * runs / elapsed / 1e12
+
+
+def _announced(tflops: float) -> float:
+    """`tflops` as a record announces it: rounded, and never 0.0 (records require a positive speed)."""
+    return max(round(tflops, 4), 1e-4)
 
 
 def _sync(device: str) -> None:

@@ -37,7 +37,16 @@ from peers.torch_threads import torch_threads
 from .control_feed import ControlFeed
 from .corpus import Datasets, default_cache_dir
 from .credentials import Credentials
-from .joining import UnreachableError, await_admission, await_coordinator, check_data_port, join_dht, warm_codecs
+from .joining import (
+    UnreachableError,
+    await_admission,
+    await_coordinator,
+    check_data_port,
+    join_dht,
+    measure_speed,
+    swarm_job,
+    warm_codecs,
+)
 from .links import PlanLinkProber, links_to, measure_links
 from .records import COORDINATOR_NAME, CoordinatorPin, write_peer
 from .stage_runner import StageRunner
@@ -150,16 +159,18 @@ class PeerDaemon:
                                      dht_addrs=self.dht.multiaddrs(), curve_key=curve_key, admission=proof)
             self._announce()
             watcher.start()
-            self.on_event(f"{options.name}: data port {self.transport.address}, {profile.tflops:.3f} TFLOPS on "
-                          f"{profile.device}, {profile.memory_gb:.1f} GB free")
+            self.on_event(f"{options.name}: data port {self.transport.address}, {profile.tflops:.3f} TFLOPS (matmul) "
+                          f"on {profile.device}, {profile.memory_gb:.1f} GB free")
             control = await_coordinator(self.pin, self.dht, options.name, self.on_event, stop)
             if control is None or not await_admission(self.pin, self.dht, self.credentials, control, options.name,
                                                       self.on_event, stop):
                 return 130
             check_data_port(control, self.transport.address, self.credentials, options.name, self.on_event)
-            self._update(links=measure_links(self.dht, self.pin.control(self.dht) or control, self.credentials))
-            self._update(codec_gvalues=warm_codecs(self.pin.plan(self.dht), options.device, self.on_event,
-                                                   options.name))
+            control = self.pin.control(self.dht) or control
+            self._update(links=measure_links(self.dht, control, self.credentials))
+            training, codecs = swarm_job(self.pin.plan(self.dht), control)
+            self._update(codec_gvalues=warm_codecs(codecs, options.device, self.on_event, options.name),
+                         tflops=measure_speed(training, options.device, self.on_event, options.name))
             threading.Thread(target=self.prober.run, args=(stop,), name="link-prober", daemon=True).start()
             self.feed.offer(control)
             self._connect_channel(control.probe_address)

@@ -335,6 +335,9 @@ class ControlRecord(_Record, forbid_unknown_fields=True):
     checkpoint_step: peers publish their stage state of this step for the coordinator to fetch.
     done: the run reached its last step; peers exit.
     probe_address: the coordinator's data port, which checks a joining peer's reachability.
+    training, codecs: what the swarm trains and how its channels are compressed (`training` without
+    timeouts), so a peer that joins before the first plan compiles the right codecs and times the
+    right model while it warms up.
     curve_key: that port's CurveZMQ public key; admitted: every peer admitted so far, by name
     (both empty in an open swarm). A joining peer waits to see itself here before it probes.
     plan_version 0 means no plan yet (the coordinator is waiting for peers).
@@ -353,6 +356,8 @@ class ControlRecord(_Record, forbid_unknown_fields=True):
     probe_address: str = ""
     curve_key: str = ""
     admitted: dict[Name, Admitted] = {}
+    training: TrainingSpec = msgspec.field(default_factory=TrainingSpec)
+    codecs: Codecs = msgspec.field(default_factory=Codecs)
 
 
 def _trimmed(wire: dict[str, Any]) -> dict[str, Any]:

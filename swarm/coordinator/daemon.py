@@ -382,7 +382,7 @@ class Coordinator:
                                 loss=self.loss, tokens_per_s=self.tokens_per_s, checkpoint_step=self.checkpoint_step,
                                 done=done, probe_address=self.states.address,
                                 curve_key=self.secrets.keys.public if self.secrets.keys else "",
-                                admitted=self.gatekeeper.admitted)
+                                admitted=self.gatekeeper.admitted, training=self.training, codecs=self.codecs)
         self.reports.push(control, self.plan)  # peers learn it in one hop; the DHT copy is for the rest
         self.writer.offer(control, wait_s=10.0 if done else 0.0)  # `done` is in the DHT before this node goes
 

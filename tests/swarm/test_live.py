@@ -9,6 +9,7 @@ rejected and counted while it trains on.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -144,6 +145,15 @@ def test_status_json_contract(run):
         # the first stage waits for no activations and the last for no gradients (the other waits may round
         # to 0 when the message was there before the stage asked for it)
         assert breakdown["wait_forward_s" if peer["stage"] == 0 else "wait_backward_s"] == 0
+
+
+def test_each_peer_announces_the_speed_it_measured_on_the_model_it_trains(run):
+    """Before the first plan a peer learns the model from the control record and times its blocks; that
+    figure, not the start-up matmul burst, is the TFLOPS its record announces."""
+    for peer in run["status"]["peers"]:
+        announced = re.search(r"(\d+\.\d+) TFLOPS on tiny's blocks", run["swarm"].log(peer["name"]))
+        assert announced, run["swarm"].log(peer["name"])[-2000:]
+        assert peer["tflops"] == float(announced.group(1))
 
 
 def test_each_step_of_the_report_says_where_the_members_time_went(run):
