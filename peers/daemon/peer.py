@@ -140,7 +140,9 @@ class PeerDaemon:
     def _run(self, stop: threading.Event) -> int:
         options = self.options
         compression.set_fused(options.fused)
-        profile = measure_device(options.device)
+        # a first figure for the record (it must announce one); nothing plans on it: the speed planned with
+        # is timed on the model at warm-up (`measure_speed`), so one short burst does
+        profile = measure_device(options.device, seconds=0.1, tries=1)
         watcher = threading.Thread(target=self._watch, args=(stop,), name="heartbeat", daemon=True)
         try:
             if options.metrics_port is not None:
