@@ -1,12 +1,14 @@
 """Measuring links: from a joining peer to the peers already in the swarm, then every link a plan gives it
-(what the scheduler plans with and the timeouts are sized from)."""
+(what the scheduler plans with and the timeouts are sized from), then, once it carries training
+traffic, from that traffic (`traffic_links`)."""
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 
+from peers.dataplane.meter import LinkMeter
 from peers.dataplane.probe import measure_bandwidth, probe
 from peers.dht import SwarmDHT
 from peers.protocol import ControlRecord, Link, PlanRecord
@@ -15,7 +17,8 @@ from peers.security import CurveKeys
 from .credentials import Credentials
 from .records import read_peers
 
-__all__ = ["measure_links", "probe_link", "plan_neighbours", "links_to", "PlanLinkProber", "MAX_PROBED"]
+__all__ = ["measure_links", "probe_link", "plan_neighbours", "traffic_links", "links_to", "PlanLinkProber",
+           "MAX_PROBED"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,9 @@ MAX_PROBED = 8
 PING_TIMEOUT_S = 2.0
 PROBE_BYTES = 1 << 20
 BANDWIDTH_TIMEOUT_S = 5.0
+# A link's traffic must read below this fraction of its probe's rate to replace it (`traffic_links`): two
+# measurements of a steady link differ by a few percent, which must not flip what the peer announces.
+SLOWER = 0.75
 # A link whose probe failed carried less than PROBE_BYTES within BANDWIDTH_TIMEOUT_S (about 1.7 Mbit/s):
 # the slowest link a probe can tell apart, and what an unmeasurable link is priced at.
 SLOW_GBPS = PROBE_BYTES * 8 / BANDWIDTH_TIMEOUT_S / 1e9
@@ -98,6 +104,32 @@ class PlanLinkProber:
         known = set(self.measured())
         return {peer: probe_link(plan.addresses[peer], keys=self.keys, server_key=plan.keys.get(peer))
                 for peer in plan_neighbours(plan, self.name) if peer not in known and peer in plan.addresses}
+
+
+def traffic_links(probed: Mapping[str, Link], meter: LinkMeter) -> dict[str, Link]:
+    """What the training traffic shows of this peer's links, to announce over `probed` (the probes' readings).
+
+    A link whose traffic moves clearly slower than its probe measured (below SLOWER x: it slowed down
+    since) is announced at the traffic's rate, and one whose probe failed (`at_most`) at whatever its
+    traffic shows; otherwise the probe's reading stands: its 1 MB transfer measures the sustained
+    rate, while the traffic's best message may have ridden a shaper's burst. The traffic's rate is
+    taken net of the probed latency (none when the probe failed: the rate is then a lower bound); the
+    latency is the probe's unless the traffic shows it shorter (half the fastest round trip bounds it).
+    """
+    readings = {}
+    for peer in meter.peers():
+        link = probed.get(peer)
+        trusted = link is not None and not link.at_most
+        bandwidth = meter.bandwidth_gbps(peer, link.latency_ms / 1e3 if link is not None and trusted else 0.0)
+        fastest = meter.fastest_round_trip_s(peer)
+        if bandwidth is None or fastest is None:
+            continue
+        if link is not None and trusted and bandwidth >= SLOWER * link.bandwidth_gbps:
+            readings[peer] = link
+            continue
+        latency_ms = fastest * 1e3 / 2 if link is None else min(link.latency_ms, fastest * 1e3 / 2)
+        readings[peer] = Link(bandwidth_gbps=round(bandwidth, 6), latency_ms=round(latency_ms, 3), from_traffic=True)
+    return readings
 
 
 def links_to(dht: SwarmDHT, name: str) -> set[str]:

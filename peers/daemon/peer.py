@@ -47,7 +47,7 @@ from .joining import (
     swarm_job,
     warm_codecs,
 )
-from .links import PlanLinkProber, links_to, measure_links
+from .links import PlanLinkProber, links_to, measure_links, traffic_links
 from .records import COORDINATOR_NAME, CoordinatorPin, write_peer
 from .stage_runner import StageRunner
 from .stage_state import codec_slot
@@ -111,6 +111,7 @@ class PeerDaemon:
         self._channel = ""  # the coordinator address the step channel is connected to
         self._last_push = 0.0  # time.monotonic() of the coordinator's last push
         self._metrics_server: MetricsServer | None = None
+        self._probed: dict[str, Link] = {}  # links as measured by probes and state transfers (guarded by _lock)
         self.prober = PlanLinkProber(options.name, self.credentials.keys, self._measured,
                                      lambda: set(self.record.links) | links_to(self.dht, options.name))
 
@@ -169,7 +170,7 @@ class PeerDaemon:
                 return 130
             check_data_port(control, self.transport.address, self.credentials, options.name, self.on_event)
             control = self.pin.control(self.dht) or control
-            self._update(links=measure_links(self.dht, control, self.credentials))
+            self._measured(measure_links(self.dht, control, self.credentials))
             training, codecs = swarm_job(self.pin.plan(self.dht), control)
             self._update(codec_gvalues=warm_codecs(codecs, options.device, self.on_event, options.name),
                          tflops=measure_speed(training, options.device, self.on_event, options.name))
@@ -340,6 +341,7 @@ class PeerDaemon:
     def _measured(self, links: dict[str, Link]) -> None:
         """Links measured by the prober's probes (its thread) or a state transfer (the main one): announced next."""
         with self._lock:
+            self._probed.update(links)
             self.record.links = {**self.record.links, **links}
         self._announce_now.set()
 
@@ -402,6 +404,8 @@ class PeerDaemon:
         while not stop.is_set():
             if self._announce_now.is_set() or time.monotonic() - announced >= HEARTBEAT_S:
                 self._announce_now.clear()
+                with self._lock:  # what the training traffic showed of its links since the last heartbeat
+                    self.record.links = {**self.record.links, **traffic_links(self._probed, self.transport.meter)}
                 try:
                     self._announce()
                 except Exception as error:  # a failed heartbeat is retried at the next one

@@ -22,6 +22,8 @@ class Message:
 
     kind: "act" (forward activations), "grad" (activation gradients), or an all-reduce phase.
     index: the micro-batch for pipeline messages, the chunk or round for all-reduce messages.
+    held_us: set by a zmq transport on a response (`grad`, `ar-gather`): how long its sender held the
+    request it answers, which lets the requester time the link (`peers.dataplane.meter`).
     """
 
     kind: str
@@ -31,6 +33,7 @@ class Message:
     sender: str = ""
     plan_version: int = 0
     sample_ids: tuple[int, ...] = ()
+    held_us: int | None = None
 
 
 class PeerTimeout(TimeoutError):

@@ -2,7 +2,9 @@
 
 A message on a zmq link is two frames. The header is a small msgpack array
 
-    [WIRE_VERSION, kind, plan_version, step, index, sender, sample_ids]
+    [WIRE_VERSION, kind, plan_version, step, index, sender, sample_ids, held_us]
+
+(`held_us` may be left out or nil: only responses carry it, see `peers.dataplane.meter`)
 
 and the payload (a compression frame, or a probe/state-transfer body) travels untouched as its own
 zmq frame, so a multi-megabyte tensor is never copied into or out of a container format. The
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar, get_type_hints
+from typing import Annotated, Any, TypeVar, get_args, get_type_hints
 
 import msgspec
 
@@ -82,6 +84,7 @@ class _Header(msgspec.Struct, array_like=True, forbid_unknown_fields=True, froze
     sender: Annotated[str, msgspec.Meta(max_length=_MAX_SENDER_CHARS,
                                         description=f"at most {_MAX_SENDER_CHARS} characters")]
     sample_ids: tuple[_Int64, ...]
+    held_us: _NonNegative | None = None
 
 
 class ReachRequestBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,9 +162,10 @@ _BODY_DECODERS: dict[type[msgspec.Struct], msgspec.msgpack.Decoder[Any]] = {
     body_type: msgspec.msgpack.Decoder(body_type) for body_type in _BODY_TYPES}
 _HEADER_FIELDS = _Header.__struct_fields__
 _HEADER_LIMITS = {name: meta.description for name, hint in get_type_hints(_Header, include_extras=True).items()
-                  for meta in getattr(hint, "__metadata__", ()) if isinstance(meta, msgspec.Meta)}
+                  for part in (hint, *get_args(hint))  # `held_us` is optional: its constraint is inside the union
+                  for meta in getattr(part, "__metadata__", ()) if isinstance(meta, msgspec.Meta)}
 _AT_FIELD = re.compile(r"(?P<problem>.+) - at `\$\[(?P<field>\d+)\](?P<item>.*)`")
-_TYPE_MISMATCH = re.compile(r"Expected `(?P<expected>\w+)`, got `(?P<got>\w+)`")
+_TYPE_MISMATCH = re.compile(r"Expected `(?P<expected>[\w |]+)`, got `(?P<got>\w+)`")
 
 
 def pack(message: Message, *, sender: str, plan_version: int) -> list[bytes | memoryview]:
@@ -177,8 +181,10 @@ def pack(message: Message, *, sender: str, plan_version: int) -> list[bytes | me
         payload = bytes(payload)
     elif not isinstance(payload, (bytes, memoryview)):
         raise TypeError(f"message payload must be bytes, bytearray or memoryview, got {type(payload).__name__}")
-    header = _Header(WIRE_VERSION, message.kind, plan_version, message.step, message.index, sender,
-                     tuple(message.sample_ids))
+    header: tuple[Any, ...] = (WIRE_VERSION, message.kind, plan_version, message.step, message.index, sender,
+                               tuple(message.sample_ids))
+    if message.held_us is not None:  # only responses carry it: every other header stays 7 fields
+        header += (message.held_us,)
     return [_ENCODER.encode(header), payload]
 
 
@@ -204,7 +210,8 @@ def unpack(frames: Sequence[Any], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
     if header.version != WIRE_VERSION:
         raise WireError(f"wire version {header.version!r} is not {WIRE_VERSION}: peer runs another release")
     return Message(kind=header.kind, step=header.step, index=header.index, payload=payload.toreadonly(),
-                   sender=header.sender, plan_version=header.plan_version, sample_ids=header.sample_ids)
+                   sender=header.sender, plan_version=header.plan_version, sample_ids=header.sample_ids,
+                   held_us=header.held_us)
 
 
 def pack_body(body: msgspec.Struct) -> bytes:
@@ -230,12 +237,12 @@ def _header_error(error: msgspec.ValidationError) -> WireError:
     """msgspec's complaint about a header, said in terms of the header's field names."""
     at = _AT_FIELD.fullmatch(str(error))
     if at is None:
-        return WireError(f"header must be a msgpack array of 7 fields [{', '.join(_HEADER_FIELDS)}]: {error}")
+        return WireError(f"header must be a msgpack array of 7 or 8 fields [{', '.join(_HEADER_FIELDS)}]: {error}")
     name = _HEADER_FIELDS[int(at["field"])]
     if at["item"]:
         return WireError(f"header field {name!r} must hold only 64-bit integers: {at['problem']} at {at['item']}")
     mismatch = _TYPE_MISMATCH.fullmatch(at["problem"])
     if mismatch is not None:
-        expected = "list" if mismatch["expected"] == "array" else mismatch["expected"]
+        expected = "list" if mismatch["expected"] == "array" else mismatch["expected"].replace(" | null", " or nil")
         return WireError(f"header field {name!r} must be {expected}, got {mismatch['got']}")
     return WireError(f"header field {name!r} must be {_HEADER_LIMITS[name]}")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from functools import partial
@@ -47,6 +48,7 @@ from peers.dataplane import wire
 from peers.dataplane.client import advertised_host, bind_host, check_address
 from peers.dataplane.delay_line import DelayLine
 from peers.dataplane.gate import GatedMailbox
+from peers.dataplane.meter import LinkMeter
 from peers.dataplane.outbound import Links
 from peers.dataplane.probe import ReachChecks
 from peers.dataplane.routes import ReportRoutes
@@ -102,6 +104,7 @@ class ZmqTransport:
         self._stats = TransportStats()
         self._mailbox = GatedMailbox(plan_version, max_unclaimed_bytes or 4 * max_message_bytes, self._stats.add)
         self._states = StateServer(min(max_message_bytes, DEFAULT_CHUNK_BYTES))
+        self.meter = LinkMeter(time.monotonic)  # links timed from the training traffic (`peers.dataplane.meter`)
         self._links = Links(name, self._link_socket, self._stats, max_pending=max_pending, send_timeout=send_timeout)
         self._lock = threading.Lock()  # guards _closed
         self._closed = False
@@ -131,12 +134,15 @@ class ZmqTransport:
         if to == self.name:
             self._mailbox.deliver(replace(message, sender=self.name))
             return
+        if (held_us := self.meter.held_us(to, message.kind, message.step, message.index)) is not None:
+            message = replace(message, held_us=held_us)
         frames = wire.pack(message, sender=self.name, plan_version=message.plan_version)
         payload_bytes = memoryview(frames[1]).nbytes
         if payload_bytes > self.max_message_bytes:
             raise ValueError(f"payload of {payload_bytes} bytes exceeds max_message_bytes={self.max_message_bytes}")
         link = self._links.reserve(to)
         due = self._delays.due(link.address) if self._delays else 0.0
+        self.meter.sent(to, message.kind, message.step, message.index, len(frames[0]) + payload_bytes)
         try:
             self._loop.call_soon_threadsafe(link.queue.put_nowait, (frames, message.kind, payload_bytes, due))
         except RuntimeError:  # the loop stopped between the reservation and now: we were closed
@@ -333,7 +339,8 @@ class ZmqTransport:
                               f"authenticated as {authenticated!r}; dropped")
                 return
             message = replace(message, sender=authenticated)  # probes and requests: the header's name is unused
-        self._stats.count_received(message.kind, sum(len(frame) for frame in frames))
+        nbytes = sum(len(frame) for frame in frames)
+        self._stats.count_received(message.kind, nbytes)
         if message.kind == wire.PING and self._delays:  # held for the emulated round trip to the pinging host
             delay = self._delays.pong(identity)
             self._loop.call_later(delay, self._reply, identity, wire.PONG, message.step, message.index, b"")
@@ -348,8 +355,8 @@ class ZmqTransport:
         elif message.kind in wire.CONTROL_KINDS:
             self._stats.reject(f"unexpected control message {message.kind!r} on the data port")
         else:
+            self.meter.arrived(message.sender, message.kind, message.step, message.index, nbytes, message.held_us)
             self._mailbox.deliver(message)
-
     def _pushed(self, name: str, on_push: Callable[[Message], None], frames: list[zmq.Frame]) -> None:
         """A message `name` sent back on a two-way link: only step_control is expected there."""
         try:

@@ -138,11 +138,14 @@ class Link(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_default
     at_most: the probe failed or timed out, so the link is only known to be slow: `bandwidth_gbps`
     is the most it can carry (what would have arrived within the probe's timeout) and `latency_ms`
     the least it takes. The scheduler and the timeouts price it as that slow link, never as a fast one.
+    from_traffic: `bandwidth_gbps` was read from the training traffic on the link (`peers.dataplane.meter`):
+    the link carries clearly less than its probe measured (it slowed down since), or its probe failed.
     """
 
     bandwidth_gbps: PositiveFloat
     latency_ms: NonNegativeFloat
     at_most: bool = False
+    from_traffic: bool = False
 
 
 class StepBreakdown(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

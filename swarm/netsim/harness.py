@@ -25,6 +25,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Literal
@@ -160,6 +161,11 @@ class NetHarness:
 
     def path(self, src: str, dst: str) -> LinkPath:
         return next(p for p in self.paths if p.src == src and p.dst == dst)
+
+    def set_rate(self, src: str, dst: str, mbps: float) -> None:
+        """Reshape the path src -> dst to `mbps` Mbit/s now; `paths` says so from then on."""
+        self.topology.set_rate(src, dst, mbps)
+        self.paths = [replace(p, mbps=mbps) if (p.src, p.dst) == (src, dst) else p for p in self.paths]
 
     # ---- teardown ------------------------------------------------------------------------------
 

@@ -142,6 +142,14 @@ class Topology:
                                  f"delay {path.latency_ms:.3f}ms limit 100000")
             batch("tc", self.devices[src].netns, lines)
 
+    def set_rate(self, src: str, dst: str, mbps: float) -> None:
+        """Change the shaped path src -> dst to `mbps` while traffic flows (a link that slows down or recovers)."""
+        minor = self._classes.get(src, {}).get(dst)
+        if minor is None:
+            raise ValueError(f"no shaped path {src} -> {dst}: shape the network first")
+        batch("tc", self.devices[src].netns, [f"class change dev {_IFACE} parent 1:1 classid 1:{minor} htb rate "
+                                              f"{_kbit(mbps)} ceil {_kbit(mbps)} quantum {_QUANTUM}"])
+
     def counters(self) -> dict[tuple[str, str], int]:
         """Bytes each shaped path has carried so far (IP packets with headers, from the htb classes)."""
         result: dict[tuple[str, str], int] = {}

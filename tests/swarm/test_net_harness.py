@@ -123,6 +123,11 @@ def test_net_run_trains_tiny_end_to_end_and_leaves_nothing(tmp_path):
     for r in range(2):  # each pipeline's boundary carried activations and gradients both ways
         down = next(link for link in report["links"] if link["from"] == grid[0][r] and link["to"] == grid[1][r])
         assert down["bytes"] > 0
+    # the peers time their links from the training traffic too (`peers.dataplane.meter`): a link announced
+    # from it is one its traffic found slower than probed, and none of these healthy ones reads slow
+    traffic = {(name, peer): link["bandwidth_gbps"] for name, peer_report in report["peers"].items()
+               for peer, link in (peer_report["links"] or {}).items() if link.get("from_traffic")}
+    assert all(rate >= 0.035 for rate in traffic.values()), traffic
     assert set(report["peers"]) == {"p0", "p1", "p2", "p3"}
     assert all(peer["bytes_sent"]["gradient"] > 0 for peer in report["peers"].values())
     assert report["exit_codes"] == {"coordinator": 0, "p0": 0, "p1": 0, "p2": 0, "p3": 0, **(
