@@ -23,6 +23,9 @@ refused, and data delivered but not yet claimed is capped at `max_unclaimed_byte
 PeerTimeout; `close` wakes every waiter with TransportClosed. The same port answers probes (`peers.dataplane.probe`) and
 state requests (`peers.state_transfer`), so a peer publishes one address.
 
+`meter` (`peers.dataplane.meter`) times each link from its training traffic: a response leaving here carries
+how long this peer held the request it answers, and a response arriving completes a timed round trip.
+
 Authentication (`peers.security`): given `keys`, the ROUTER is a CURVE server whose ZAP handler accepts
 only the keys `admission` holds, and every DEALER a CURVE client of the neighbour's key. The sender of
 a received message is then the admitted name of the key its connection authenticated with: a data
@@ -357,6 +360,7 @@ class ZmqTransport:
         else:
             self.meter.arrived(message.sender, message.kind, message.step, message.index, nbytes, message.held_us)
             self._mailbox.deliver(message)
+
     def _pushed(self, name: str, on_push: Callable[[Message], None], frames: list[zmq.Frame]) -> None:
         """A message `name` sent back on a two-way link: only step_control is expected there."""
         try:
