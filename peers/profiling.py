@@ -1,17 +1,19 @@
 """Measure what a volunteer brings: compute speed (TFLOPS on its device), memory, codec speed.
 
 The scheduler places layers by device speed and memory, so the numbers are measured, not
-declared. At start-up a short matrix-multiply burst gives a first figure (`measure_device`);
-once the peer knows what the swarm trains, it times the model itself (`measure_model`): one
-transformer block's forward and backward at the swarm's shapes. Training runs those small
-kernels with Python between them, which on `tiny` reaches about 0.64x of what a 512 x 512 matmul
-burst does, so the cost model fed matmul speeds predicts steps too short. The codecs run on the
-same device and every message pays them at both ends, so their speed is measured too
-(`measure_codec`), once the codec kernels are compiled.
+declared. At start-up a short matrix-multiply burst gives a first figure (`measure_device`).
+Training runs a model's small kernels with Python between them, which on `tiny` reaches about
+0.6x of what a 512 x 512 matmul burst does, so a cost model fed matmul speeds predicts steps too
+short: once the peer knows what the swarm trains, it announces the matmul speed times the
+model's efficiency on this device (`model_efficiency`: a transformer block's forward and backward
+at the swarm's shapes, timed against matmul bursts). The codecs run on the same device and every
+message pays them at both ends, so their speed is measured too (`measure_codec`), once the codec
+kernels are compiled.
 """
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -22,7 +24,7 @@ import torch
 import compression
 from models import BACKWARD_FLOPS_FACTOR, Block, GPTConfig, layer_forward_flops_per_token
 
-__all__ = ["DeviceProfile", "measure_device", "measure_model", "measure_codec", "check_device"]
+__all__ = ["DeviceProfile", "measure_device", "model_efficiency", "device_name", "measure_codec", "check_device"]
 
 
 @dataclass(frozen=True)
@@ -58,40 +60,39 @@ def measure_device(device: str = "cpu", size: int = 512, seconds: float = 0.3, t
     (a burst the neighbours' processes preempted says little about the device; each burst spans several
     scheduler periods, so a CPU quota still shows)."""
     device = check_device(device)
-    dtype = torch.float32
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    torch.mm(a, b)  # warm-up: kernel selection, page faults
-    _sync(device)
-
-    def four_products() -> None:  # enough work per call that a GPU's synchronisation does not dominate
-        for _ in range(4):
-            torch.mm(a, b)
-
-    tflops = max(_burst(four_products, 4 * 2 * size**3, device, seconds) for _ in range(tries))
+    products, flops = _matmul_work(device, size)
+    tflops = max(_burst(products, flops, device, seconds) for _ in range(tries))
     return DeviceProfile(device=device, tflops=_announced(tflops), memory_gb=round(_memory_gb(device), 2))
 
 
-def measure_model(config: GPTConfig, sequences: int, device: str = "cpu", dtype: str = "fp32",
-                  seconds: float = 0.3, tries: int = 3) -> float:
-    """TFLOPS of one transformer block of `config`: forward and backward on `sequences` sequences of
-    the full context, under bf16 autocast when `dtype` is "bf16", as a stage computes them. The best
-    of `tries` bursts of about `seconds` (at least one pass each), like `measure_device`. FLOPs are
-    counted as `models.stages` counts them (backward = BACKWARD_FLOPS_FACTOR x forward)."""
+def model_efficiency(config: GPTConfig, sequences: int, device: str = "cpu", dtype: str = "fp32",
+                     seconds: float = 0.2, pairs: int = 3) -> float:
+    """How fast one transformer block of `config` runs relative to a matmul burst on `device`: forward
+    and backward on `sequences` sequences of the full context (under bf16 autocast when `dtype` is
+    "bf16"), as a stage computes it, with FLOPs counted as `models.stages` counts them.
+
+    The block's speed swings with what else runs on the machine far more than a matmul burst's best
+    does, so it is timed against one: `pairs` block bursts each followed at once by a matmul burst
+    (about `seconds` each; the two of a pair see the same neighbours), and the median of the pairs'
+    block / matmul speeds is the efficiency. The model's TFLOPS are then `measure_device`'s times this.
+    """
     device = check_device(device)
-    target = torch.device(device)
-    block = Block(config).to(target)
-    x = torch.randn(sequences, config.context, config.d_model, device=target, requires_grad=True)
-    flops = (1.0 + BACKWARD_FLOPS_FACTOR) * layer_forward_flops_per_token(config) * sequences * config.context
+    products, product_flops = _matmul_work(device)
+    forward_backward, block_flops = _block_work(config, sequences, device, dtype)
+    ratios = [_burst(forward_backward, block_flops, device, seconds) / _burst(products, product_flops, device, seconds)
+              for _ in range(pairs)]
+    return statistics.median(ratios)
 
-    def forward_backward() -> None:
-        with torch.autocast(target.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            out = block(x)
-        out.float().sum().backward()
 
-    forward_backward()  # warm-up: allocations, kernel selection
-    _sync(device)
-    return _announced(max(_burst(forward_backward, flops, device, seconds) for _ in range(tries)))
+def device_name(device: str) -> str:
+    """What the hardware behind `device` is called (the CPU's model name, or the GPU's)."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "cpu")
+    except OSError:
+        return platform.processor() or "cpu"
 
 
 def measure_codec(codec: str, device: str = "cpu", values: int = 2**20, runs: int = 5) -> float:
@@ -110,6 +111,38 @@ def measure_codec(codec: str, device: str = "cpu", values: int = 2**20, runs: in
         _sync(device)
         seconds.append(time.perf_counter() - started)
     return max(round(2 * values / statistics.median(seconds[1:]) / 1e9, 4), 1e-4)  # a record's rate is positive
+
+
+def _matmul_work(device: str, size: int = 512) -> tuple[Callable[[], None], float]:
+    """Four `size` x `size` fp32 matmuls a call (enough work that a GPU's synchronisation does not
+    dominate), warmed up, and their FLOPs."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    torch.mm(a, b)  # warm-up: kernel selection, page faults
+    _sync(device)
+
+    def four_products() -> None:
+        for _ in range(4):
+            torch.mm(a, b)
+
+    return four_products, 4 * 2.0 * size**3
+
+
+def _block_work(config: GPTConfig, sequences: int, device: str, dtype: str) -> tuple[Callable[[], None], float]:
+    """A transformer block's forward and backward a call, warmed up, and its FLOPs."""
+    target = torch.device(device)
+    block = Block(config).to(target)
+    x = torch.randn(sequences, config.context, config.d_model, device=target, requires_grad=True)
+
+    def forward_backward() -> None:
+        with torch.autocast(target.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            out = block(x)
+        out.float().sum().backward()
+
+    forward_backward()  # warm-up: allocations, kernel selection
+    _sync(device)
+    tokens = sequences * config.context
+    return forward_backward, (1.0 + BACKWARD_FLOPS_FACTOR) * layer_forward_flops_per_token(config) * tokens
 
 
 def _burst(work: Callable[[], None], flops: float, device: str, seconds: float) -> float:

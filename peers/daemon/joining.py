@@ -11,18 +11,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import compression
-from models import get_config
 from peers.dataplane.probe import check_reachable, unreachable_hint
 from peers.dataplane.transport import PeerTimeout
 from peers.dht import SwarmDHT
-from peers.profiling import measure_codec, measure_model
+from peers.profiling import measure_codec
 from peers.protocol import CHANNELS, Codecs, ControlRecord, PlanRecord, TrainingSpec
 
 from .credentials import Credentials
 from .records import CoordinatorPin
 
 __all__ = ["UnreachableError", "join_dht", "await_coordinator", "await_admission", "check_data_port", "swarm_job",
-           "warm_codecs", "measure_speed"]
+           "warm_codecs"]
 
 _SAY_AFTER_S = 15.0
 
@@ -105,13 +104,3 @@ def warm_codecs(codecs: Codecs, device: str, on_event: Callable[[str], None], na
     if seconds >= 0.5:
         on_event(f"{name}: codec kernels ready in {seconds:.1f} s")
     return measure_codec(codecs.forward, device)
-
-
-def measure_speed(training: TrainingSpec, device: str, on_event: Callable[[str], None], name: str) -> float:
-    """The TFLOPS this peer announces once it knows the model: one of its blocks timed at the micro-batch
-    of a two-replica grid (`measure_model`; the speed changes little with the micro-batch: 0.059 at one
-    `tiny` sequence, 0.062 at two, on one EPYC core)."""
-    sequences = max(1, training.batch // (2 * training.micro_batches))
-    tflops = measure_model(get_config(training.model), sequences, device, training.dtype)
-    on_event(f"{name}: {tflops:.4f} TFLOPS on {training.model}'s blocks (micro-batches of {sequences})")
-    return tflops

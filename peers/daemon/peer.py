@@ -43,12 +43,12 @@ from .joining import (
     await_coordinator,
     check_data_port,
     join_dht,
-    measure_speed,
     swarm_job,
     warm_codecs,
 )
 from .links import PlanLinkProber, links_to, measure_links, traffic_links
 from .records import COORDINATOR_NAME, CoordinatorPin, write_peer
+from .speed import measure_speed
 from .stage_runner import StageRunner
 from .stage_state import codec_slot
 from .timeouts import HEARTBEAT_S, PEER_TTL_S
@@ -141,9 +141,7 @@ class PeerDaemon:
     def _run(self, stop: threading.Event) -> int:
         options = self.options
         compression.set_fused(options.fused)
-        # a first figure for the record (it must announce one); nothing plans on it: the speed planned with
-        # is timed on the model at warm-up (`measure_speed`), so one short burst does
-        profile = measure_device(options.device, seconds=0.1, tries=1)
+        profile = measure_device(options.device)  # before this peer's DHT node and data plane compete for its CPU
         watcher = threading.Thread(target=self._watch, args=(stop,), name="heartbeat", daemon=True)
         try:
             if options.metrics_port is not None:
@@ -173,7 +171,8 @@ class PeerDaemon:
             self._measured(measure_links(self.dht, control, self.credentials))
             training, codecs = swarm_job(self.pin.plan(self.dht), control)
             self._update(codec_gvalues=warm_codecs(codecs, options.device, self.on_event, options.name),
-                         tflops=measure_speed(training, options.device, self.on_event, options.name))
+                         tflops=measure_speed(training, options.device, profile.tflops,
+                                              options.cache_dir or default_cache_dir(), self.on_event, options.name))
             threading.Thread(target=self.prober.run, args=(stop,), name="link-prober", daemon=True).start()
             self.feed.offer(control)
             self._connect_channel(control.probe_address)

@@ -5,6 +5,7 @@ import pytest
 
 from models import get_config, layer_forward_flops_per_token
 from peers import profiling
+from peers.daemon import speed
 from peers.daemon.joining import swarm_job
 from peers.daemon.timeouts import derive_timeouts
 from peers.protocol import (
@@ -36,13 +37,37 @@ def test_a_measured_rate_is_one_a_record_accepts():
     assert PeerRecord.from_wire(record.to_wire()).codec_gvalues == rate > 0
 
 
-def test_the_model_speed_counts_a_block_forward_and_backward_as_the_cost_model_does(monkeypatch):
-    ticks = itertools.count(step=0.01)   # every clock reading 10 ms after the last
+def test_the_model_efficiency_counts_a_block_as_the_cost_model_does_against_matmul_flops(monkeypatch):
+    ticks = itertools.count(step=0.01)   # every clock reading 10 ms after the last: each burst is one 10 ms call
     monkeypatch.setattr(profiling.time, "perf_counter", lambda: next(ticks))
     config = get_config("tiny")
-    # a burst reads the clock at its start and after each pass: one 10 ms pass reaches 5 ms
-    flops = 3 * layer_forward_flops_per_token(config) * 2 * config.context
-    assert profiling.measure_model(config, 2, seconds=0.005, tries=1) == pytest.approx(round(flops / 0.01 / 1e12, 4))
+    block = 3 * layer_forward_flops_per_token(config) * 2 * config.context
+    assert profiling.model_efficiency(config, 2, seconds=0.005, pairs=1) == pytest.approx(block / (4 * 2 * 512**3))
+
+
+def test_a_neighbour_slowing_one_pair_of_bursts_down_does_not_move_the_efficiency(monkeypatch):
+    bursts = iter([0.6, 1.0, 0.3, 0.5, 0.62, 1.0])  # (block, matmul) per pair, in TFLOPS
+    monkeypatch.setattr(profiling, "_burst", lambda work, flops, device, seconds: next(bursts))
+    assert profiling.model_efficiency(get_config("tiny"), 1, pairs=3) == pytest.approx(0.6)
+
+
+def test_a_peer_measures_the_efficiency_once_and_scales_its_matmul_speed_by_it(monkeypatch, tmp_path):
+    measured = []
+    monkeypatch.setattr(speed, "model_efficiency", lambda config, sequences, device, dtype: measured.append(
+        (config.name, sequences, dtype)) or 0.5)
+    events: list[str] = []
+    training = TrainingSpec(model="tiny", batch=8, micro_batches=2)
+    assert speed.measure_speed(training, "cpu", 0.08, tmp_path, events.append, "p1") == 0.04
+    assert speed.measure_speed(training, "cpu", 0.08, tmp_path, events.append, "p2") == 0.04
+    assert measured == [("tiny", 2, "fp32")]  # the second start found it in the cache
+    assert "p2: 0.0400 TFLOPS on tiny's blocks" in events[1]
+    speed.measure_speed(TrainingSpec(model="tiny", batch=8, micro_batches=2, dtype="bf16"), "cpu", 0.08, tmp_path,
+                        events.append, "p3")
+    assert measured[-1] == ("tiny", 2, "bf16")  # another key: measured anew
+    for entry in (tmp_path / "speed").iterdir():
+        entry.write_text("{not json")
+    speed.measure_speed(training, "cpu", 0.08, tmp_path, events.append, "p4")
+    assert len(measured) == 3  # a damaged cache entry is measured again, never trusted
 
 
 def test_a_peer_times_the_model_and_codecs_of_the_plan_else_of_the_control_record():
