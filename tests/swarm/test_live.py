@@ -148,8 +148,8 @@ def test_status_json_contract(run):
 
 
 def test_each_peer_announces_the_speed_it_measured_on_the_model_it_trains(run):
-    """Before the first plan a peer learns the model from the control record and times its blocks; that
-    figure, not the start-up matmul burst, is the TFLOPS its record announces."""
+    """Before the first plan a peer learns the model from the control record and scales its start-up matmul
+    speed by the model's efficiency on the device; that figure is the TFLOPS its record announces."""
     for peer in run["status"]["peers"]:
         announced = re.search(r"(\d+\.\d+) TFLOPS on tiny's blocks", run["swarm"].log(peer["name"]))
         assert announced, run["swarm"].log(peer["name"])[-2000:]
