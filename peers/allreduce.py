@@ -158,14 +158,16 @@ class GradientAverager:
                                          for name, buckets in part.items() for bucket, value in buckets.items()},
                                         device=device)
 
-    def _send_shares(self, step: int, bucket: int, flat: torch.Tensor) -> None:
+    # ---- an exchange's phases, run by `Exchange`: send_shares, reduce, flag, gather ----------------
+
+    def send_shares(self, step: int, bucket: int, flat: torch.Tensor) -> None:
         """Send every other owner its share of `bucket` (its gradients flattened)."""
         for owner, (start, stop) in enumerate(_chunk_bounds(flat.numel(), len(self.group))):
             if owner != self.rank:
                 payload = self._share(step, owner, bucket, flat[start:stop])
                 self._send(owner, REDUCE_KIND, step, bucket, payload, stop - start)
 
-    def _reduce(self, step: int, bucket: int, flat: torch.Tensor, flagged: dict[int, str]) -> bytes:
+    def reduce(self, step: int, bucket: int, flat: torch.Tensor, flagged: dict[int, str]) -> bytes:
         """Aggregate the shares of this replica's chunk of `bucket`: the encoded result. Senders of
         unusable or outlier shares land in `flagged`; under `mean` an unusable one fails the step."""
         start, stop = _chunk_bounds(flat.numel(), len(self.group))[self.rank]
@@ -181,7 +183,7 @@ class GradientAverager:
             except BadMessage as error:
                 if self.aggregate == "mean":  # nothing to outvote it with: the step fails
                     flagged[member] = f"{error.reason} share, step fails: {error.detail}"
-                    self._flag(step, flagged)
+                    self.flag(step, flagged)
                     raise
                 flagged.setdefault(member, f"{error.reason} share, left out: {error.detail}")
         result = aggregate(self.aggregate, torch.stack(shares))
@@ -194,7 +196,7 @@ class GradientAverager:
                 self._send(member, GATHER_KIND, step, bucket, mine, stop - start)
         return mine
 
-    def _gather(self, step: int, bucket: int, mine: bytes, flat: torch.Tensor) -> torch.Tensor:
+    def gather(self, step: int, bucket: int, mine: bytes, flat: torch.Tensor) -> torch.Tensor:
         """Collect every owner's broadcast chunk of `bucket`; everyone decodes the same bytes."""
         averaged = torch.empty_like(flat)
         for owner, (start, stop) in enumerate(_chunk_bounds(flat.numel(), len(self.group))):
@@ -205,7 +207,7 @@ class GradientAverager:
                 averaged[start:stop] = self._receive(owner, GATHER_KIND, step, bucket, owner, stop - start,
                                                      flat.device)
             except BadMessage as error:
-                self._flag(step, {owner: f"{error.reason} broadcast of its chunk: {error.detail}"})
+                self.flag(step, {owner: f"{error.reason} broadcast of its chunk: {error.detail}"})
                 raise
         return averaged
 
@@ -217,7 +219,7 @@ class GradientAverager:
         return self.attack.frame(chunk, step, _seed(step, self.rank, key),
                                  lambda values: self._encode(self._sender_feedback, key, values, step))
 
-    def _flag(self, step: int, flagged: dict[int, str]) -> None:
+    def flag(self, step: int, flagged: dict[int, str]) -> None:
         """Count and log each flagged sender once for this step."""
         for member, why in sorted(flagged.items()):
             name = self.group[member]
@@ -304,9 +306,9 @@ class Exchange:
             return
         flagged: dict[int, str] = {}
         sent = sorted(self._sent.items())  # every bucket, in the order backward finished them
-        mine = [averager._reduce(self.step, bucket, flat, flagged) for bucket, flat in sent]
-        averager._flag(self.step, flagged)
-        averaged = [averager._gather(self.step, bucket, mine[bucket], flat) for bucket, flat in sent]
+        mine = [averager.reduce(self.step, bucket, flat, flagged) for bucket, flat in sent]
+        averager.flag(self.step, flagged)
+        averaged = [averager.gather(self.step, bucket, mine[bucket], flat) for bucket, flat in sent]
         for members, values in zip(self.buckets, averaged, strict=True):
             offset = 0
             for member in members:
@@ -321,7 +323,7 @@ class Exchange:
             return  # nothing to average with: the check was the whole job
         flat = torch.cat([g.detach().reshape(-1).float() for g in grads])
         self._sent[bucket] = flat
-        self.averager._send_shares(self.step, bucket, flat)
+        self.averager.send_shares(self.step, bucket, flat)
 
     def _guarded(self, action: Callable[[], None]) -> None:
         try:
