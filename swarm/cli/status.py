@@ -124,12 +124,16 @@ def _print_table(view: dict[str, Any]) -> None:
                       + ", ".join(f"{name} {count}" for name, count in view["suspects"].items()), markup=False)
 
 
-def _slowest(links: dict[str, dict[str, float]]) -> str:
-    """The measured link with the least bandwidth, as "NAME GB/s, ms" (the scheduler's worry)."""
+def _slowest(links: dict[str, dict[str, Any]]) -> str:
+    """The measured link with the least bandwidth, as "NAME RATE, ms" (the scheduler's worry): "<=" when its
+    probe failed (the rate is a bound), "(traffic)" when the peer read it from its training traffic."""
     if not links:
         return "-"
     name, link = min(links.items(), key=lambda item: item[1]["bandwidth_gbps"])
-    return f"{name} {link['bandwidth_gbps']:.2f} Gb/s {link['latency_ms']:.1f} ms"
+    gbps = link["bandwidth_gbps"]
+    rate = f"{gbps:.2f} Gb/s" if gbps >= 1 else f"{gbps * 1e3:.1f} Mb/s"
+    return (f"{name} {'<= ' if link.get('at_most') else ''}{rate} {link['latency_ms']:.1f} ms"
+            + (" (traffic)" if link.get("from_traffic") else ""))
 
 
 def _finite_or_none(value: float | None) -> float | None:
