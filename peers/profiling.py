@@ -66,22 +66,28 @@ def measure_device(device: str = "cpu", size: int = 512, seconds: float = 0.3, t
 
 
 def model_efficiency(config: GPTConfig, sequences: int, device: str = "cpu", dtype: str = "fp32",
-                     seconds: float = 0.2, pairs: int = 3) -> float:
+                     seconds: float = 0.6, rounds: int = 3) -> float:
     """How fast one transformer block of `config` runs relative to a matmul burst on `device`: forward
     and backward on `sequences` sequences of the full context (under bf16 autocast when `dtype` is
     "bf16"), as a stage computes it, with FLOPs counted as `models.stages` counts them.
 
-    The block's speed swings with what else runs on the machine far more than a matmul burst's best
-    does, so it is timed against one: `pairs` block bursts each followed at once by a matmul burst
-    (about `seconds` each; the two of a pair see the same neighbours), and the median of the pairs'
-    block / matmul speeds is the efficiency. The model's TFLOPS are then `measure_device`'s times this.
+    The block alone swings with what else runs on the machine, so it is timed against matmuls, call
+    for call: rounds of one block pass then one matmul call (each some milliseconds), for about
+    `seconds` and at least `rounds` rounds. A neighbour that takes the CPU for a while slows the calls
+    of both kinds alike, and the ratio of their summed speeds stays. The model's TFLOPS are then
+    `measure_device`'s times this.
     """
     device = check_device(device)
     products, product_flops = _matmul_work(device)
     forward_backward, block_flops = _block_work(config, sequences, device, dtype)
-    ratios = [_burst(forward_backward, block_flops, device, seconds) / _burst(products, product_flops, device, seconds)
-              for _ in range(pairs)]
-    return statistics.median(ratios)
+    block_s = product_s = 0.0
+    done = 0
+    started = time.perf_counter()
+    while done < rounds or time.perf_counter() - started < seconds:
+        block_s += _timed(forward_backward, device)
+        product_s += _timed(products, device)
+        done += 1
+    return (block_flops / block_s) / (product_flops / product_s)
 
 
 def device_name(device: str) -> str:
@@ -156,6 +162,14 @@ def _burst(work: Callable[[], None], flops: float, device: str, seconds: float) 
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return flops * runs / elapsed / 1e12
+
+
+def _timed(work: Callable[[], None], device: str) -> float:
+    """Seconds one call of `work` takes, its device work included."""
+    started = time.perf_counter()
+    work()
+    _sync(device)
+    return time.perf_counter() - started
 
 
 def _announced(tflops: float) -> float:

@@ -11,6 +11,7 @@ network harness (one timed while the other trained), enough to tip the scheduler
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -39,10 +40,7 @@ def measure_speed(training: TrainingSpec, device: str, matmul_tflops: float, cac
     sequences = max(1, training.batch // (2 * training.micro_batches))
     key = efficiency_key(device, training.model, sequences, training.dtype)
     path = cache_dir / "speed" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    efficiency = _cached(path, key)
-    if efficiency is None:
-        efficiency = model_efficiency(config, sequences, device, training.dtype)
-        _store(path, key, efficiency)
+    efficiency = _kept(path, key, lambda: model_efficiency(config, sequences, device, training.dtype))
     tflops = max(round(matmul_tflops * efficiency, 4), 1e-4)
     on_event(f"{name}: {tflops:.4f} TFLOPS on {training.model}'s blocks (efficiency {efficiency:.2f} of a matmul "
              f"burst, micro-batches of {sequences})")
@@ -53,6 +51,24 @@ def efficiency_key(device: str, model: str, sequences: int, dtype: str) -> str:
     """What a model's efficiency depends on: the hardware, the torch build and threads, the shapes."""
     return (f"{device_name(device)}|torch {torch.__version__}|threads {torch.get_num_threads()}|{model}|"
             f"{sequences} sequences|{dtype}")
+
+
+def _kept(path: Path, key: str, measure: Callable[[], float]) -> float:
+    """The efficiency cached at `path` under `key`, else `measure()`d and cached: under a lock, so the peers
+    of one machine measure it once, in turn (measured side by side they would disturb each other)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "a")
+    except OSError as error:  # an unwritable cache costs a measurement at every start, nothing more
+        log.warning("cannot keep the model efficiency under %s: %s", path.parent, error)
+        return measure()
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        efficiency = _cached(path, key)
+        if efficiency is None:
+            efficiency = measure()
+            _store(path, key, efficiency)
+        return efficiency
 
 
 def _cached(path: Path, key: str) -> float | None:
@@ -68,11 +84,10 @@ def _cached(path: Path, key: str) -> float | None:
 
 
 def _store(path: Path, key: str, efficiency: float) -> None:
-    """Write the entry atomically: peers starting together may race, and any one's figure will do."""
+    """Write the entry atomically (a peer killed mid-write leaves no torn file)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
             json.dump({"key": key, "efficiency": efficiency}, tmp)
         os.replace(tmp.name, path)
-    except OSError as error:  # a read-only cache costs a measurement at the next start, nothing more
+    except OSError as error:
         log.warning("could not keep the model efficiency in %s: %s", path, error)

@@ -38,17 +38,21 @@ def test_a_measured_rate_is_one_a_record_accepts():
 
 
 def test_the_model_efficiency_counts_a_block_as_the_cost_model_does_against_matmul_flops(monkeypatch):
-    ticks = itertools.count(step=0.01)   # every clock reading 10 ms after the last: each burst is one 10 ms call
+    ticks = itertools.count(step=0.01)   # every clock reading 10 ms after the last: each call takes 10 ms
     monkeypatch.setattr(profiling.time, "perf_counter", lambda: next(ticks))
     config = get_config("tiny")
     block = 3 * layer_forward_flops_per_token(config) * 2 * config.context
-    assert profiling.model_efficiency(config, 2, seconds=0.005, pairs=1) == pytest.approx(block / (4 * 2 * 512**3))
+    assert profiling.model_efficiency(config, 2, seconds=0.0, rounds=1) == pytest.approx(block / (4 * 2 * 512**3))
 
 
-def test_a_neighbour_slowing_one_pair_of_bursts_down_does_not_move_the_efficiency(monkeypatch):
-    bursts = iter([0.6, 1.0, 0.3, 0.5, 0.62, 1.0])  # (block, matmul) per pair, in TFLOPS
-    monkeypatch.setattr(profiling, "_burst", lambda work, flops, device, seconds: next(bursts))
-    assert profiling.model_efficiency(get_config("tiny"), 1, pairs=3) == pytest.approx(0.6)
+def test_a_neighbour_taking_the_cpu_for_a_while_does_not_move_the_efficiency(monkeypatch):
+    """Block passes take 20 ms and matmul calls 10 ms, but 3x that during the second round."""
+    calls = iter([0.02, 0.01, 0.06, 0.03, 0.02, 0.01])
+    monkeypatch.setattr(profiling, "_timed", lambda work, device: next(calls))
+    config = get_config("tiny")
+    block = 3 * layer_forward_flops_per_token(config) * 1 * config.context
+    expected = (block / 0.02) / (4 * 2 * 512**3 / 0.01)
+    assert profiling.model_efficiency(config, 1, seconds=0.0, rounds=3) == pytest.approx(expected)
 
 
 def test_a_peer_measures_the_efficiency_once_and_scales_its_matmul_speed_by_it(monkeypatch, tmp_path):
@@ -64,10 +68,14 @@ def test_a_peer_measures_the_efficiency_once_and_scales_its_matmul_speed_by_it(m
     speed.measure_speed(TrainingSpec(model="tiny", batch=8, micro_batches=2, dtype="bf16"), "cpu", 0.08, tmp_path,
                         events.append, "p3")
     assert measured[-1] == ("tiny", 2, "bf16")  # another key: measured anew
-    for entry in (tmp_path / "speed").iterdir():
+    for entry in (tmp_path / "speed").glob("*.json"):
         entry.write_text("{not json")
     speed.measure_speed(training, "cpu", 0.08, tmp_path, events.append, "p4")
     assert len(measured) == 3  # a damaged cache entry is measured again, never trusted
+    unwritable = tmp_path / "file"
+    unwritable.write_text("")  # a cache "directory" that is a file: measured, not kept, no crash
+    assert speed.measure_speed(training, "cpu", 0.08, unwritable, events.append, "p5") == 0.04
+    assert len(measured) == 4
 
 
 def test_a_peer_times_the_model_and_codecs_of_the_plan_else_of_the_control_record():
