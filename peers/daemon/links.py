@@ -120,7 +120,8 @@ def traffic_links(probed: Mapping[str, Link], meter: LinkMeter) -> dict[str, Lin
     for peer in meter.peers():
         link = probed.get(peer)
         trusted = link is not None and not link.at_most
-        bandwidth = meter.bandwidth_gbps(peer, link.latency_ms / 1e3 if link is not None and trusted else 0.0)
+        bandwidth = (meter.bandwidth_gbps(peer, link.latency_ms / 1e3, link.bandwidth_gbps)
+                     if link is not None and trusted else meter.bandwidth_gbps(peer, 0.0))
         fastest = meter.fastest_round_trip_s(peer)
         if bandwidth is None or fastest is None:
             continue

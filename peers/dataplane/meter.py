@@ -11,10 +11,11 @@ the emulated latency of a delay line, included), and the two clocks never meet:
 
     round trip - held = 2 x latency + (request bytes + response bytes) / bandwidth (+ queueing)
 
-`LinkMeter` keeps each neighbour's last `window` such samples; `bandwidth_gbps(peer, latency_s)`
-takes the best (queueing only ever adds time) of those whose transfer took at least
-MIN_TRANSFER_S, the time below which a busy CPU's scheduling noise is as large as the transfer:
-fast links are left to the probes, slow ones, where it matters, are read from what they carry.
+`LinkMeter` keeps each neighbour's last `window` such samples; `bandwidth_gbps(peer, latency_s,
+probed_gbps)` takes the best (queueing only ever adds time) of those whose transfer took at least
+MIN_TRANSFER_S, and would have at the probed rate too: below that a busy CPU's scheduling noise
+is as large as the transfer (on a 2-core host it delays a loopback message by tens of ms). Fast
+links are left to the probes; slow ones, where it matters, are read from what they carry.
 A forged `held_us` can only spoil the reading of the link to its own sender.
 """
 from __future__ import annotations
@@ -94,14 +95,16 @@ class LinkMeter:
                 samples = self._samples.setdefault(sender, deque(maxlen=self._window))
                 samples.append(Sample(started[1] + nbytes, seconds))
 
-    def bandwidth_gbps(self, peer: str, latency_s: float) -> float | None:
+    def bandwidth_gbps(self, peer: str, latency_s: float, probed_gbps: float | None = None) -> float | None:
         """The link to `peer` as its traffic shows it, given its one-way latency: the best rate of the
-        samples whose transfer (round trip less held, less 2 x latency) took MIN_TRANSFER_S or more;
-        None with fewer than MIN_SAMPLES of those."""
+        samples whose transfer (round trip less held, less 2 x latency) took MIN_TRANSFER_S or more, and
+        would have at `probed_gbps` too (a sample a fast link carries in less is the CPU's noise, however
+        long it took); None with fewer than MIN_SAMPLES of those."""
         with self._lock:
             samples = list(self._samples.get(peer, ()))
+        big_enough = MIN_TRANSFER_S * probed_gbps * 1e9 / 8 if probed_gbps else 0.0
         rates = [sample.nbytes * 8 / transfer / 1e9 for sample in samples
-                 if (transfer := sample.seconds - 2 * latency_s) >= MIN_TRANSFER_S]
+                 if (transfer := sample.seconds - 2 * latency_s) >= MIN_TRANSFER_S and sample.nbytes >= big_enough]
         return max(rates) if len(rates) >= MIN_SAMPLES else None
 
     def fastest_round_trip_s(self, peer: str) -> float | None:

@@ -63,6 +63,15 @@ def test_fast_transfers_are_left_to_the_probes():
     assert a.bandwidth_gbps("b", latency_s=0.0) is None
 
 
+def test_on_a_link_probed_fast_only_messages_that_would_take_long_on_it_count():
+    clock = Clock()
+    a, b = LinkMeter(clock), LinkMeter(clock)
+    for step in range(MIN_SAMPLES):
+        _exchange(a, b, clock, step, one_way_s=0.02)  # 100 kB in 40 ms: a CPU's delay, not the link's rate
+    assert a.bandwidth_gbps("b", latency_s=0.0, probed_gbps=0.01) == pytest.approx(0.02)  # 80 ms at 10 Mbit/s
+    assert a.bandwidth_gbps("b", latency_s=0.0, probed_gbps=1.0) is None  # 0.8 ms at 1 Gbit/s: left to the probe
+
+
 def test_unmatched_forged_and_non_training_messages_make_no_sample():
     clock = Clock()
     a = LinkMeter(clock)
@@ -82,7 +91,7 @@ def test_a_link_slower_than_probed_or_unprobed_is_announced_at_its_traffic_rate(
     a, b = LinkMeter(clock), LinkMeter(clock)
     for step in range(MIN_SAMPLES):
         _exchange(a, b, clock, step)
-    probed = {"b": Link(bandwidth_gbps=1.0, latency_ms=2.0), "c": Link(bandwidth_gbps=0.5, latency_ms=1.0)}
+    probed = {"b": Link(bandwidth_gbps=0.02, latency_ms=2.0), "c": Link(bandwidth_gbps=0.5, latency_ms=1.0)}
     readings = traffic_links(probed, a)
     assert set(readings) == {"b"}
     assert readings["b"] == Link(bandwidth_gbps=pytest.approx(100_000 * 8 / 0.096 / 1e9, rel=1e-4), latency_ms=2.0,
