@@ -6,7 +6,7 @@ Training runs a model's small kernels with Python between them, which on `tiny` 
 0.6x of what a 512 x 512 matmul burst does, so a cost model fed matmul speeds predicts steps too
 short: once the peer knows what the swarm trains, it announces the matmul speed times the
 model's efficiency on this device (`model_efficiency`: a transformer block's forward and backward
-at the swarm's shapes, timed against matmul bursts). The codecs run on the same device and every
+at the swarm's shapes, timed call for call against matmuls). The codecs run on the same device and every
 message pays them at both ends, so their speed is measured too (`measure_codec`), once the codec
 kernels are compiled.
 """
@@ -18,13 +18,15 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 import compression
 from models import BACKWARD_FLOPS_FACTOR, Block, GPTConfig, layer_forward_flops_per_token
 
-__all__ = ["DeviceProfile", "measure_device", "model_efficiency", "device_name", "measure_codec", "check_device"]
+__all__ = ["DeviceProfile", "measure_device", "model_efficiency", "device_name", "measure_codec", "check_device",
+           "announced"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def measure_device(device: str = "cpu", size: int = 512, seconds: float = 0.3, t
     device = check_device(device)
     products, flops = _matmul_work(device, size)
     tflops = max(_burst(products, flops, device, seconds) for _ in range(tries))
-    return DeviceProfile(device=device, tflops=_announced(tflops), memory_gb=round(_memory_gb(device), 2))
+    return DeviceProfile(device=device, tflops=announced(tflops), memory_gb=round(_memory_gb(device), 2))
 
 
 def model_efficiency(config: GPTConfig, sequences: int, device: str = "cpu", dtype: str = "fp32",
@@ -110,13 +112,18 @@ def measure_codec(codec: str, device: str = "cpu", values: int = 2**20, runs: in
     """
     sample = torch.randn(values, device=device)
     target = torch.device(device)
-    seconds = []
-    for run in range(runs + 1):
-        started = time.perf_counter()
+
+    def round_trip(run: int) -> None:
         compression.decode(compression.encode(sample, codec, seed=run), device=target)
-        _sync(device)
-        seconds.append(time.perf_counter() - started)
-    return max(round(2 * values / statistics.median(seconds[1:]) / 1e9, 4), 1e-4)  # a record's rate is positive
+
+    seconds = [_timed(partial(round_trip, run), device) for run in range(runs + 1)]
+    return announced(2 * values / statistics.median(seconds[1:]) / 1e9)
+
+
+def announced(rate: float) -> float:
+    """A measured rate (TFLOPS, Gvalues/s) as a peer record announces it: rounded to 4 places, and never
+    0.0 (records require positive rates, see `PeerRecord.from_wire`)."""
+    return max(round(rate, 4), 1e-4)
 
 
 def _matmul_work(device: str, size: int = 512) -> tuple[Callable[[], None], float]:
@@ -170,11 +177,6 @@ def _timed(work: Callable[[], None], device: str) -> float:
     work()
     _sync(device)
     return time.perf_counter() - started
-
-
-def _announced(tflops: float) -> float:
-    """`tflops` as a record announces it: rounded, and never 0.0 (records require a positive speed)."""
-    return max(round(tflops, 4), 1e-4)
 
 
 def _sync(device: str) -> None:

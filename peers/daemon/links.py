@@ -119,14 +119,14 @@ def traffic_links(probed: Mapping[str, Link], meter: LinkMeter) -> dict[str, Lin
     readings = {}
     for peer in meter.peers():
         link = probed.get(peer)
-        trusted = link is not None and not link.at_most
-        bandwidth = (meter.bandwidth_gbps(peer, link.latency_ms / 1e3, link.bandwidth_gbps)
-                     if link is not None and trusted else meter.bandwidth_gbps(peer, 0.0))
+        trusted = link if link is not None and not link.at_most else None  # a probe that measured the link
+        bandwidth = (meter.bandwidth_gbps(peer, trusted.latency_ms / 1e3, trusted.bandwidth_gbps) if trusted
+                     else meter.bandwidth_gbps(peer, 0.0))
         fastest = meter.fastest_round_trip_s(peer)
         if bandwidth is None or fastest is None:
             continue
-        if link is not None and trusted and bandwidth >= SLOWER * link.bandwidth_gbps:
-            readings[peer] = link
+        if trusted and bandwidth >= SLOWER * trusted.bandwidth_gbps:
+            readings[peer] = trusted
             continue
         latency_ms = fastest * 1e3 / 2 if link is None else min(link.latency_ms, fastest * 1e3 / 2)
         readings[peer] = Link(bandwidth_gbps=round(bandwidth, 6), latency_ms=round(latency_ms, 3), from_traffic=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from models import get_config
-from peers.profiling import device_name, model_efficiency
+from peers.profiling import announced, device_name, model_efficiency
 from peers.protocol import TrainingSpec
 
 __all__ = ["measure_speed", "efficiency_key"]
@@ -41,7 +41,7 @@ def measure_speed(training: TrainingSpec, device: str, matmul_tflops: float, cac
     key = efficiency_key(device, training.model, sequences, training.dtype)
     path = cache_dir / "speed" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     efficiency = _kept(path, key, lambda: model_efficiency(config, sequences, device, training.dtype))
-    tflops = max(round(matmul_tflops * efficiency, 4), 1e-4)
+    tflops = announced(matmul_tflops * efficiency)
     on_event(f"{name}: {tflops:.4f} TFLOPS on {training.model}'s blocks (efficiency {efficiency:.2f} of a matmul "
              f"burst, micro-batches of {sequences})")
     return tflops
