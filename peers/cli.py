@@ -23,6 +23,8 @@ from peers.protocol.validation import MAX_NAME_CHARS
 
 __all__ = ["main"]
 
+MAX_TFLOPS = 1e6  # an exaflop: a --tflops beyond it is a typo
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="swarm-peer", description="Join a swarm as a volunteer.")
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     join.add_argument("--port", type=int, default=0, help="data port (0 picks a free one) [default: %(default)s]")
     join.add_argument("--advertise-host", help="the address others dial when --host is 0.0.0.0")
     join.add_argument("--threads", type=int, help="torch CPU threads [default: torch's choice]")
+    join.add_argument("--tflops", type=float, metavar="T",
+                      help="announce T TFLOPS on the model's blocks instead of measuring them at start-up (a device "
+                           "benchmarked already, or the twin of a peer that measured) [default: measure]")
     join.add_argument("--no-fused", dest="fused", action="store_false",
                       help="quantize eagerly instead of compiling fused kernels (a short CPU run should not "
                            "wait seconds for torch.compile)")
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--metrics-port must be in 0..65535, got {args.metrics_port}")
     if args.threads is not None and args.threads <= 0:
         parser.error(f"--threads must be positive, got {args.threads}")
+    if args.tflops is not None and not 0 < args.tflops <= MAX_TFLOPS:
+        parser.error(f"--tflops must be a positive number of TFLOPS up to {MAX_TFLOPS:g}, got {args.tflops}")
     if args.link_latency is not None:
         from peers.dataplane.delay_line import DelayLine
 
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                           port=args.port, advertise_host=args.advertise_host, threads=args.threads,
                           fused=args.fused, metrics_port=args.metrics_port, link_latency=args.link_latency,
                           attack=attack, join_token=token, peer_key=args.peer_key,
-                          cache_dir=args.cache_dir)
+                          cache_dir=args.cache_dir, tflops=args.tflops)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -25,8 +25,8 @@ import torch
 import compression
 from models import BACKWARD_FLOPS_FACTOR, Block, GPTConfig, layer_forward_flops_per_token
 
-__all__ = ["DeviceProfile", "measure_device", "model_efficiency", "device_name", "measure_codec", "check_device",
-           "announced"]
+__all__ = ["DeviceProfile", "measure_device", "declared_device", "model_efficiency", "device_name", "measure_codec",
+           "check_device", "announced"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,13 @@ def measure_device(device: str = "cpu", size: int = 512, seconds: float = 0.3, t
     device = check_device(device)
     products, flops = _matmul_work(device, size)
     tflops = max(_burst(products, flops, device, seconds) for _ in range(tries))
-    return DeviceProfile(device=device, tflops=announced(tflops), memory_gb=round(_memory_gb(device), 2))
+    return declared_device(device, announced(tflops))
+
+
+def declared_device(device: str, tflops: float) -> DeviceProfile:
+    """A profile of `device` whose speed is given, not measured (`swarm-peer join --tflops`)."""
+    device = check_device(device)
+    return DeviceProfile(device=device, tflops=tflops, memory_gb=round(_memory_gb(device), 2))
 
 
 def model_efficiency(config: GPTConfig, sequences: int, device: str = "cpu", dtype: str = "fp32",

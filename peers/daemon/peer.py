@@ -29,7 +29,7 @@ from peers.dataplane.zmq_transport import ZmqTransport
 from peers.dht import SwarmDHT, dht_time
 from peers.metrics import MetricsServer, PeerMetrics, serve_metrics
 from peers.pipeline import NonFiniteStep
-from peers.profiling import measure_device
+from peers.profiling import declared_device, measure_device
 from peers.protocol import ControlRecord, JoinToken, Link, PeerRecord, PlanRecord, RecordError
 from peers.step_channel import read_control, report_payload
 from peers.torch_threads import torch_threads
@@ -79,6 +79,7 @@ class PeerOptions:
     join_token: JoinToken | None = None  # --join-token: admission to a swarm with a swarm key
     peer_key: Path | None = None  # --peer-key: this peer's curve key pair, kept (for --allow-keys swarms)
     cache_dir: Path | None = None  # --cache-dir: fetched corpora, the DHT identity (None: ~/.cache/swarm)
+    tflops: float | None = None  # --tflops: the speed to announce instead of measuring it (None: measure)
 
 
 class PeerDaemon:
@@ -141,7 +142,9 @@ class PeerDaemon:
     def _run(self, stop: threading.Event) -> int:
         options = self.options
         compression.set_fused(options.fused)
-        profile = measure_device(options.device)  # before this peer's DHT node and data plane compete for its CPU
+        # before this peer's DHT node and data plane compete for its CPU
+        profile = (measure_device(options.device) if options.tflops is None
+                   else declared_device(options.device, options.tflops))
         watcher = threading.Thread(target=self._watch, args=(stop,), name="heartbeat", daemon=True)
         try:
             if options.metrics_port is not None:
@@ -160,7 +163,8 @@ class PeerDaemon:
                                      dht_addrs=self.dht.multiaddrs(), curve_key=curve_key, admission=proof)
             self._announce()
             watcher.start()
-            self.on_event(f"{options.name}: data port {self.transport.address}, {profile.tflops:.3f} TFLOPS (matmul) "
+            speed = "matmul" if options.tflops is None else "declared"
+            self.on_event(f"{options.name}: data port {self.transport.address}, {profile.tflops:.3f} TFLOPS ({speed}) "
                           f"on {profile.device}, {profile.memory_gb:.1f} GB free")
             control = await_coordinator(self.pin, self.dht, options.name, self.on_event, stop)
             if control is None or not await_admission(self.pin, self.dht, self.credentials, control, options.name,
@@ -171,8 +175,9 @@ class PeerDaemon:
             self._measured(measure_links(self.dht, control, self.credentials))
             training, codecs = swarm_job(self.pin.plan(self.dht), control)
             self._update(codec_gvalues=warm_codecs(codecs, options.device, self.on_event, options.name),
-                         tflops=measure_speed(training, options.device, profile.tflops,
-                                              options.cache_dir or default_cache_dir(), self.on_event, options.name))
+                         tflops=profile.tflops if options.tflops is not None else measure_speed(
+                             training, options.device, profile.tflops, options.cache_dir or default_cache_dir(),
+                             self.on_event, options.name))
             threading.Thread(target=self.prober.run, args=(stop,), name="link-prober", daemon=True).start()
             self.feed.offer(control)
             self._connect_channel(control.probe_address)

@@ -55,12 +55,13 @@ class NetSwarm:
             return None
         return [a for a in addrs if f"/ip4/{self.net.topology.coordinator.address}/" in a] or None
 
-    def start_peer(self, device: str) -> None:
+    def start_peer(self, device: str, extra: Sequence[str] = ()) -> None:
+        """`swarm-peer join` as `device`, in its namespace and cgroup, with `extra` flags."""
         node = self.net.node(device)
         self.procs.start(device, node.netns, python_command(
             "peers.cli", "join", "--initial-peers", *self.initial, "--name", device, "--host", node.address,
-            "--port", str(DATA_PORT), "--threads", "1", "--no-fused", "--cache-dir", str(self.dir.parent / "cache")),
-            cgroup=self.net.cgroup(device))
+            "--port", str(DATA_PORT), "--threads", "1", "--no-fused", "--cache-dir", str(self.dir.parent / "cache"),
+            *extra), cgroup=self.net.cgroup(device))
 
     def report(self) -> dict[str, Any]:
         try:
