@@ -23,7 +23,8 @@ sha256 of what it assembled.
 A transfer is resumable: what arrived is kept in a `PartialState`, and a donor that serves the same
 bytes (replicas of a stage at one step do: same sha256) is asked only for the chunks still missing,
 so a donor's death costs the chunks in flight, not the transfer. A donor counts as dead when nothing
-arrives for `stall_timeout`; the whole transfer may take longer, as long as it keeps moving.
+arrives for `stall_timeout` (or a chunk's share of the whole `timeout`, when longer); the whole
+transfer may take longer, as long as it keeps moving.
 
 Every transfer also measures the link it crossed, passively: the metadata round trip gives the
 latency and the chunk stream (a window of requests in flight) the bandwidth. `on_link(address,
@@ -175,12 +176,15 @@ def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: 
     if given, is called with (bytes received, total bytes) after each chunk, e.g. to drive a bar.
     keys, server_key: this host's curve keys and the donor's public key in a curve swarm (both or
     neither); a donor that does not admit `keys.public` never answers (StateTransferError).
-    stall_timeout: give up on the donor when nothing arrives for this long (default: `timeout`).
+    stall_timeout: give up on the donor when nothing arrives for this long (default: `timeout`), or for
+    a chunk's share of `timeout` when that is longer: a chunk arrives whole, and on a slow link its
+    seconds on the wire are no stall (4 MiB take 17 s at 2 Mbit/s).
     partial: the chunks an earlier donor sent; the same state is continued, and `partial` updated.
     on_link: told what the transfer measured of the link to `address` (module docstring).
     """
     check_curve_pair(keys, server_key)
-    deadline = _Deadline(time.monotonic() + timeout, timeout if stall_timeout is None else stall_timeout)
+    stall_s = timeout if stall_timeout is None else stall_timeout
+    deadline = _Deadline(time.monotonic() + timeout, stall_s)
     partial = PartialState() if partial is None else partial
     for _attempt in range(3):
         # zmq.MAXMSGSIZE is fixed when the socket connects, before the chunk size is known
@@ -191,6 +195,7 @@ def fetch_state(address: str, stage: int, timeout: float = 120.0, *, max_bytes: 
                 raise StateTransferError(f"state of stage {stage} at {address} is {meta.bytes} bytes, above "
                                          f"max_bytes={max_bytes}; pass a larger max_bytes if that is expected")
             partial.resume(meta)
+            deadline.stall_s = max(stall_s, timeout * min(1.0, meta.chunk_bytes / max(meta.bytes, 1)))
             try:
                 blob = _download(sock, address, stage, meta, partial, deadline, progress, stream)
             finally:  # a donor that died mid-stream still measured the link while it sent

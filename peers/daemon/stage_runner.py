@@ -32,7 +32,7 @@ from peers.state_transfer import PartialState, StateTransferError, fetch_state_a
 from .layer_state import old_stages_for, regroup
 from .records import COORDINATOR_NAME
 from .stage_state import StageState, codec_slot, pack_state, unpack_state
-from .timeouts import FIRST_STEP_PATIENCE, WAIT_NESTING
+from .timeouts import FIRST_STEP_PATIENCE, WAIT_NESTING, first_step_allowance_s, loading_s
 
 __all__ = ["StageRunner", "PlanAborted", "PlanLink"]
 
@@ -72,7 +72,8 @@ class StageRunner:
         column = [row[self.replica] for row in plan.grid]
         module = build_stage(get_config(self.training.model), plan.layers, self.stage, seed=self.training.seed,
                              device=device)
-        self.link = PlanLink(transport, plan.version, abort, self.timeouts.message_s)
+        self.link = PlanLink(transport, plan.version, abort, self.timeouts.message_s,
+                             first_step_allowance_s(self.timeouts, plan.sources))
         self.executor = StageExecutor(
             module, stage_index=self.stage, num_stages=plan.stages, transport=self.link,
             prev=column[self.stage - 1] if self.stage > 0 else None,
@@ -227,7 +228,7 @@ class StageRunner:
         the next, which continues its chunks; the whole transfer gets `Timeouts.state_s` per donor."""
         layers = list(self.plan.layers) if layers is None else list(layers)
         timeouts = self.timeouts
-        deadline = time.monotonic() + timeouts.state_s + timeouts.message_s * 3
+        deadline = time.monotonic() + loading_s(timeouts)
         partial, last = PartialState(), "no answer"
         while time.monotonic() < deadline:
             if self.link.aborted():
@@ -264,12 +265,14 @@ class PlanLink:
     daemon adopts each plan with `ZmqTransport.set_plan_version`, which purges the old ones.
     """
 
-    def __init__(self, transport: Transport, version: int, abort: threading.Event, timeout: float) -> None:
+    def __init__(self, transport: Transport, version: int, abort: threading.Event, timeout: float,
+                 loading: float = 0.0) -> None:
         self.transport = transport
         self.name = transport.name
         self._version = version
         self._abort = abort
         self._timeout = timeout
+        self._loading = loading  # seconds the plan's members may spend loading state before the first step
         self.warm = False  # until this runner's first step prepared: its own and its neighbours' first calls are slow
 
     def aborted(self) -> bool:
@@ -281,10 +284,12 @@ class PlanLink:
         self.transport.send(to, replace(message, plan_version=self._version))
 
     def recv(self, sender: str, kind: str, step: int, index: int, timeout: float | None = None) -> Message:
-        """A message of this plan; the wait is `timeout` (message_s) times the kind's `WAIT_NESTING`, and
-        `FIRST_STEP_PATIENCE` times that for the runner's first step (kernels load, caches fill)."""
+        """A message of this plan; the wait is `timeout` (message_s) times the kind's `WAIT_NESTING`; for the
+        runner's first step, `FIRST_STEP_PATIENCE` times that (kernels load, caches fill) plus the time the
+        plan's members may spend loading state (`first_step_allowance_s`)."""
         wait = (self._timeout if timeout is None else timeout) * WAIT_NESTING.get(kind, 1)
-        wait *= 1 if self.warm else FIRST_STEP_PATIENCE
+        if not self.warm:
+            wait = wait * FIRST_STEP_PATIENCE + self._loading
         deadline = time.monotonic() + wait
         while True:
             if self._abort.is_set():

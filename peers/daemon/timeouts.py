@@ -24,6 +24,12 @@ obey the same numbers and no knob is tuned on its own.
                                                    a donor that sends nothing for message_s is dead
                                                    sooner, and the next one continues its chunks
 
+A member that loads its state at a plan's start (from a donor, the checkpoint or the old stages'
+holders) may take `loading_s` = state_s + 3 * message_s (a whole transfer, and a stall of up to
+three donors it moves past) before its first step can start: its neighbours' first waits and the
+coordinator's first-step patience add it (`first_step_allowance_s`), so a slow link's transfer is
+not taken for a dead neighbour.
+
 Inside a step the waits nest too (`WAIT_NESTING`, multiples of message_s): a forward activation
 waits 1, a backward gradient 2 (it needs the downstream's forward first), an all-reduce share 3 and
 a gathered chunk 4. So when a link breaks, the first peer to give up is the one right behind it:
@@ -39,10 +45,13 @@ peer (message_s), a hung peer by the coordinator (commit_s). A graceful leave (S
 """
 from __future__ import annotations
 
-from peers.dataplane.wire import ACT_KIND, GATHER_KIND, GRAD_KIND, REDUCE_KIND
-from peers.protocol import Timeouts
+from collections.abc import Mapping
 
-__all__ = ["derive_timeouts", "HEARTBEAT_S", "PEER_TTL_S", "WAIT_NESTING", "FIRST_STEP_PATIENCE"]
+from peers.dataplane.wire import ACT_KIND, GATHER_KIND, GRAD_KIND, REDUCE_KIND
+from peers.protocol import SourceKind, StateSource, Timeouts
+
+__all__ = ["derive_timeouts", "loading_s", "first_step_allowance_s", "HEARTBEAT_S", "PEER_TTL_S", "WAIT_NESTING",
+           "FIRST_STEP_PATIENCE"]
 
 HEARTBEAT_S = 2.0
 PEER_TTL_S = 5 * HEARTBEAT_S
@@ -77,3 +86,15 @@ def derive_timeouts(*, message_bytes: float, bandwidth_gbps: float, latency_ms: 
     state_s = message_s + 2 * (state_ms / 1e3 + state_bytes * 8 / (state_gbps * 1e9))
     return Timeouts(transfer_s=transfer_s, step_s=step_s, message_s=message_s, heartbeat_s=HEARTBEAT_S,
                     peer_ttl_s=PEER_TTL_S, commit_s=commit_s, state_s=state_s)
+
+
+def loading_s(timeouts: Timeouts) -> float:
+    """The longest a member may spend loading its stage's state before a plan's first step (see above)."""
+    return timeouts.state_s + 3 * timeouts.message_s
+
+
+def first_step_allowance_s(timeouts: Timeouts, sources: Mapping[str, StateSource]) -> float:
+    """What a plan's first waits add for its members' state loads: `loading_s`, or 0 when every member
+    keeps its state or starts from the seed."""
+    loads = any(source.kind not in (SourceKind.KEEP, SourceKind.INIT) for source in sources.values())
+    return loading_s(timeouts) if loads else 0.0

@@ -20,7 +20,7 @@ from models import get_config
 from peers.daemon.corpus import CORPUS_SLOT
 from peers.daemon.records import CoordinatorPin, publish_coordinator
 from peers.daemon.stage_state import codec_slot
-from peers.daemon.timeouts import FIRST_STEP_PATIENCE, PEER_TTL_S
+from peers.daemon.timeouts import FIRST_STEP_PATIENCE, PEER_TTL_S, first_step_allowance_s
 from peers.dataplane.zmq_transport import ZmqTransport
 from peers.protocol import (
     PLAN_KEY,
@@ -229,8 +229,10 @@ class Coordinator:
                 lost[name] = Departure.REPORTED
             elif name in self.evicted:
                 lost[name] = self.evicted.cause(name)
-        patience = FIRST_STEP_PATIENCE if self.committed_step + 1 == self.plan.start_step else 1  # kernels load
-        if not lost and time.monotonic() - self.step_clock > self.timeouts.commit_s * patience:
+        patience = self.timeouts.commit_s
+        if self.committed_step + 1 == self.plan.start_step:  # kernels load, members may load state
+            patience = patience * FIRST_STEP_PATIENCE + first_step_allowance_s(self.timeouts, self.plan.sources)
+        if not lost and time.monotonic() - self.step_clock > patience:
             step = self.committed_step + 1
             for name in self.plan.members():
                 if (records[name].prepared_step, records[name].prepared_version) != (step, self.plan.version):

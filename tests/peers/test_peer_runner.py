@@ -7,9 +7,10 @@ import time
 import pytest
 
 import models
-from peers.daemon.stage_runner import PlanAborted, StageRunner
+from peers.daemon.stage_runner import PlanAborted, PlanLink, StageRunner
 from peers.daemon.timeouts import derive_timeouts
-from peers.dataplane.transport import InProcessHub
+from peers.dataplane.transport import InProcessHub, Message, PeerTimeout
+from peers.dataplane.wire import ACT_KIND
 from peers.protocol import Codecs, PlanChange, PlanReason, PlanRecord, SourceKind, StateSource, TrainingSpec
 
 NAMES = ["a", "b", "c", "d"]  # grid [[a, b], [c, d]]: stage 0 = a, b; stage 1 = c, d
@@ -143,3 +144,17 @@ def test_a_repair_or_a_changed_grid_rebuilds_the_runners(data):
     assert not runners["a"].continues(_joined(first, 2, 3), "a")  # not at the plan's start step
     swapped = PlanRecord.from_wire({**_joined(first, 2, 2).to_wire(), "grid": [["b", "a"], ["c", "d"]]})
     assert not runners["a"].continues(swapped, "a")
+
+
+def test_a_first_wait_outlasts_a_neighbours_state_load_and_later_waits_do_not():
+    """A neighbour loading its state sends its first activation late; that is no timeout in the first step."""
+    hub = InProcessHub()
+    sender, receiver = hub.endpoint("loader"), hub.endpoint("waiter")
+    link = PlanLink(receiver, 3, threading.Event(), timeout=0.05, loading=1.0)
+    late = threading.Timer(0.5, lambda: sender.send("waiter", Message(ACT_KIND, 1, 0, b"x", plan_version=3)))
+    late.start()
+    assert link.recv("loader", ACT_KIND, 1, 0).payload == b"x"  # 0.05 x 3 + 1.0 s
+    link.warm = True
+    with pytest.raises(PeerTimeout, match="within 0 s"):
+        link.recv("loader", ACT_KIND, 2, 0)  # 0.05 s once warm
+    late.join()

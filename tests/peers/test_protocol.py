@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from peers.daemon.stage_state import pack_state, unpack_state
-from peers.daemon.timeouts import HEARTBEAT_S, PEER_TTL_S, derive_timeouts
+from peers.daemon.timeouts import HEARTBEAT_S, PEER_TTL_S, derive_timeouts, first_step_allowance_s, loading_s
 from peers.protocol import (
     ControlRecord,
     Link,
@@ -146,6 +146,19 @@ def test_a_state_transfer_gets_the_time_its_bytes_take_on_the_slowest_link():
                            stages=2, micro_batches=2, state_bytes=state_bytes)
     assert slow.state_s == pytest.approx(slow.message_s + 2 * (0.05 + state_bytes * 8 / 1e7))
     assert slow.state_s > 1900 > slow.message_s
+
+
+def test_a_plan_whose_members_load_state_gives_its_first_waits_the_loading_time():
+    """The neighbours of a member fetching a `small` stage over 10 Mbit/s wait out its transfer in their
+    first step, and so does the coordinator; a plan of keepers and fresh starts adds nothing."""
+    timeouts = derive_timeouts(message_bytes=1e6, bandwidth_gbps=0.01, latency_ms=50.0, step_flops=1e9, tflops=1.0,
+                               stages=2, micro_batches=2, state_bytes=12 * 100e6)
+    assert loading_s(timeouts) == timeouts.state_s + 3 * timeouts.message_s
+    staying = {"a": StateSource(SourceKind.KEEP), "b": StateSource(SourceKind.INIT)}
+    assert first_step_allowance_s(timeouts, staying) == 0.0
+    for kind, donor in ((SourceKind.PEER, "a"), (SourceKind.CHECKPOINT, ""), (SourceKind.LAYERS, "")):
+        sources = {**staying, "c": StateSource(kind, donor)}
+        assert first_step_allowance_s(timeouts, sources) == loading_s(timeouts) > 1900
 
 
 def test_a_stage_loading_from_a_peer_has_its_keepers_as_fallback_donors():

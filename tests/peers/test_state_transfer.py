@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -160,8 +161,8 @@ class ScriptedDonor:
         self._context.term()
 
 
-def _meta(blob: bytes, serial: int, sha: str | None = None):
-    body = wire.StateMetaBody(stage=0, serial=serial, bytes=len(blob), chunks=1, chunk_bytes=1024,
+def _meta(blob: bytes, serial: int, sha: str | None = None, chunks: int = 1, chunk_bytes: int = 1024):
+    body = wire.StateMetaBody(stage=0, serial=serial, bytes=len(blob), chunks=chunks, chunk_bytes=chunk_bytes,
                               sha256=sha or hashlib.sha256(blob).hexdigest())
     return lambda request: [(wire.STATE_META, 0, -1, wire.pack_body(body))]
 
@@ -186,6 +187,30 @@ def test_client_restarts_when_the_state_changes_and_checks_the_sha256():
             fetch_state(donor.address, 0, timeout=10)
     finally:
         donor.close()
+
+
+def test_a_chunk_slower_on_the_wire_than_the_stall_timeout_is_no_stall():
+    """A chunk arrives whole: at 2 Mbit/s a 4 MiB chunk is 17 s on the wire, longer than a 10 s message_s.
+    Each chunk may take its share of the whole timeout (here 2 x 1.5 s of 4 s); a silent donor still fails."""
+    blob, size = b"x" * 2048, 1024
+
+    def slow_chunk(request: Message):
+        time.sleep(1.0)
+        return [(wire.STATE_CHUNK, 1, request.index, blob[request.index * size:(request.index + 1) * size])]
+
+    donor = ScriptedDonor([_meta(blob, 1, chunks=2, chunk_bytes=size), slow_chunk, slow_chunk])
+    try:
+        assert fetch_state(donor.address, 0, timeout=4.0, stall_timeout=0.3) == blob
+    finally:
+        donor.close()
+    silent = ScriptedDonor([_meta(blob, 1, chunks=2, chunk_bytes=size)])
+    try:
+        started = time.monotonic()
+        with pytest.raises(StateTransferError, match="nothing for 2.0 s"):
+            fetch_state(silent.address, 0, timeout=4.0, stall_timeout=0.3)
+        assert time.monotonic() - started < 3.5
+    finally:
+        silent.close()
 
 
 _DONOR_PROCESS = """
