@@ -229,10 +229,10 @@ class Coordinator:
                 lost[name] = Departure.REPORTED
             elif name in self.evicted:
                 lost[name] = self.evicted.cause(name)
-        patience = self.timeouts.commit_s
+        patience_s = self.timeouts.commit_s
         if self.committed_step + 1 == self.plan.start_step:  # kernels load, members may load state
-            patience = patience * FIRST_STEP_PATIENCE + first_step_allowance_s(self.timeouts, self.plan.sources)
-        if not lost and time.monotonic() - self.step_clock > patience:
+            patience_s = patience_s * FIRST_STEP_PATIENCE + first_step_allowance_s(self.timeouts, self.plan.sources)
+        if not lost and time.monotonic() - self.step_clock > patience_s:
             step = self.committed_step + 1
             for name in self.plan.members():
                 if (records[name].prepared_step, records[name].prepared_version) != (step, self.plan.version):
