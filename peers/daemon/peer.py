@@ -163,8 +163,8 @@ class PeerDaemon:
                                      dht_addrs=self.dht.multiaddrs(), curve_key=curve_key, admission=proof)
             self._announce()
             watcher.start()
-            speed = "matmul" if options.tflops is None else "declared"
-            self.on_event(f"{options.name}: data port {self.transport.address}, {profile.tflops:.3f} TFLOPS ({speed}) "
+            how = "matmul" if options.tflops is None else "declared"  # how the first figure was had
+            self.on_event(f"{options.name}: data port {self.transport.address}, {profile.tflops:.3f} TFLOPS ({how}) "
                           f"on {profile.device}, {profile.memory_gb:.1f} GB free")
             control = await_coordinator(self.pin, self.dht, options.name, self.on_event, stop)
             if control is None or not await_admission(self.pin, self.dht, self.credentials, control, options.name,
